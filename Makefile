@@ -1,0 +1,83 @@
+# Developer entry points. `make` (or `make help`) lists the targets.
+#
+# Environment:
+#   DATABASE_URL      use this database instead of the local cluster (scripts/pg.sh)
+#   SHOP_PG_PORT      port of the local cluster (default 54329)
+#   ADMIN_TOKEN       admin token for `make run` (default: generated into .local/admin-token)
+#   PORT              HTTP port for `make run` (default 3000)
+#   CARGO_TARGET_DIR  cargo build folder (default target/)
+#   TEST_ARGS         extra arguments for `cargo test`, e.g. TEST_ARGS='-- --nocapture'
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+# One shell per recipe, so recipes can use shell variables across lines.
+.ONESHELL:
+.DEFAULT_GOAL := help
+
+PG := scripts/pg.sh
+# Shell snippet: the database URL, DATABASE_URL from the environment if set, else the local cluster's.
+DB_URL := $${DATABASE_URL:-$$($(PG) url)}
+# Shell snippet: the server binary, honouring CARGO_TARGET_DIR.
+SERVER := $${CARGO_TARGET_DIR:-target}/release/server
+ADMIN_TOKEN_FILE := .local/admin-token
+
+.PHONY: help setup db run test fmt lint pg-start pg-stop pg-url clean-db seed-large
+
+help: ## List targets
+	@echo "Targets:"
+	grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+
+setup: ## Install missing system packages (PostgreSQL 15, hypopg); check cargo
+	@scripts/setup.sh
+
+db: ## Start the local PostgreSQL cluster (skipped when DATABASE_URL is set)
+	@if [[ -z "$${DATABASE_URL:-}" ]]; then
+		scripts/setup.sh
+		$(PG) start
+	fi
+
+run: db ## Build and run the server: migrate, seed, serve on PORT (default 3000)
+	@if [[ -z "$${ADMIN_TOKEN:-}" ]]; then
+		if [[ ! -s $(ADMIN_TOKEN_FILE) ]]; then
+			mkdir -p "$$(dirname $(ADMIN_TOKEN_FILE))"
+			# 32 random bytes as hex; readable only by us.
+			(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $(ADMIN_TOKEN_FILE))
+		fi
+		ADMIN_TOKEN="$$(< $(ADMIN_TOKEN_FILE))"
+		echo "admin token: $$PWD/$(ADMIN_TOKEN_FILE)"
+	fi
+	DATABASE_URL="$(DB_URL)"
+	export DATABASE_URL ADMIN_TOKEN PORT="$${PORT:-3000}"
+	cargo build --release -p server
+	"$(SERVER)" migrate
+	"$(SERVER)" seed
+	exec "$(SERVER)" serve
+
+test: db ## Run all tests against the database (local cluster or DATABASE_URL)
+	@url="$(DB_URL)"
+	DATABASE_URL="$$url" cargo test --workspace $(TEST_ARGS)
+
+fmt: ## Format all Rust code
+	@cargo fmt --all
+
+lint: ## Run clippy on everything, warnings are errors
+	@cargo clippy --workspace --all-targets -- -D warnings
+
+pg-start: setup ## Start the local PostgreSQL cluster
+	@$(PG) start
+
+pg-stop: ## Stop the local PostgreSQL cluster
+	@$(PG) stop
+
+pg-url: ## Print the local cluster's database URL
+	@$(PG) url
+
+clean-db: ## Stop and delete the local PostgreSQL cluster (no questions asked)
+	@$(PG) destroy
+
+seed-large: db ## Build, migrate, and seed 1,000,000 products
+	@DATABASE_URL="$(DB_URL)"
+	export DATABASE_URL
+	cargo build --release -p server
+	"$(SERVER)" migrate
+	"$(SERVER)" seed --products 1000000

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Install what the project needs to build and test, if it is missing.
+# Idempotent and quiet when everything is already present.
+# Works as root (uses apt-get directly) and as an ordinary user (uses sudo).
+set -euo pipefail
+
+PG_BIN=/usr/lib/postgresql/15/bin
+HYPOPG_CONTROL=/usr/share/postgresql/15/extension/hypopg.control
+
+log() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+# Run a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run '$*' but this is not root and sudo is not installed; run scripts/setup.sh as root once"
+    fi
+}
+
+apt_updated=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 \
+        || die "apt-get not found; install by hand: $* (expected $PG_BIN/initdb and $HYPOPG_CONTROL)"
+    log "installing: $*"
+    # Refresh the package lists once per run: fresh images often ship without them.
+    if [[ $apt_updated -eq 0 ]]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+# PostgreSQL 15 server (also creates the 'postgres' system user that scripts/pg.sh
+# needs when run as root) plus hypopg, which the server uses for hypothetical indexes.
+if [[ ! -x $PG_BIN/initdb ]]; then
+    apt_install postgresql-15 postgresql-15-hypopg
+elif [[ ! -f $HYPOPG_CONTROL ]]; then
+    apt_install postgresql-15-hypopg
+fi
+
+[[ -x $PG_BIN/initdb ]] || die "PostgreSQL 15 is still missing after install ($PG_BIN/initdb)"
+[[ -f $HYPOPG_CONTROL ]] || die "hypopg is still missing after install ($HYPOPG_CONTROL)"
+
+# The Rust toolchain cannot be downloaded on this machine, so only check for it.
+if ! command -v cargo >/dev/null 2>&1; then
+    if [[ -x ${HOME:-/nonexistent}/.cargo/bin/cargo ]]; then
+        die "cargo is installed in ~/.cargo/bin but not on PATH; run: source \"\$HOME/.cargo/env\""
+    fi
+    die "cargo not found; install a Rust toolchain (https://rustup.rs) and make sure cargo is on PATH"
+fi
+
+# fmt and clippy are used by 'make fmt', 'make lint' and .ci/run; only warn, builds work without them.
+cargo fmt --version >/dev/null 2>&1 || log "warning: rustfmt missing (rustup component add rustfmt)"
+cargo clippy --version >/dev/null 2>&1 || log "warning: clippy missing (rustup component add clippy)"

@@ -1,0 +1,178 @@
+//! Start-up: state, router, middleware stack, listener and graceful shutdown.
+//!
+//! [`Application::build`] binds its own listener, so tests can ask for port 0 and learn the
+//! real port before serving.
+
+use crate::auth::{Auth, SharedAuth};
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::{ApiError, error_response};
+use crate::routes;
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+/// Everything handlers share: cheap to clone (pools and `Arc`s).
+#[derive(Clone)]
+pub struct AppState {
+    /// The database pool.
+    pub db: Db,
+    /// The configuration the server started with (read-only).
+    pub config: Arc<Config>,
+    /// Accounts, tokens and login limits.
+    pub auth: SharedAuth,
+}
+
+/// A built server: bound, migrated, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects the pool, applies migrations, builds the router and binds the listener.
+    ///
+    /// # Errors
+    /// Database unreachable, a migration failed, or the port is taken.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        crate::migrate::run(&config).await?;
+        let db = Db::new(&config)?;
+        let auth = Arc::new(Auth::new(&config.auth)?);
+        let address = format!("{}:{}", config.server.host, config.server.port);
+        let listener = TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("binding {address}"))?;
+        let state = AppState {
+            db,
+            config: Arc::new(config),
+            auth,
+        };
+        let router = router(state.clone());
+        Ok(Self {
+            listener,
+            router,
+            state,
+        })
+    }
+
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map_or(0, |a| a.port())
+    }
+
+    /// Serves until SIGINT or SIGTERM, then drains in-flight requests.
+    ///
+    /// # Errors
+    /// The listener failed.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let maintenance = tokio::spawn(maintenance(self.state.clone()));
+        tracing::info!(port = self.port(), "listening");
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown_signal())
+            .await;
+        maintenance.abort();
+        result.context("serving HTTP")
+    }
+}
+
+/// The full router with its middleware stack (outermost first).
+pub fn router(state: AppState) -> Router {
+    let limits = &state.config.limits;
+    let timeout = Duration::from_millis(state.config.server.request_timeout_ms);
+    routes::router()
+        .fallback(|| async {
+            error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(
+            ServiceBuilder::new()
+                .layer(TraceLayer::new_for_http())
+                .layer(CatchPanicLayer::custom(|_| {
+                    error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "internal server error",
+                    )
+                }))
+                .layer(middleware::from_fn_with_state(timeout, request_timeout))
+                .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+        )
+        .with_state(state)
+}
+
+/// Answers 503 JSON when a request runs past the configured time.
+async fn request_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable {
+            retry_after_secs: 1,
+        }
+        .into_response(),
+    }
+}
+
+/// Hourly housekeeping: expired sessions, old idempotency keys, idle rate-limit keys.
+async fn maintenance(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        state.auth.forget_idle_keys();
+        let result = async {
+            let conn = state.db.conn().await?;
+            conn.execute("DELETE FROM sessions WHERE expires_at < now()", &[])
+                .await?;
+            conn.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
+                &[],
+            )
+            .await?;
+            Ok::<_, ApiError>(())
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "maintenance failed; will retry next hour");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,290 @@
+//! Accounts: password hashing, bearer tokens, login rate limits, and the two auth extractors.
+//!
+//! Auth is an extractor, not a middleware: a handler that takes [`AuthUser`] or [`Admin`] cannot
+//! run without the right credentials, and routes that need neither pay nothing.
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use anyhow::Context;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use base64::Engine;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+/// Shared auth state. Immutable after start-up apart from the rate limiters, which are
+/// lock-free (governor keeps a GCRA cell per key in a sharded map).
+pub struct Auth {
+    admin_token: Option<String>,
+    /// Bounds concurrent argon2 work (19 MiB and tens of milliseconds each) so a burst of logins
+    /// cannot exhaust memory or the blocking thread pool.
+    hashing: Semaphore,
+    /// A real hash to verify against when the e-mail is unknown, so response time does not
+    /// reveal whether an account exists.
+    dummy_hash: String,
+    per_email: DefaultKeyedRateLimiter<String>,
+    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    /// Lifetime of new tokens.
+    pub token_ttl_hours: u32,
+}
+
+/// argon2id with the OWASP password storage parameters (m = 19 MiB, t = 2, p = 1).
+fn argon2() -> Argon2<'static> {
+    #[allow(clippy::unwrap_used)] // constant, valid parameters
+    let params = Params::new(19 * 1024, 2, 1, None).unwrap();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+fn quota(per_minute: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN))
+}
+
+impl Auth {
+    /// Builds the auth state from configuration.
+    ///
+    /// # Errors
+    /// Hashing the dummy password failed (should not happen).
+    pub fn new(config: &crate::config::AuthConfig) -> anyhow::Result<Self> {
+        let dummy_hash = hash_blocking("not a real password").context("hashing dummy password")?;
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
+        Ok(Self {
+            admin_token: config.admin_token.clone(),
+            hashing: Semaphore::new(workers),
+            dummy_hash,
+            per_email: RateLimiter::keyed(quota(config.login_attempts_per_minute)),
+            per_ip: RateLimiter::keyed(quota(config.login_attempts_per_ip_per_minute)),
+            token_ttl_hours: config.token_ttl_hours,
+        })
+    }
+
+    /// Counts one login attempt for this e-mail and client address.
+    ///
+    /// # Errors
+    /// 429 with the wait until the next allowed attempt.
+    pub fn check_login_rate(&self, email: &str, ip: IpAddr) -> Result<(), ApiError> {
+        let now = DefaultClock::default().now();
+        let by_ip = self.per_ip.check_key(&ip);
+        let by_email = self.per_email.check_key(&email.to_lowercase());
+        for outcome in [by_ip, by_email] {
+            if let Err(not_until) = outcome {
+                let wait = not_until.wait_time_from(now).as_secs().max(1);
+                return Err(ApiError::TooManyRequests {
+                    retry_after_secs: wait,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one registration from this client address.
+    ///
+    /// # Errors
+    /// 429 with the wait until the next allowed attempt.
+    pub fn check_register_rate(&self, ip: IpAddr) -> Result<(), ApiError> {
+        self.per_ip
+            .check_key(&ip)
+            .map_err(|not_until| ApiError::TooManyRequests {
+                retry_after_secs: not_until
+                    .wait_time_from(DefaultClock::default().now())
+                    .as_secs()
+                    .max(1),
+            })
+    }
+
+    /// Drops rate-limit state for keys not seen lately, so the maps stay bounded.
+    pub fn forget_idle_keys(&self) {
+        self.per_email.retain_recent();
+        self.per_ip.retain_recent();
+    }
+
+    /// Hashes a new password off the async runtime.
+    ///
+    /// # Errors
+    /// 503 if the hashing pool is closed; 500 if hashing failed.
+    pub async fn hash_password(&self, password: String) -> Result<String, ApiError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Unavailable {
+                retry_after_secs: 1,
+            })?;
+        tokio::task::spawn_blocking(move || hash_blocking(&password))
+            .await
+            .context("password hashing task")?
+            .map_err(ApiError::Internal)
+    }
+
+    /// Checks a password against a stored hash (or the dummy hash when there is no account).
+    ///
+    /// # Errors
+    /// 503 if the hashing pool is closed; 500 if the task failed.
+    pub async fn verify_password(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, ApiError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Unavailable {
+                retry_after_secs: 1,
+            })?;
+        let known = stored.is_some();
+        let hash = stored.unwrap_or_else(|| self.dummy_hash.clone());
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|parsed| {
+                argon2()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+        })
+        .await
+        .context("password verification task")?;
+        Ok(known && ok)
+    }
+
+    fn is_admin_token(&self, presented: &str) -> Result<(), ApiError> {
+        let Some(expected) = &self.admin_token else {
+            return Err(ApiError::Unauthorized(
+                "admin access is disabled on this server (no ADMIN_TOKEN configured)",
+            ));
+        };
+        if bool::from(expected.as_bytes().ct_eq(presented.as_bytes())) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized("invalid admin token"))
+        }
+    }
+
+    /// Whether the request carries the admin token (used to allow raising priority).
+    pub fn has_admin_token(&self, parts: &Parts) -> bool {
+        bearer(parts).is_ok_and(|token| self.is_admin_token(token).is_ok())
+    }
+}
+
+fn hash_blocking(password: &str) -> anyhow::Result<String> {
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .map_err(|err| anyhow::anyhow!("argon2 salt: {err}"))?;
+    argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|err| anyhow::anyhow!("argon2: {err}"))
+}
+
+/// A fresh random bearer token (256 bits) and the hash stored for it.
+pub fn new_token() -> (String, Vec<u8>) {
+    let bytes: [u8; 32] = rand::random();
+    let token = format!(
+        "shop_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = token_hash(&token);
+    (token, hash)
+}
+
+/// What the sessions table stores for a token.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized(
+            "missing bearer token (Authorization: Bearer <token>)",
+        ))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(ApiError::Unauthorized(
+            "expected Authorization: Bearer <token>",
+        ))?
+        .trim();
+    if token.is_empty() || token.len() > 512 {
+        return Err(ApiError::Unauthorized("malformed bearer token"));
+    }
+    Ok(token)
+}
+
+/// A signed-in user, resolved from the bearer token.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthUser {
+    /// The user's id.
+    pub id: i64,
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let hash = token_hash(bearer(parts)?);
+        let conn = state.db.conn().await?;
+        let row = conn
+            .query_opt(
+                "SELECT user_id FROM sessions WHERE token_hash = $1 AND expires_at > now()",
+                &[&hash],
+            )
+            .await?;
+        match row {
+            Some(row) => Ok(Self { id: row.get(0) }),
+            None => Err(ApiError::Unauthorized("invalid or expired token")),
+        }
+    }
+}
+
+/// Proof that the request carries the admin token. Admin endpoints are closed when no token is
+/// configured.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.auth.is_admin_token(bearer(parts)?)?;
+        Ok(Self)
+    }
+}
+
+/// The shared handle handlers see.
+pub type SharedAuth = Arc<Auth>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_differ_per_salt() {
+        let a = hash_blocking("correct horse").expect("hash");
+        let b = hash_blocking("correct horse").expect("hash");
+        assert_ne!(a, b, "salts must differ");
+        assert!(a.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        let parsed = PasswordHash::new(&a).expect("phc");
+        assert!(argon2().verify_password(b"correct horse", &parsed).is_ok());
+        assert!(argon2().verify_password(b"wrong horse", &parsed).is_err());
+    }
+
+    #[test]
+    fn tokens_are_unique_and_hashed() {
+        let (t1, h1) = new_token();
+        let (t2, _) = new_token();
+        assert_ne!(t1, t2);
+        assert_eq!(h1, token_hash(&t1));
+        assert!(t1.len() > 40);
+    }
+}

@@ -1,0 +1,337 @@
+//! Configuration: a TOML file, overridden by environment variables, overridden by flags.
+//!
+//! clap reads each flag and its environment variable (flag wins); whatever neither sets comes
+//! from the TOML file, then from the defaults below. The seed's own variable names (`DB_HOST`,
+//! `DB_USER`, `DB_PASSWORD`, `PORT`) and `DATABASE_URL` are honoured.
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `server` command line.
+#[derive(Debug, Parser)]
+#[command(name = "server", version, about = "The self-tuning shop API")]
+pub struct Cli {
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The server's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply migrations, then serve HTTP (the default).
+    Serve,
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Load the seed's five products, and optionally a generated catalogue.
+    Seed {
+        /// Make sure the catalogue holds this many generated products (besides the seed's
+        /// five); re-running with the same number adds nothing.
+        #[arg(long, default_value_t = 0)]
+        products: u64,
+        /// Random seed for the generated catalogue, so runs are reproducible.
+        #[arg(long, default_value_t = 42)]
+        rng_seed: u64,
+    },
+}
+
+/// Flags (and their environment variables) that override the TOML file.
+#[derive(Debug, Default, Args)]
+pub struct Overrides {
+    /// TOML configuration file; missing is fine unless given explicitly.
+    #[arg(long, env = "SHOP_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "HOST", global = true)]
+    pub host: Option<String>,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PORT", global = true)]
+    pub port: Option<u16>,
+    /// Full PostgreSQL URL; wins over the DB_* parts.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// PostgreSQL host (when no DATABASE_URL).
+    #[arg(long, env = "DB_HOST", global = true)]
+    pub db_host: Option<String>,
+    /// PostgreSQL port (when no DATABASE_URL).
+    #[arg(long, env = "DB_PORT", global = true)]
+    pub db_port: Option<u16>,
+    /// PostgreSQL user (when no DATABASE_URL).
+    #[arg(long, env = "DB_USER", global = true)]
+    pub db_user: Option<String>,
+    /// PostgreSQL password (when no DATABASE_URL).
+    #[arg(long, env = "DB_PASSWORD", global = true, hide_env_values = true)]
+    pub db_password: Option<String>,
+    /// PostgreSQL database name (when no DATABASE_URL).
+    #[arg(long, env = "DB_NAME", global = true)]
+    pub db_name: Option<String>,
+    /// Maximum database connections.
+    #[arg(long, env = "DB_POOL_SIZE", global = true)]
+    pub db_pool_size: Option<usize>,
+    /// Bearer token for admin endpoints; admin endpoints are closed without one.
+    #[arg(long, env = "ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+/// The whole configuration, as the TOML file spells it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listener.
+    pub server: ServerConfig,
+    /// PostgreSQL connection.
+    pub database: DatabaseConfig,
+    /// Accounts and admin access.
+    pub auth: AuthConfig,
+    /// Input limits.
+    pub limits: LimitsConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub host: String,
+    /// Listen port; 0 picks a free one (tests).
+    pub port: u16,
+    /// Whole-request timeout in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Full URL; when set, the parts below are ignored.
+    pub url: Option<String>,
+    /// Host, as the seed's `DB_HOST`.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// User, as the seed's `DB_USER`.
+    pub user: String,
+    /// Password, as the seed's `DB_PASSWORD`.
+    pub password: String,
+    /// Database name (the seed's `ecommerce`).
+    pub name: String,
+    /// Maximum pooled connections.
+    pub pool_size: usize,
+    /// How long a request waits for a free connection before a 503.
+    pub pool_timeout_ms: u64,
+    /// Server-side statement timeout, so no query can hold a connection forever.
+    pub statement_timeout_ms: u64,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Admin bearer token (at least 16 characters). Unset: admin endpoints answer 401.
+    pub admin_token: Option<String>,
+    /// Lifetime of a login token in hours.
+    pub token_ttl_hours: u32,
+    /// Login attempts allowed per e-mail address per minute.
+    pub login_attempts_per_minute: u32,
+    /// Login and registration attempts allowed per client IP per minute.
+    pub login_attempts_per_ip_per_minute: u32,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: usize,
+    /// Largest page size for lists.
+    pub max_page_size: u32,
+    /// Deepest reachable result (page × limit), as search engines cap it.
+    pub max_result_window: u32,
+    /// Longest search query in characters.
+    pub max_query_chars: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 3000,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            host: "localhost".into(),
+            port: 5432,
+            user: "postgres".into(),
+            password: "postgres".into(),
+            name: "ecommerce".into(),
+            pool_size: 32,
+            pool_timeout_ms: 5_000,
+            statement_timeout_ms: 15_000,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            admin_token: None,
+            token_ttl_hours: 24 * 30,
+            login_attempts_per_minute: 10,
+            login_attempts_per_ip_per_minute: 600,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024,
+            max_page_size: 100,
+            max_result_window: 10_000,
+            max_query_chars: 200,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the TOML file (if any), then applies the overrides, then checks the result.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file, or values that make no sense together.
+    pub fn load(overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut config = match &overrides.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => match std::fs::read_to_string("shop.toml") {
+                Ok(text) => toml::from_str(&text).context("parsing shop.toml")?,
+                Err(_) => Config::default(),
+            },
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *slot = v.clone();
+            }
+        }
+        set(&mut self.server.host, &o.host);
+        set(&mut self.server.port, &o.port);
+        if o.database_url.is_some() {
+            self.database.url.clone_from(&o.database_url);
+        }
+        set(&mut self.database.host, &o.db_host);
+        set(&mut self.database.port, &o.db_port);
+        set(&mut self.database.user, &o.db_user);
+        set(&mut self.database.password, &o.db_password);
+        set(&mut self.database.name, &o.db_name);
+        set(&mut self.database.pool_size, &o.db_pool_size);
+        if o.admin_token.is_some() {
+            self.auth.admin_token.clone_from(&o.admin_token);
+        }
+    }
+
+    /// Rejects settings that would make the server unsafe or useless.
+    ///
+    /// # Errors
+    /// A message naming the bad setting.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(token) = &self.auth.admin_token
+            && token.len() < 16
+        {
+            bail!("auth.admin_token (ADMIN_TOKEN) must be at least 16 characters");
+        }
+        if self.database.pool_size == 0 {
+            bail!("database.pool_size must be at least 1");
+        }
+        if self.limits.max_page_size == 0 || self.limits.max_result_window == 0 {
+            bail!("limits.max_page_size and limits.max_result_window must be positive");
+        }
+        if self.auth.login_attempts_per_minute == 0
+            || self.auth.login_attempts_per_ip_per_minute == 0
+        {
+            bail!("auth login attempt limits must be positive");
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL connection settings this configuration names.
+    ///
+    /// # Errors
+    /// A malformed `DATABASE_URL`.
+    pub fn pg_config(&self) -> anyhow::Result<tokio_postgres::Config> {
+        let db = &self.database;
+        let mut pg = match &db.url {
+            Some(url) => url
+                .parse::<tokio_postgres::Config>()
+                .context("parsing DATABASE_URL")?,
+            None => {
+                let mut pg = tokio_postgres::Config::new();
+                pg.host(&db.host)
+                    .port(db.port)
+                    .user(&db.user)
+                    .password(&db.password)
+                    .dbname(&db.name);
+                pg
+            }
+        };
+        pg.application_name("shop-api");
+        pg.connect_timeout(Duration::from_secs(5));
+        pg.options(format!("-c statement_timeout={}", db.statement_timeout_ms));
+        Ok(pg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_env_override_defaults() {
+        let overrides = Overrides {
+            port: Some(8080),
+            db_host: Some("db.internal".into()),
+            admin_token: Some("0123456789abcdef".into()),
+            ..Overrides::default()
+        };
+        let mut config = Config::default();
+        config.apply(&overrides);
+        assert_eq!(config.server.port, 8080);
+        assert_eq!(config.database.host, "db.internal");
+        assert_eq!(config.database.user, "postgres");
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn short_admin_token_is_refused() {
+        let mut config = Config::default();
+        config.auth.admin_token = Some("short".into());
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn toml_unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("[server]\nprot = 1\n").is_err());
+        let config: Config = toml::from_str("[database]\npool_size = 8\n").expect("valid toml");
+        assert_eq!(config.database.pool_size, 8);
+    }
+}

@@ -1,0 +1,158 @@
+//! The connection pool and the one path every statement takes to PostgreSQL.
+//!
+//! Handlers get a [`Conn`] (or a [`Tx`] from it) instead of a raw client. Every call prepares its
+//! SQL through the per-connection statement cache, so a statement is parsed once per connection
+//! and parameters always travel separately from the SQL text: nothing a client sends can be
+//! spliced into a statement. This single path is also where query tracking hooks in.
+
+use crate::config::Config;
+use crate::error::ApiError;
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::time::Duration;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+/// Statement parameters, as tokio-postgres takes them.
+pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// The shared pool. Cloning is cheap (an `Arc` inside).
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl Db {
+    /// Builds the pool; connections open lazily on first use.
+    ///
+    /// # Errors
+    /// Invalid connection settings.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let manager = Manager::from_config(
+            config.pg_config()?,
+            NoTls,
+            // `Fast` skips a round trip per checkout; a broken connection still surfaces as an
+            // error on its next use and is then dropped by the pool.
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.database.pool_size)
+            .wait_timeout(Some(Duration::from_millis(config.database.pool_timeout_ms)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .context("building the database pool")?;
+        Ok(Self { pool })
+    }
+
+    /// A pooled connection; waits at most the configured time, then a 503.
+    ///
+    /// # Errors
+    /// Pool timeout (503) or a failed connection (500).
+    pub async fn conn(&self) -> Result<Conn, ApiError> {
+        Ok(Conn {
+            inner: self.pool.get().await?,
+        })
+    }
+
+    /// Pool size and idle connections, for readiness and metrics.
+    pub fn status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+}
+
+/// A pooled connection.
+pub struct Conn {
+    inner: deadpool_postgres::Object,
+}
+
+/// A transaction on a pooled connection; rolled back if dropped without [`Tx::commit`].
+pub struct Tx<'a> {
+    inner: deadpool_postgres::Transaction<'a>,
+}
+
+impl Conn {
+    /// Starts a transaction.
+    ///
+    /// # Errors
+    /// The database refused to begin.
+    pub async fn transaction(&mut self) -> Result<Tx<'_>, tokio_postgres::Error> {
+        Ok(Tx {
+            inner: self.inner.transaction().await?,
+        })
+    }
+}
+
+impl Tx<'_> {
+    /// Commits the transaction.
+    ///
+    /// # Errors
+    /// The commit failed; nothing was written.
+    pub async fn commit(self) -> Result<(), tokio_postgres::Error> {
+        self.inner.commit().await
+    }
+}
+
+/// The same four statement methods on both connection kinds, each through the statement cache.
+macro_rules! statements {
+    ($ty:ty) => {
+        impl $ty {
+            /// Runs a statement and returns its rows.
+            ///
+            /// # Errors
+            /// Any database error.
+            pub async fn query(
+                &self,
+                sql: &str,
+                params: Params<'_>,
+            ) -> Result<Vec<Row>, tokio_postgres::Error> {
+                let statement = self.inner.prepare_cached(sql).await?;
+                self.inner.query(&statement, params).await
+            }
+
+            /// Runs a statement that returns exactly one row.
+            ///
+            /// # Errors
+            /// Any database error, or not exactly one row.
+            pub async fn query_one(
+                &self,
+                sql: &str,
+                params: Params<'_>,
+            ) -> Result<Row, tokio_postgres::Error> {
+                let statement = self.inner.prepare_cached(sql).await?;
+                self.inner.query_one(&statement, params).await
+            }
+
+            /// Runs a statement that returns at most one row.
+            ///
+            /// # Errors
+            /// Any database error, or more than one row.
+            pub async fn query_opt(
+                &self,
+                sql: &str,
+                params: Params<'_>,
+            ) -> Result<Option<Row>, tokio_postgres::Error> {
+                let statement = self.inner.prepare_cached(sql).await?;
+                self.inner.query_opt(&statement, params).await
+            }
+
+            /// Runs a statement and returns how many rows it touched.
+            ///
+            /// # Errors
+            /// Any database error.
+            pub async fn execute(
+                &self,
+                sql: &str,
+                params: Params<'_>,
+            ) -> Result<u64, tokio_postgres::Error> {
+                let statement = self.inner.prepare_cached(sql).await?;
+                self.inner.execute(&statement, params).await
+            }
+        }
+    };
+}
+
+statements!(Conn);
+statements!(Tx<'_>);

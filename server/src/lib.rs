@@ -1,0 +1,25 @@
+//! The shop API server as a library; `main.rs` is a thin command-line shell over it.
+//!
+//! - [`config`]: TOML file, environment and flags, merged in that order.
+//! - [`app`]: start-up (`Application::build`), shared state, the middleware stack.
+//! - [`db`]: the connection pool and the single, parameterized path every statement takes.
+//! - [`migrate`]: embedded SQL migrations, applied under an advisory lock.
+//! - [`seed`]: the seed's five products and a generated catalogue of any size.
+//! - [`auth`]: argon2id passwords, bearer tokens, login rate limits, auth extractors.
+//! - [`routes`]: one module per resource (catalogue, search, accounts, cart, checkout, orders,
+//!   analytics, health, OpenAPI).
+//! - [`error`], [`extract`], [`validate`]: JSON errors and the input checks every route shares.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod migrate;
+pub mod routes;
+pub mod seed;
+pub mod validate;
+
+pub use app::{AppState, Application};
+pub use config::Config;

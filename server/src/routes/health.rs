@@ -1,0 +1,54 @@
+//! Liveness and readiness probes for load balancers and orchestrators.
+
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde::Serialize;
+use std::time::Duration;
+use utoipa::ToSchema;
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+/// Probe answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` when healthy.
+    pub status: &'static str,
+}
+
+/// The process is up (does not touch the database).
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// The server can reach PostgreSQL within a second.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    let probe = async {
+        let conn = state.db.conn().await?;
+        conn.query_one("SELECT 1", &[]).await?;
+        Ok::<_, ApiError>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(1), probe).await {
+        Ok(Ok(())) => Ok(Json(Health { status: "ok" })),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "readiness probe failed");
+            Err(ApiError::Unavailable {
+                retry_after_secs: 1,
+            })
+        }
+        Err(_) => Err(ApiError::Unavailable {
+            retry_after_secs: 1,
+        }),
+    }
+}

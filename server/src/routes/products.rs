@@ -1,0 +1,385 @@
+//! Catalogue: list, detail, and admin create/update.
+
+use crate::app::AppState;
+use crate::auth::Admin;
+use crate::error::{ApiError, ErrorBody, on_constraint};
+use crate::extract::{Json, Path, Query};
+use crate::validate::{self, Page};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Row;
+use utoipa::{IntoParams, ToSchema};
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/products", get(list).post(create))
+        .route("/api/products/{id}", get(detail).patch(update))
+}
+
+/// The columns every product query selects, in the order [`Product::from_row`] reads them.
+pub const PRODUCT_COLUMNS: &str = "p.id, p.sku, p.name, p.description, p.price, p.category, \
+     p.active, p.popularity, COALESCE(i.quantity, 0), p.created_at, p.updated_at";
+
+/// A catalogue entry.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    /// Product id.
+    pub id: i64,
+    /// Stock keeping unit, unique.
+    pub sku: String,
+    /// Display name.
+    pub name: String,
+    /// Long description.
+    pub description: String,
+    /// Unit price as an exact decimal string, e.g. "1299.99".
+    #[schema(value_type = String, example = "1299.99")]
+    pub price: Decimal,
+    /// Category, e.g. "electronics".
+    pub category: String,
+    /// Whether the product is listed.
+    pub active: bool,
+    /// Popularity score (higher sells more).
+    pub popularity: i32,
+    /// Units in stock.
+    pub stock: i32,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Product {
+    /// Reads a row selected with [`PRODUCT_COLUMNS`].
+    pub fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get(0),
+            sku: row.get(1),
+            name: row.get(2),
+            description: row.get(3),
+            price: row.get(4),
+            category: row.get(5),
+            active: row.get(6),
+            popularity: row.get(7),
+            stock: row.get(8),
+            created_at: row.get(9),
+            updated_at: row.get(10),
+        }
+    }
+}
+
+/// A page of products.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductPage {
+    /// The products on this page.
+    pub products: Vec<Product>,
+    /// 1-based page number.
+    pub page: u32,
+    /// Page size.
+    pub limit: u32,
+    /// Whether another page follows.
+    pub has_more: bool,
+}
+
+impl ProductPage {
+    /// Builds a page from rows fetched with `LIMIT page.fetch()`.
+    pub fn from_rows(rows: &[Row], page: Page) -> Self {
+        let limit = page.limit as usize;
+        Self {
+            products: rows.iter().take(limit).map(Product::from_row).collect(),
+            page: page.page,
+            limit: page.limit,
+            has_more: rows.len() > limit,
+        }
+    }
+}
+
+/// Query parameters of the product list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// 1-based page number (default 1).
+    pub page: Option<u32>,
+    /// Page size (default 20, at most 100).
+    pub limit: Option<u32>,
+    /// Only this category.
+    pub category: Option<String>,
+}
+
+/// List active products, most popular first.
+#[utoipa::path(get, path = "/api/products", tag = "catalogue", params(ListParams),
+    responses((status = 200, body = ProductPage), (status = 400, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<ProductPage>, ApiError> {
+    let limits = &state.config.limits;
+    let page = Page::new(
+        params.page,
+        params.limit,
+        limits.max_page_size,
+        limits.max_result_window,
+    )?;
+    let conn = state.db.conn().await?;
+    // Two statements rather than one with `$1 IS NULL OR ...`: a generic plan for the combined
+    // form cannot use an index on category, and the plans here should be the obvious ones.
+    let rows = match params.category.as_deref() {
+        Some(category) => {
+            let category = validate::text("category", category, 100)?;
+            conn.query(
+                &format!(
+                    "SELECT {PRODUCT_COLUMNS} FROM products p LEFT JOIN inventory i ON i.product_id = p.id \
+                     WHERE p.active AND p.category = $1 ORDER BY p.popularity DESC, p.id LIMIT $2 OFFSET $3"
+                ),
+                &[&category, &page.fetch(), &page.offset()],
+            )
+            .await?
+        }
+        None => {
+            conn.query(
+                &format!(
+                    "SELECT {PRODUCT_COLUMNS} FROM products p LEFT JOIN inventory i ON i.product_id = p.id \
+                     WHERE p.active ORDER BY p.popularity DESC, p.id LIMIT $1 OFFSET $2"
+                ),
+                &[&page.fetch(), &page.offset()],
+            )
+            .await?
+        }
+    };
+    Ok(Json(ProductPage::from_rows(&rows, page)))
+}
+
+/// Fetches one product (inactive ones only when `include_inactive`).
+async fn fetch(state: &AppState, id: i64, include_inactive: bool) -> Result<Product, ApiError> {
+    let conn = state.db.conn().await?;
+    let row = conn
+        .query_opt(
+            &format!(
+                "SELECT {PRODUCT_COLUMNS} FROM products p LEFT JOIN inventory i ON i.product_id = p.id \
+                 WHERE p.id = $1 AND (p.active OR $2)"
+            ),
+            &[&id, &include_inactive],
+        )
+        .await?;
+    row.as_ref()
+        .map(Product::from_row)
+        .ok_or(ApiError::NotFound("product"))
+}
+
+/// Get one product.
+#[utoipa::path(get, path = "/api/products/{id}", tag = "catalogue",
+    params(("id" = i64, Path, description = "Product id")),
+    responses((status = 200, body = Product), (status = 404, body = ErrorBody)))]
+pub async fn detail(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Product>, ApiError> {
+    Ok(Json(fetch(&state, id, false).await?))
+}
+
+/// A product to create (admin).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewProduct {
+    /// Unique SKU; generated when absent.
+    pub sku: Option<String>,
+    /// Display name (1-255 characters).
+    pub name: String,
+    /// Description (up to 10,000 characters).
+    #[serde(default)]
+    pub description: String,
+    /// Price with at most two decimals, as a string or number.
+    #[schema(value_type = String, example = "19.99")]
+    pub price: Decimal,
+    /// Category (1-100 characters).
+    pub category: String,
+    /// Initial stock (default 0).
+    #[serde(default)]
+    pub stock: i32,
+    /// Popularity (default 0).
+    #[serde(default)]
+    pub popularity: i32,
+    /// Listed (default true).
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Changes to a product (admin); absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProductUpdate {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New price.
+    #[schema(value_type = Option<String>)]
+    pub price: Option<Decimal>,
+    /// New category.
+    pub category: Option<String>,
+    /// New stock level (absolute).
+    pub stock: Option<i32>,
+    /// New popularity.
+    pub popularity: Option<i32>,
+    /// Listed or not.
+    pub active: Option<bool>,
+}
+
+/// Largest price NUMERIC(12, 2) holds.
+fn max_price() -> Decimal {
+    Decimal::new(999_999_999_999, 2)
+}
+
+fn check_price(price: Decimal) -> Result<Decimal, ApiError> {
+    let price = price.normalize();
+    if price.is_sign_negative() || price > max_price() || price.scale() > 2 {
+        return Err(ApiError::unprocessable(
+            "invalid_price",
+            "price must be between 0 and 9999999999.99 with at most two decimals",
+        ));
+    }
+    Ok(price)
+}
+
+fn product_conflict(constraint: &str) -> Option<ApiError> {
+    (constraint == "products_sku_key")
+        .then(|| ApiError::conflict("sku_taken", "a product with this sku exists"))
+}
+
+/// Create a product (admin).
+#[utoipa::path(post, path = "/api/products", tag = "admin", request_body = NewProduct,
+    security(("admin" = [])),
+    responses((status = 201, body = Product), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Json(new): Json<NewProduct>,
+) -> Result<(StatusCode, Json<Product>), ApiError> {
+    let name = validate::text("name", &new.name, 255)?;
+    let description = validate::optional_text("description", &new.description, 10_000)?;
+    let category = validate::text("category", &new.category, 100)?;
+    let price = check_price(new.price)?;
+    let stock = validate::range("stock", new.stock, 0, 1_000_000_000)?;
+    let popularity = validate::range("popularity", new.popularity, 0, 1_000_000_000)?;
+    let sku = match &new.sku {
+        Some(sku) => validate::text("sku", sku, 64)?.to_owned(),
+        None => format!("SKU-{:016X}", rand::random::<u64>()),
+    };
+    let mut conn = state.db.conn().await?;
+    let tx = conn.transaction().await?;
+    let row = tx
+        .query_one(
+            "INSERT INTO products (sku, name, description, price, category, popularity, active) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            &[
+                &sku,
+                &name,
+                &description,
+                &price,
+                &category,
+                &popularity,
+                &new.active,
+            ],
+        )
+        .await
+        .map_err(|e| on_constraint(e, product_conflict))?;
+    let id: i64 = row.get(0);
+    tx.execute(
+        "INSERT INTO inventory (product_id, quantity) VALUES ($1, $2)",
+        &[&id, &stock],
+    )
+    .await?;
+    tx.commit().await?;
+    drop(conn);
+    Ok((StatusCode::CREATED, Json(fetch(&state, id, true).await?)))
+}
+
+/// Update a product (admin).
+#[utoipa::path(patch, path = "/api/products/{id}", tag = "admin", request_body = ProductUpdate,
+    params(("id" = i64, Path, description = "Product id")), security(("admin" = [])),
+    responses((status = 200, body = Product), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<i64>,
+    Json(change): Json<ProductUpdate>,
+) -> Result<Json<Product>, ApiError> {
+    let name = change
+        .name
+        .as_deref()
+        .map(|v| validate::text("name", v, 255))
+        .transpose()?;
+    let description = change
+        .description
+        .as_deref()
+        .map(|v| validate::optional_text("description", v, 10_000))
+        .transpose()?;
+    let category = change
+        .category
+        .as_deref()
+        .map(|v| validate::text("category", v, 100))
+        .transpose()?;
+    let price = change.price.map(check_price).transpose()?;
+    let stock = change
+        .stock
+        .map(|v| validate::range("stock", v, 0, 1_000_000_000))
+        .transpose()?;
+    let popularity = change
+        .popularity
+        .map(|v| validate::range("popularity", v, 0, 1_000_000_000))
+        .transpose()?;
+    let mut conn = state.db.conn().await?;
+    let tx = conn.transaction().await?;
+    let updated = tx
+        .execute(
+            "UPDATE products SET name = COALESCE($2, name), description = COALESCE($3, description), \
+             price = COALESCE($4, price), category = COALESCE($5, category), \
+             popularity = COALESCE($6, popularity), active = COALESCE($7, active), updated_at = now() \
+             WHERE id = $1",
+            &[&id, &name, &description, &price, &category, &popularity, &change.active],
+        )
+        .await?;
+    if updated == 0 {
+        return Err(ApiError::NotFound("product"));
+    }
+    if let Some(stock) = stock {
+        tx.execute(
+            "INSERT INTO inventory (product_id, quantity) VALUES ($1, $2) \
+             ON CONFLICT (product_id) DO UPDATE SET quantity = EXCLUDED.quantity",
+            &[&id, &stock],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    drop(conn);
+    Ok(Json(fetch(&state, id, true).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn prices_are_exact_and_bounded() {
+        let ok = |s: &str| check_price(Decimal::from_str(s).expect("decimal")).is_ok();
+        assert!(ok("1299.99"));
+        assert!(ok("0"));
+        assert!(ok("19.900"), "trailing zeros are not extra precision");
+        assert!(!ok("19.999"));
+        assert!(!ok("-1"));
+        assert!(!ok("10000000000"));
+    }
+}

@@ -1,0 +1,177 @@
+use crate::helpers::{assert_error, spawn_app};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn register_login_me_logout() {
+    let app = spawn_app().await;
+    let user = app
+        .register("Ada@Example.com", "correct horse battery")
+        .await;
+    let me: Value = app
+        .get_as(&user.token, "/api/me")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["email"], "Ada@Example.com");
+    assert_eq!(me["id"], user.id);
+
+    // E-mail matching is case-insensitive.
+    let login = app
+        .post_json(
+            None,
+            "/api/auth/login",
+            &json!({"email": "ada@example.com", "password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(login.status(), StatusCode::OK);
+    let session: Value = login.json().await.expect("json");
+    let second = session["token"].as_str().expect("token").to_owned();
+    assert_ne!(second, user.token);
+    assert!(session["expiresAt"].is_string());
+
+    let logout = app
+        .client
+        .post(app.url("/api/auth/logout"))
+        .bearer_auth(&second)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    assert_error(
+        app.get_as(&second, "/api/me").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    // The other session is untouched.
+    assert_eq!(
+        app.get_as(&user.token, "/api/me").await.status(),
+        StatusCode::OK
+    );
+    // Only a hash of the token is stored, never the token itself.
+    let row = app
+        .db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE token_hash = convert_to($1, 'UTF8')), \
+                    count(*) FILTER (WHERE token_hash = sha256(convert_to($1, 'UTF8'))) FROM sessions",
+            &[&user.token],
+        )
+        .await
+        .expect("query");
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 1));
+}
+
+#[tokio::test]
+async fn bad_credentials_and_registrations_are_refused() {
+    let app = spawn_app().await;
+    app.register("bob@example.com", "correct horse battery")
+        .await;
+    let wrong = app
+        .post_json(
+            None,
+            "/api/auth/login",
+            &json!({"email": "bob@example.com", "password": "wrong password"}),
+        )
+        .await;
+    assert_error(wrong, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let unknown = app
+        .post_json(
+            None,
+            "/api/auth/login",
+            &json!({"email": "nobody@example.com", "password": "whatever1"}),
+        )
+        .await;
+    assert_error(unknown, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    let duplicate = app
+        .post_json(
+            None,
+            "/api/auth/register",
+            &json!({"email": "BOB@example.com", "password": "another password"}),
+        )
+        .await;
+    assert_error(duplicate, StatusCode::CONFLICT, "email_taken").await;
+    let weak = app
+        .post_json(
+            None,
+            "/api/auth/register",
+            &json!({"email": "c@example.com", "password": "short"}),
+        )
+        .await;
+    assert_error(weak, StatusCode::UNPROCESSABLE_ENTITY, "weak_password").await;
+    let bad_email = app
+        .post_json(
+            None,
+            "/api/auth/register",
+            &json!({"email": "not-an-email", "password": "long enough pw"}),
+        )
+        .await;
+    assert_error(bad_email, StatusCode::UNPROCESSABLE_ENTITY, "invalid_email").await;
+    let extra = app
+        .post_json(
+            None,
+            "/api/auth/register",
+            &json!({"email": "d@example.com", "password": "long enough pw", "role": "admin"}),
+        )
+        .await;
+    assert_error(extra, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
+    assert_eq!(app.count("users").await, 1);
+
+    for token in [
+        "garbage",
+        "shop_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
+        assert_error(
+            app.get_as(token, "/api/me").await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        )
+        .await;
+    }
+    assert_error(
+        app.get("/api/cart").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn login_attempts_are_rate_limited() {
+    let app = spawn_app().await;
+    app.register("eve@example.com", "correct horse battery")
+        .await;
+    let attempt = json!({"email": "eve@example.com", "password": "guess guess"});
+    for _ in 0..10 {
+        let response = app.post_json(None, "/api/auth/login", &attempt).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let limited = app.post_json(None, "/api/auth/login", &attempt).await;
+    assert!(
+        limited.headers().get("retry-after").is_some(),
+        "429 says when to retry"
+    );
+    assert_error(limited, StatusCode::TOO_MANY_REQUESTS, "too_many_requests").await;
+    // Even the right password waits: the limit is per account, before any check.
+    let right = app
+        .post_json(
+            None,
+            "/api/auth/login",
+            &json!({"email": "EVE@example.com", "password": "correct horse battery"}),
+        )
+        .await;
+    assert_error(right, StatusCode::TOO_MANY_REQUESTS, "too_many_requests").await;
+    // Another account is not affected.
+    app.register("frank@example.com", "correct horse battery")
+        .await;
+    let other = app
+        .post_json(
+            None,
+            "/api/auth/login",
+            &json!({"email": "frank@example.com", "password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(other.status(), StatusCode::OK);
+}

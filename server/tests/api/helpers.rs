@@ -1,0 +1,305 @@
+//! Test harness: each test gets its own freshly migrated database and its own server on a
+//! random port, talking to the real PostgreSQL named by `DATABASE_URL` (set by `make test`).
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use server::{Application, Config};
+use std::sync::Once;
+
+/// The admin token every test server is configured with.
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+/// A running server and a handle on its database.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`
+    pub address: String,
+    /// HTTP client.
+    pub client: Client,
+    /// A direct connection to the test database, for setting up and checking state.
+    pub db: tokio_postgres::Client,
+    db_name: String,
+    base_url: String,
+}
+
+/// Server logs appear only when `TEST_LOG` is set, as in zero-to-production.
+fn init_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        }
+    });
+}
+
+fn with_dbname(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let prefix = base.rsplit_once('/').map_or(base, |(p, _)| p);
+    match query {
+        Some(q) => format!("{prefix}/{name}?{q}"),
+        None => format!("{prefix}/{name}"),
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot connect to PostgreSQL at DATABASE_URL ({e}); run tests with `make test`")
+        });
+    tokio::spawn(connection);
+    client
+}
+
+/// Starts a server on a fresh database with the default configuration.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a server on a fresh database, letting the test adjust the configuration first.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    init_logging();
+    let base_url = std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL must be set; run tests with `make test`");
+    let db_name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    connect(&base_url)
+        .await
+        .batch_execute(&format!("CREATE DATABASE {db_name}"))
+        .await
+        .expect("create test database");
+    let url = with_dbname(&base_url, &db_name);
+
+    let mut config = Config::default();
+    config.server.host = "127.0.0.1".into();
+    config.server.port = 0;
+    config.database.url = Some(url.clone());
+    config.database.pool_size = 16;
+    config.auth.admin_token = Some(ADMIN.into());
+    adjust(&mut config);
+    let app = Application::build(config).await.expect("server starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+
+    let db = connect(&url).await;
+    // The seed's five products, through the real seed path.
+    let mut seed_config = Config::default();
+    seed_config.database.url = Some(url);
+    server::seed::run(&seed_config, 0, 1).await.expect("seed");
+    TestApp {
+        address,
+        client: Client::new(),
+        db,
+        db_name,
+        base_url,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Drop the database from a separate thread with its own runtime: Drop cannot await, and
+        // the test's runtime may be single-threaded.
+        let (base, name) = (self.base_url.clone(), self.db_name.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&base, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A signed-in user.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Bearer token.
+    pub token: String,
+    /// User id.
+    pub id: i64,
+}
+
+impl TestApp {
+    /// Absolute URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// GET without credentials.
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// GET with a bearer token.
+    pub async fn get_as(&self, token: &str, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// POST JSON with an optional bearer token.
+    pub async fn post_json(&self, token: Option<&str>, path: &str, body: &Value) -> Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request")
+    }
+
+    /// PATCH JSON with a bearer token.
+    pub async fn patch_json(&self, token: &str, path: &str, body: &Value) -> Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// DELETE with a bearer token.
+    pub async fn delete_as(&self, token: &str, path: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Registers a user through the API.
+    pub async fn register(&self, email: &str, password: &str) -> User {
+        let response = self
+            .post_json(
+                None,
+                "/api/auth/register",
+                &json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "register {email}");
+        let body: Value = response.json().await.expect("json");
+        User {
+            token: body["token"].as_str().expect("token").to_owned(),
+            id: body["user"]["id"].as_i64().expect("id"),
+        }
+    }
+
+    /// Creates `n` users with sessions directly in the database (no password hashing), for
+    /// tests that need many shoppers at once. The tokens are real: they go through the same
+    /// lookup as tokens from the login endpoint.
+    pub async fn users_via_db(&self, n: usize) -> Vec<User> {
+        let mut users = Vec::with_capacity(n);
+        for i in 0..n {
+            let row = self
+                .db
+                .query_one(
+                    "INSERT INTO users (email, password_hash) VALUES ($1, 'unusable') RETURNING id",
+                    &[&format!("bulk{i}@example.com")],
+                )
+                .await
+                .expect("insert user");
+            let id: i64 = row.get(0);
+            let (token, hash) = server::auth::new_token();
+            self.db
+                .execute(
+                    "INSERT INTO sessions (token_hash, user_id, expires_at) VALUES ($1, $2, now() + interval '1 hour')",
+                    &[&hash, &id],
+                )
+                .await
+                .expect("insert session");
+            users.push(User { token, id });
+        }
+        users
+    }
+
+    /// Id of a seed product by name.
+    pub async fn product_id(&self, name: &str) -> i64 {
+        self.db
+            .query_one("SELECT id FROM products WHERE name = $1", &[&name])
+            .await
+            .expect("product")
+            .get(0)
+    }
+
+    /// Sets a product's stock.
+    pub async fn set_stock(&self, product_id: i64, quantity: i32) {
+        self.db
+            .execute(
+                "UPDATE inventory SET quantity = $2 WHERE product_id = $1",
+                &[&product_id, &quantity],
+            )
+            .await
+            .expect("set stock");
+    }
+
+    /// A product's stock.
+    pub async fn stock(&self, product_id: i64) -> i32 {
+        self.db
+            .query_one(
+                "SELECT quantity FROM inventory WHERE product_id = $1",
+                &[&product_id],
+            )
+            .await
+            .expect("stock")
+            .get(0)
+    }
+
+    /// Number of rows in a table (names are test constants, never input).
+    pub async fn count(&self, table: &str) -> i64 {
+        self.db
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("count")
+            .get(0)
+    }
+
+    /// Puts `quantity` of a product in the user's cart through the API.
+    pub async fn add_to_cart(&self, user: &User, product_id: i64, quantity: i32) {
+        let response = self
+            .post_json(
+                Some(&user.token),
+                "/api/cart",
+                &json!({"productId": product_id, "quantity": quantity}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "add to cart");
+    }
+}
+
+/// A valid checkout body (the seed's example).
+pub fn checkout_body() -> Value {
+    json!({
+        "paymentMethod": "credit_card",
+        "shippingAddress": {"street": "123 Main St", "city": "Bangkok", "country": "Thailand"}
+    })
+}
+
+/// Asserts the response is our JSON error with this status and code; returns the message.
+pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> String {
+    assert_eq!(response.status(), status);
+    let body: Value = response.json().await.expect("error body is JSON");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned()
+}

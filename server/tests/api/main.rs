@@ -1,0 +1,13 @@
+//! Integration tests: the real server against real PostgreSQL, one database per test.
+//! All modules compile into this one binary.
+
+mod accounts;
+mod analytics;
+mod bad_input;
+mod cart;
+mod checkout;
+mod health;
+mod helpers;
+mod orders;
+mod products;
+mod search;
