@@ -1,7 +1,32 @@
-//! The small crate the server and the trainer share.
+//! The small crate the server and the trainer share, so training and serving never drift
+//! (DESIGN.md, "Training and serving never drift"; Google's Rules of ML, rule 29).
 //!
-//! It will hold the request and query log record format, the fixed-order feature vector with
-//! its schema fingerprint, and the model manifest (see `DESIGN.md`, "Training and serving never
-//! drift"). It stays free of heavy dependencies (no axum, polars or ort) so that both sides can
-//! depend on it cheaply. The shop API issue only lays out the crate; its types arrive with the
-//! optimizer.
+//! - [`features`]: the fixed-order feature vector, its names, and the schema fingerprint.
+//! - [`routes`]: the route templates the server knows, in a fixed order (a feature).
+//! - [`log`]: the request and query log records the server writes and the trainer reads.
+//! - [`manifest`]: the model manifest the trainer writes and the server checks.
+//!
+//! It depends on serde only.
+
+pub mod features;
+pub mod log;
+pub mod manifest;
+pub mod routes;
+
+pub use features::{FEATURE_COUNT, FEATURE_NAMES, FeatureVector, SCHEMA_FINGERPRINT};
+pub use log::{QueryRecord, RequestRecord};
+pub use manifest::Manifest;
+pub use routes::{ROUTES, Route};
+
+/// FNV-1a, 64 bit: a tiny, stable, dependency-free hash for fingerprints (schema and SQL).
+/// Not for security; only for telling versions and statements apart.
+pub const fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}

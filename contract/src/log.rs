@@ -1,0 +1,56 @@
+//! Log records: one [`RequestRecord`] per request, one JSON object per line in `data/logs/`.
+
+use crate::features::FeatureVector;
+use serde::{Deserialize, Serialize};
+
+/// One database statement executed while serving a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryRecord {
+    /// Fingerprint of the normalized statement (16 hex digits).
+    pub fingerprint: String,
+    /// The normalized statement text (parameters are `$n` placeholders, never values).
+    pub statement: String,
+    /// Execution time in milliseconds (prepare + execute).
+    pub duration_ms: f32,
+    /// Rows returned or affected.
+    pub rows: u64,
+}
+
+/// One served (or shed) request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Unix time in milliseconds when the request arrived.
+    pub ts_ms: i64,
+    /// Schema fingerprint of `features` (16 hex digits).
+    pub schema: String,
+    /// Route label, e.g. `GET /api/products/{id}`.
+    pub route: String,
+    /// Priority it was admitted with: `critical`, `high`, `normal` or `low`.
+    pub priority: String,
+    /// The exact feature vector the prediction used.
+    pub features: FeatureVector,
+    /// Predicted median latency (ms).
+    pub predicted_p50_ms: f32,
+    /// Predicted 90th percentile latency (ms).
+    pub predicted_p90_ms: f32,
+    /// Confidence reported to the client (0-1).
+    pub confidence: f32,
+    /// Which predictor answered: `onnx` or `online`.
+    pub source: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Total time in the server (ms), queueing included.
+    pub latency_ms: f32,
+    /// Time spent in database statements (ms).
+    pub db_ms: f32,
+    /// Time spent waiting for admission (ms).
+    pub queue_ms: f32,
+    /// Cache outcome: `hit`, `miss`, `refresh`, `bypass` (not cacheable) or `off`.
+    pub cache: String,
+    /// Whether admission shed the request (503).
+    pub shed: bool,
+    /// Anomaly score (0-1).
+    pub anomaly_score: f32,
+    /// Statements executed.
+    pub queries: Vec<QueryRecord>,
+}
