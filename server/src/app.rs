@@ -7,6 +7,7 @@ use crate::auth::{Auth, SharedAuth};
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::{ApiError, error_response};
+use crate::optimizer::Optimizer;
 use crate::routes;
 use anyhow::Context;
 use axum::Router;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Accounts, tokens and login limits.
     pub auth: SharedAuth,
+    /// The online optimizer.
+    pub optimizer: Arc<Optimizer>,
 }
 
 /// A built server: bound, migrated, ready to serve.
@@ -53,10 +56,12 @@ impl Application {
         let listener = TcpListener::bind(&address)
             .await
             .with_context(|| format!("binding {address}"))?;
+        let optimizer = Arc::new(Optimizer::new(&config));
         let state = AppState {
             db,
             config: Arc::new(config),
             auth,
+            optimizer,
         };
         let router = router(state.clone());
         Ok(Self {
@@ -77,6 +82,11 @@ impl Application {
     /// The listener failed.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let maintenance = tokio::spawn(maintenance(self.state.clone()));
+        let sampler = self.state.optimizer.spawn_sampler();
+        let listener = self
+            .state
+            .optimizer
+            .spawn_listener(self.state.config.pg_config()?);
         tracing::info!(port = self.port(), "listening");
         let service = self
             .router
@@ -85,6 +95,8 @@ impl Application {
             .with_graceful_shutdown(shutdown_signal())
             .await;
         maintenance.abort();
+        sampler.abort();
+        listener.abort();
         result.context("serving HTTP")
     }
 }
@@ -115,7 +127,11 @@ pub fn router(state: AppState) -> Router {
                     )
                 }))
                 .layer(middleware::from_fn_with_state(timeout, request_timeout))
-                .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+                .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::optimizer::middleware::optimize,
+                )),
         )
         .with_state(state)
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
@@ -168,8 +169,8 @@ impl Auth {
     }
 
     /// Whether the request carries the admin token (used to allow raising priority).
-    pub fn has_admin_token(&self, parts: &Parts) -> bool {
-        bearer(parts).is_ok_and(|token| self.is_admin_token(token).is_ok())
+    pub fn has_admin_token(&self, headers: &HeaderMap) -> bool {
+        bearer(headers).is_ok_and(|token| self.is_admin_token(token).is_ok())
     }
 }
 
@@ -198,13 +199,10 @@ pub fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
-        .headers
-        .get(AUTHORIZATION)
-        .ok_or(ApiError::Unauthorized(
-            "missing bearer token (Authorization: Bearer <token>)",
-        ))?;
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers.get(AUTHORIZATION).ok_or(ApiError::Unauthorized(
+        "missing bearer token (Authorization: Bearer <token>)",
+    ))?;
     let value = value
         .to_str()
         .map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
@@ -232,7 +230,7 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let hash = token_hash(bearer(parts)?);
+        let hash = token_hash(bearer(&parts.headers)?);
         let conn = state.db.conn().await?;
         let row = conn
             .query_opt(
@@ -256,7 +254,7 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.auth.is_admin_token(bearer(parts)?)?;
+        state.auth.is_admin_token(bearer(&parts.headers)?)?;
         Ok(Self)
     }
 }

@@ -80,7 +80,7 @@ pub struct Overrides {
 }
 
 /// The whole configuration, as the TOML file spells it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// HTTP listener.
@@ -91,6 +91,127 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Input limits.
     pub limits: LimitsConfig,
+    /// Minutes between background retraining runs (0 = never; used once models exist).
+    pub training_interval: u64,
+    /// Confidence (0-1) a prediction needs before the optimizer acts on it (refresh-ahead,
+    /// predicted-cost shedding); below it the optimizer falls back to conservative defaults.
+    pub prediction_threshold: f64,
+    /// `[optimization]`
+    pub optimization: OptimizationConfig,
+    /// `[features]`: each part of the optimizer can be switched off.
+    pub features: FeaturesConfig,
+    /// `[metrics]`
+    pub metrics: MetricsConfig,
+    /// `[telemetry]`: the request log the trainer learns from.
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[optimization]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimizationConfig {
+    /// Latency the optimizer steers toward; requests predicted to miss it by waiting are shed
+    /// (lowest priority first).
+    pub target_latency_ms: u64,
+    /// Memory budget in MiB for the response cache.
+    pub max_memory_mb: u64,
+    /// Lower and upper bound of the adaptive concurrency limit.
+    pub min_concurrency: u32,
+    /// Upper bound of the adaptive concurrency limit.
+    pub max_concurrency: u32,
+    /// Share of anomalous requests over the window that counts as an incident.
+    pub anomaly_rate_threshold: f64,
+    /// Seconds an incident must last before auto-healing acts (not a single spike).
+    pub anomaly_min_duration_secs: u64,
+    /// Healthy seconds before auto-healing undoes its actions.
+    pub recovery_secs: u64,
+}
+
+/// `[features]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeaturesConfig {
+    /// Latency prediction (and the confidence header).
+    pub performance_prediction: bool,
+    /// Anomaly scoring and auto-healing.
+    pub anomaly_detection: bool,
+    /// Predictive response cache.
+    pub caching: bool,
+    /// Priority admission and load shedding.
+    pub priority: bool,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Hours of history kept (metrics history and request logs).
+    pub retention_hours: u64,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Write request logs at all.
+    pub enabled: bool,
+    /// Folder for request logs.
+    pub log_dir: std::path::PathBuf,
+    /// The optimizer's action log (JSON lines).
+    pub optimizer_log: std::path::PathBuf,
+    /// Records buffered between the request path and the writer; beyond it records are dropped
+    /// (and counted) rather than slowing requests.
+    pub channel_capacity: usize,
+    /// Start a new log file after this many MiB.
+    pub rotate_mb: u64,
+    /// Start a new log file after this many minutes.
+    pub rotate_minutes: u64,
+}
+
+impl Default for OptimizationConfig {
+    fn default() -> Self {
+        Self {
+            target_latency_ms: 100,
+            max_memory_mb: 256,
+            min_concurrency: 8,
+            max_concurrency: 512,
+            anomaly_rate_threshold: 0.2,
+            anomaly_min_duration_secs: 5,
+            recovery_secs: 10,
+        }
+    }
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        Self {
+            performance_prediction: true,
+            anomaly_detection: true,
+            caching: true,
+            priority: true,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            retention_hours: 24,
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            log_dir: "data/logs".into(),
+            optimizer_log: "logs/ml-optimizer.log".into(),
+            channel_capacity: 16_384,
+            rotate_mb: 64,
+            rotate_minutes: 60,
+        }
+    }
 }
 
 /// `[server]`
@@ -205,6 +326,23 @@ impl Default for LimitsConfig {
     }
 }
 
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            training_interval: 0,
+            prediction_threshold: 0.7,
+            optimization: OptimizationConfig::default(),
+            features: FeaturesConfig::default(),
+            metrics: MetricsConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
 impl Config {
     /// Reads the TOML file (if any), then applies the overrides, then checks the result.
     ///
@@ -259,6 +397,25 @@ impl Config {
             && token.len() < 16
         {
             bail!("auth.admin_token (ADMIN_TOKEN) must be at least 16 characters");
+        }
+        if !(0.0..=1.0).contains(&self.prediction_threshold) {
+            bail!("prediction_threshold must be between 0 and 1");
+        }
+        let o = &self.optimization;
+        if o.min_concurrency == 0 || o.min_concurrency > o.max_concurrency {
+            bail!("optimization.min_concurrency must be at least 1 and at most max_concurrency");
+        }
+        if o.target_latency_ms == 0 || o.max_memory_mb == 0 {
+            bail!("optimization.target_latency_ms and max_memory_mb must be positive");
+        }
+        if !(0.0..=1.0).contains(&o.anomaly_rate_threshold) {
+            bail!("optimization.anomaly_rate_threshold must be between 0 and 1");
+        }
+        if self.metrics.retention_hours == 0 {
+            bail!("metrics.retention_hours must be at least 1");
+        }
+        if self.telemetry.channel_capacity == 0 {
+            bail!("telemetry.channel_capacity must be positive");
         }
         if self.database.pool_size == 0 {
             bail!("database.pool_size must be at least 1");

@@ -7,9 +7,10 @@
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::optimizer::queries;
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
@@ -95,7 +96,8 @@ impl Tx<'_> {
     }
 }
 
-/// The same four statement methods on both connection kinds, each through the statement cache.
+/// The same four statement methods on both connection kinds, each through the statement cache
+/// and timed into the current request's query log.
 macro_rules! statements {
     ($ty:ty) => {
         impl $ty {
@@ -108,8 +110,11 @@ macro_rules! statements {
                 sql: &str,
                 params: Params<'_>,
             ) -> Result<Vec<Row>, tokio_postgres::Error> {
+                let started = Instant::now();
                 let statement = self.inner.prepare_cached(sql).await?;
-                self.inner.query(&statement, params).await
+                let rows = self.inner.query(&statement, params).await?;
+                queries::record(sql, started.elapsed(), rows.len() as u64);
+                Ok(rows)
             }
 
             /// Runs a statement that returns exactly one row.
@@ -121,8 +126,11 @@ macro_rules! statements {
                 sql: &str,
                 params: Params<'_>,
             ) -> Result<Row, tokio_postgres::Error> {
+                let started = Instant::now();
                 let statement = self.inner.prepare_cached(sql).await?;
-                self.inner.query_one(&statement, params).await
+                let row = self.inner.query_one(&statement, params).await;
+                queries::record(sql, started.elapsed(), u64::from(row.is_ok()));
+                row
             }
 
             /// Runs a statement that returns at most one row.
@@ -134,8 +142,11 @@ macro_rules! statements {
                 sql: &str,
                 params: Params<'_>,
             ) -> Result<Option<Row>, tokio_postgres::Error> {
+                let started = Instant::now();
                 let statement = self.inner.prepare_cached(sql).await?;
-                self.inner.query_opt(&statement, params).await
+                let row = self.inner.query_opt(&statement, params).await?;
+                queries::record(sql, started.elapsed(), u64::from(row.is_some()));
+                Ok(row)
             }
 
             /// Runs a statement and returns how many rows it touched.
@@ -147,8 +158,11 @@ macro_rules! statements {
                 sql: &str,
                 params: Params<'_>,
             ) -> Result<u64, tokio_postgres::Error> {
+                let started = Instant::now();
                 let statement = self.inner.prepare_cached(sql).await?;
-                self.inner.execute(&statement, params).await
+                let n = self.inner.execute(&statement, params).await?;
+                queries::record(sql, started.elapsed(), n);
+                Ok(n)
             }
         }
     };

@@ -8,6 +8,8 @@
 //! - [`auth`]: argon2id passwords, bearer tokens, login rate limits, auth extractors.
 //! - [`routes`]: one module per resource (catalogue, search, accounts, cart, checkout, orders,
 //!   analytics, health, OpenAPI).
+//! - [`optimizer`]: the online optimizer on the request path (statistics, prediction,
+//!   admission, cache, anomaly detection, request log).
 //! - [`error`], [`extract`], [`validate`]: JSON errors and the input checks every route shares.
 
 pub mod app;
@@ -17,6 +19,7 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod migrate;
+pub mod optimizer;
 pub mod routes;
 pub mod seed;
 pub mod validate;

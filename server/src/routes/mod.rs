@@ -5,6 +5,7 @@ pub mod analytics;
 pub mod cart;
 pub mod checkout;
 pub mod health;
+pub mod ml;
 pub mod openapi;
 pub mod orders;
 pub mod products;
@@ -24,5 +25,6 @@ pub fn router() -> Router<AppState> {
         .merge(orders::router())
         .merge(analytics::router())
         .merge(health::router())
+        .merge(ml::router())
         .merge(openapi::router())
 }

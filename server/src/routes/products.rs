@@ -303,6 +303,7 @@ pub async fn create(
     .await?;
     tx.commit().await?;
     drop(conn);
+    announce_change(&state, id).await;
     Ok((StatusCode::CREATED, Json(fetch(&state, id, true).await?)))
 }
 
@@ -364,7 +365,24 @@ pub async fn update(
     }
     tx.commit().await?;
     drop(conn);
+    announce_change(&state, id).await;
     Ok(Json(fetch(&state, id, true).await?))
+}
+
+/// Drops this instance's cached copies of the product (and every list and search) at once, and
+/// tells the other instances through PostgreSQL `NOTIFY`. A failed NOTIFY is logged, not fatal:
+/// other instances then serve the old entry until its TTL (at most 30 s) runs out.
+async fn announce_change(state: &AppState, id: i64) {
+    state.optimizer.cache.invalidate_product(id);
+    let notified = async {
+        let conn = state.db.conn().await?;
+        conn.execute("SELECT pg_notify('shop_cache', $1)", &[&id.to_string()])
+            .await?;
+        Ok::<_, ApiError>(())
+    };
+    if let Err(err) = notified.await {
+        tracing::warn!(error = %err, product = id, "could not notify other instances of a product change");
+    }
 }
 
 #[cfg(test)]

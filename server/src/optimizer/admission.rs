@@ -1,0 +1,416 @@
+//! Priority admission: an adaptive concurrency limit shared out by priority, with the lowest
+//! priority shed first.
+//!
+//! The limit adapts like Netflix's Gradient2: a short-term average of service time is compared
+//! with a slow long-term one; when requests slow down (queueing inside the server or the
+//! database) the limit shrinks, when they are fast it grows by about √limit. Each priority may
+//! fill only its share of the limit (critical 100%, high 90%, normal 60%, low 30%; so high gets
+//! 1.5× and low 0.5× of normal, as the seed says), so as load rises low priority hits its ceiling
+//! first. A request over its ceiling waits only as long as its latency budget allows (the
+//! target latency minus its predicted latency; checkout waits longest), then is shed with 503.
+//!
+//! Counters are atomics (lock-free on the hot path); the limit's averages sit behind a
+//! `std::sync::Mutex` held for a few arithmetic operations per finished request.
+
+use serde::Serialize;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Request priority, most important first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Checkout: never shed while anything else can be.
+    Critical = 0,
+    /// Cart, orders and accounts.
+    High = 1,
+    /// Catalogue reads and everything else.
+    Normal = 2,
+    /// Analytics and the stress test.
+    Low = 3,
+}
+
+impl Priority {
+    /// All priorities, most important first.
+    pub const ALL: [Self; 4] = [Self::Critical, Self::High, Self::Normal, Self::Low];
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Critical => "critical",
+            Self::High => "high",
+            Self::Normal => "normal",
+            Self::Low => "low",
+        }
+    }
+
+    /// Parses an `x-priority` value.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "critical" => Some(Self::Critical),
+            "high" => Some(Self::High),
+            "normal" => Some(Self::Normal),
+            "low" => Some(Self::Low),
+            _ => None,
+        }
+    }
+
+    /// Share of the concurrency limit this priority may fill.
+    pub fn share(self) -> f64 {
+        match self {
+            Self::Critical => 1.0,
+            Self::High => 0.9,
+            Self::Normal => 0.6,
+            Self::Low => 0.3,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters for one priority.
+#[derive(Default)]
+struct Counters {
+    admitted: AtomicU64,
+    queued: AtomicU64,
+    shed: AtomicU64,
+    in_use: AtomicU32,
+    waiting: AtomicU32,
+}
+
+/// A priority's counters, for metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct PriorityStats {
+    /// Priority name.
+    pub priority: Priority,
+    /// Permits this priority may hold now.
+    pub permits: u32,
+    /// Permits it holds now.
+    pub in_use: u32,
+    /// Requests waiting now.
+    pub waiting: u32,
+    /// Admitted, ever.
+    pub admitted: u64,
+    /// Had to wait, ever.
+    pub queued: u64,
+    /// Shed with 503, ever.
+    pub shed: u64,
+}
+
+struct Gradient {
+    short_ms: f64,
+    long_ms: f64,
+    limit: f64,
+    samples: u32,
+    last_update: Instant,
+}
+
+/// The admission controller.
+pub struct Admission {
+    limit: AtomicU32,
+    in_flight: AtomicU32,
+    counters: [Counters; 4],
+    wake: [Notify; 4],
+    /// Extra factor on the low-priority share, lowered by auto-healing (thousandths).
+    low_factor_milli: AtomicU32,
+    gradient: Mutex<Gradient>,
+    min_limit: u32,
+    max_limit: u32,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shed;
+
+/// A held concurrency permit; released (and the limit updated) when dropped.
+pub struct Permit<'a> {
+    admission: &'a Admission,
+    priority: Priority,
+    started: Instant,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.admission
+            .release(self.priority, self.started.elapsed());
+    }
+}
+
+impl Admission {
+    /// A controller whose limit moves between `min_limit` and `max_limit`, starting halfway.
+    pub fn new(min_limit: u32, max_limit: u32) -> Self {
+        let start = (min_limit + max_limit) / 4;
+        let start = start.clamp(min_limit, max_limit);
+        Self {
+            limit: AtomicU32::new(start),
+            in_flight: AtomicU32::new(0),
+            counters: Default::default(),
+            wake: Default::default(),
+            low_factor_milli: AtomicU32::new(1000),
+            gradient: Mutex::new(Gradient {
+                short_ms: 0.0,
+                long_ms: 0.0,
+                limit: f64::from(start),
+                samples: 0,
+                last_update: Instant::now(),
+            }),
+            min_limit,
+            max_limit,
+        }
+    }
+
+    /// The current adaptive limit.
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Sets the low-priority factor (1.0 normally; auto-healing lowers it).
+    pub fn set_low_factor(&self, factor: f64) {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        self.low_factor_milli
+            .store((factor.clamp(0.0, 1.0) * 1000.0) as u32, Ordering::Relaxed);
+    }
+
+    /// Permits `priority` may hold at the current limit.
+    pub fn ceiling(&self, priority: Priority) -> u32 {
+        let mut share = priority.share();
+        if priority == Priority::Low {
+            share *= f64::from(self.low_factor_milli.load(Ordering::Relaxed)) / 1000.0;
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let ceiling = (f64::from(self.limit()) * share).floor() as u32;
+        ceiling.max(1)
+    }
+
+    fn try_acquire(&self, priority: Priority) -> bool {
+        let ceiling = self.ceiling(priority);
+        let mut current = self.in_flight.load(Ordering::Relaxed);
+        loop {
+            if current >= ceiling {
+                return false;
+            }
+            match self.in_flight.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    let c = &self.counters[priority.index()];
+                    c.in_use.fetch_add(1, Ordering::Relaxed);
+                    c.admitted.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Admits a request of `priority`, waiting at most `budget` for a permit.
+    ///
+    /// # Errors
+    /// [`Shed`] when no permit came within the budget.
+    pub async fn admit(&self, priority: Priority, budget: Duration) -> Result<Permit<'_>, Shed> {
+        let permit = || Permit {
+            admission: self,
+            priority,
+            started: Instant::now(),
+        };
+        if self.try_acquire(priority) {
+            return Ok(permit());
+        }
+        let c = &self.counters[priority.index()];
+        if budget.is_zero() {
+            c.shed.fetch_add(1, Ordering::Relaxed);
+            return Err(Shed);
+        }
+        c.queued.fetch_add(1, Ordering::Relaxed);
+        c.waiting.fetch_add(1, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + budget;
+        let result = loop {
+            // Register for a wake-up before checking, so a release in between is not missed.
+            let notified = self.wake[priority.index()].notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.try_acquire(priority) {
+                break Ok(permit());
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.try_acquire(priority) {
+                        break Ok(permit());
+                    }
+                    c.shed.fetch_add(1, Ordering::Relaxed);
+                    break Err(Shed);
+                }
+            }
+        };
+        c.waiting.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    fn release(&self, priority: Priority, service: Duration) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.counters[priority.index()]
+            .in_use
+            .fetch_sub(1, Ordering::Relaxed);
+        self.update_limit(service);
+        // Wake the most important waiter: ceilings shrink with priority, so if it cannot go,
+        // no lower priority could either.
+        for p in Priority::ALL {
+            if self.counters[p.index()].waiting.load(Ordering::Relaxed) > 0 {
+                self.wake[p.index()].notify_one();
+                break;
+            }
+        }
+    }
+
+    fn update_limit(&self, service: Duration) {
+        let ms = service.as_secs_f64() * 1000.0;
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let Ok(mut g) = self.gradient.try_lock() else {
+            return; // another thread is updating; one skipped sample changes nothing
+        };
+        if g.samples == 0 {
+            g.short_ms = ms;
+            g.long_ms = ms;
+        }
+        g.samples = g.samples.saturating_add(1);
+        g.short_ms += 0.1 * (ms - g.short_ms);
+        g.long_ms += 0.005 * (ms - g.long_ms);
+        // Gradient2's drift guard: after a lasting slowdown the long average must not stay far
+        // above the short one, or the limit would never come down.
+        if g.long_ms > 2.0 * g.short_ms {
+            g.long_ms *= 0.95;
+        }
+        if g.last_update.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        g.last_update = Instant::now();
+        let tolerance = 1.5;
+        let gradient = (tolerance * g.long_ms / g.short_ms.max(1e-3)).clamp(0.5, 1.0);
+        let queue = g.limit.sqrt();
+        let mut target = g.limit * gradient + queue;
+        // Do not grow a limit the traffic is not even using.
+        if f64::from(in_flight) < g.limit / 2.0 {
+            target = target.min(g.limit);
+        }
+        g.limit = (0.8 * g.limit + 0.2 * target)
+            .clamp(f64::from(self.min_limit), f64::from(self.max_limit));
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        self.limit.store(g.limit.round() as u32, Ordering::Relaxed);
+    }
+
+    /// Per-priority counters.
+    pub fn stats(&self) -> Vec<PriorityStats> {
+        Priority::ALL
+            .iter()
+            .map(|&p| {
+                let c = &self.counters[p.index()];
+                PriorityStats {
+                    priority: p,
+                    permits: self.ceiling(p),
+                    in_use: c.in_use.load(Ordering::Relaxed),
+                    waiting: c.waiting.load(Ordering::Relaxed),
+                    admitted: c.admitted.load(Ordering::Relaxed),
+                    queued: c.queued.load(Ordering::Relaxed),
+                    shed: c.shed.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Requests holding permits now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn low_priority_hits_its_ceiling_first() {
+        let admission = Admission::new(10, 10);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(
+                admission
+                    .admit(Priority::Low, Duration::ZERO)
+                    .await
+                    .expect("low fits under 30%"),
+            );
+        }
+        assert_eq!(
+            admission.admit(Priority::Low, Duration::ZERO).await.err(),
+            Some(Shed)
+        );
+        for _ in 0..6 {
+            held.push(
+                admission
+                    .admit(Priority::High, Duration::ZERO)
+                    .await
+                    .expect("high fits under 90%"),
+            );
+        }
+        assert_eq!(
+            admission
+                .admit(Priority::Normal, Duration::ZERO)
+                .await
+                .err(),
+            Some(Shed)
+        );
+        held.push(
+            admission
+                .admit(Priority::Critical, Duration::ZERO)
+                .await
+                .expect("critical gets the rest"),
+        );
+        let stats = admission.stats();
+        assert_eq!(stats[3].shed, 1);
+        assert_eq!(stats[2].shed, 1);
+        drop(held);
+        assert_eq!(admission.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_released_permit() {
+        let admission = std::sync::Arc::new(Admission::new(2, 2));
+        let first = admission
+            .admit(Priority::Critical, Duration::ZERO)
+            .await
+            .expect("first");
+        let second = admission
+            .admit(Priority::Critical, Duration::ZERO)
+            .await
+            .expect("second");
+        let waiter = {
+            let admission = admission.clone();
+            tokio::spawn(async move {
+                admission
+                    .admit(Priority::Critical, Duration::from_secs(5))
+                    .await
+                    .is_ok()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(first);
+        assert!(waiter.await.expect("join"));
+        drop(second);
+    }
+
+    #[test]
+    fn healing_tightens_low_priority() {
+        let admission = Admission::new(100, 100);
+        assert_eq!(admission.ceiling(Priority::Low), 30);
+        admission.set_low_factor(0.25);
+        assert_eq!(admission.ceiling(Priority::Low), 7);
+        assert_eq!(admission.ceiling(Priority::Critical), 100);
+    }
+}

@@ -1,0 +1,523 @@
+//! The optimizer middleware: classify, featurize, predict, admit, cache, handle, score, learn,
+//! respond with headers (DESIGN.md's nine steps, in that order).
+//!
+//! Per-request work is bounded and small: a few atomics, two short uncontended mutexes (the
+//! route's statistics), a fixed-size feature array, and a `try_send` to the log writer. Nothing
+//! here scans history or waits on disk.
+
+use super::admission::Priority;
+use super::anomaly::{ANOMALY_SCORE, Outcome};
+use super::cache::{Entry, Kind};
+use super::predictor::{Prediction, Source};
+use super::queries::{QUERIES, QueryExec};
+use super::telemetry::Pending;
+use super::{Alert, Optimizer, unix_ms};
+use crate::app::AppState;
+use crate::error::error_response;
+use axum::body::{Body, Bytes, to_bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use contract::FeatureVector;
+use contract::routes::{ROUTES, route_index};
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Confidence of the prediction, 0-100.
+pub const CONFIDENCE: HeaderName = HeaderName::from_static("x-ml-prediction-confidence");
+/// What the optimizer did: `none`, `cache`, `cache-refresh`, `shed`, `throttle`.
+pub const APPLIED: HeaderName = HeaderName::from_static("x-optimization-applied");
+/// Anomaly score 0-1.
+pub const ANOMALY: HeaderName = HeaderName::from_static("x-anomaly-score");
+/// `onnx`, `online` or `off`.
+pub const SOURCE: HeaderName = HeaderName::from_static("x-ml-source");
+/// Predicted median latency (ms).
+pub const PREDICTED: HeaderName = HeaderName::from_static("x-ml-predicted-latency-ms");
+/// A client may lower its own priority; raising it needs the admin token.
+pub const PRIORITY: HeaderName = HeaderName::from_static("x-priority");
+
+/// Largest response body the cache will buffer.
+const MAX_CACHED_BODY: usize = 4 * 1024 * 1024;
+
+fn route_of(request: &Request) -> usize {
+    let Some(path) = request.extensions().get::<MatchedPath>() else {
+        return 0;
+    };
+    route_index(request.method().as_str(), path.as_str())
+}
+
+fn cache_kind(route: usize, method: &Method) -> Option<Kind> {
+    if method != Method::GET {
+        return None;
+    }
+    match ROUTES.get(route)?.path {
+        "/api/products" => Some(Kind::List),
+        "/api/products/{id}" => Some(Kind::Detail),
+        "/api/search" => Some(Kind::Search),
+        _ => None,
+    }
+}
+
+/// Reads an unsigned number parameter from a query string without allocating.
+fn query_number(query: Option<&str>, name: &str) -> f32 {
+    let Some(query) = query else { return 0.0 };
+    for pair in query.split('&') {
+        if let Some((k, v)) = pair.split_once('=')
+            && k == name
+        {
+            #[allow(clippy::cast_precision_loss)]
+            return v.parse::<u32>().map_or(0.0, |n| n as f32);
+        }
+    }
+    0.0
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn features(
+    state: &AppState,
+    route: usize,
+    priority: Priority,
+    request: &Request,
+    route_in_flight: u32,
+) -> FeatureVector {
+    let opt = &state.optimizer;
+    let stats = opt.stats.route(route);
+    let snap = stats.snapshot(Instant::now());
+    let pool = state.db.status();
+    let query = request.uri().query();
+    let hour = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| (d.as_secs() / 3600) % 24);
+    let body_bytes = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    #[allow(clippy::cast_possible_truncation)]
+    [
+        route as f32,
+        f32::from(priority as u8),
+        opt.stats.in_flight.load(Ordering::Relaxed) as f32,
+        route_in_flight as f32,
+        snap.ewma_log_mean as f32,
+        snap.p90_ms as f32,
+        opt.stats.total_rate(),
+        stats.rate(),
+        pool.waiting as f32,
+        pool.available as f32,
+        hour as f32,
+        query_number(query, "limit"),
+        query_number(query, "page"),
+        query_number(query, "complexity"),
+        body_bytes as f32,
+        f32::from(u8::from(
+            request
+                .headers()
+                .contains_key(axum::http::header::AUTHORIZATION),
+        )),
+    ]
+}
+
+/// The priority a request runs at: the route's default, lowered (never raised) by `x-priority`
+/// unless the admin token is present.
+fn priority_of(state: &AppState, route: usize, request: &Request) -> Priority {
+    let default = Optimizer::default_priority(route);
+    let Some(asked) = request
+        .headers()
+        .get(PRIORITY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Priority::parse)
+    else {
+        return default;
+    };
+    if asked >= default {
+        return asked;
+    }
+    if state.auth.has_admin_token(request.headers()) {
+        asked
+    } else {
+        default
+    }
+}
+
+/// How long a request may wait for a permit: what is left of the target after its predicted
+/// latency, generous for checkout, nothing for low priority when the prediction is not trusted.
+fn budget(
+    target: Duration,
+    threshold: f32,
+    priority: Priority,
+    prediction: &Prediction,
+) -> Duration {
+    let confident = prediction.is_known() && prediction.confidence >= threshold;
+    let left = target.saturating_sub(Duration::from_secs_f32(prediction.p50_ms.max(0.0) / 1000.0));
+    match priority {
+        Priority::Critical => (target * 10).max(Duration::from_secs(2)),
+        Priority::High => target * 2,
+        Priority::Normal => {
+            if confident {
+                left
+            } else {
+                target / 2
+            }
+        }
+        Priority::Low => {
+            if confident {
+                left / 4
+            } else {
+                Duration::ZERO
+            }
+        }
+    }
+}
+
+fn set_headers(
+    headers: &mut HeaderMap,
+    prediction: &Prediction,
+    applied: &'static str,
+    score: f32,
+) {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let confidence = (prediction.confidence.clamp(0.0, 1.0) * 100.0).round() as u32;
+    headers.insert(CONFIDENCE, HeaderValue::from(confidence));
+    headers.insert(APPLIED, HeaderValue::from_static(applied));
+    if let Ok(v) = HeaderValue::from_str(&format!("{:.2}", score.clamp(0.0, 1.0))) {
+        headers.insert(ANOMALY, v);
+    }
+    headers.insert(SOURCE, HeaderValue::from_static(prediction.source.as_str()));
+    if let Ok(v) = HeaderValue::from_str(&format!("{:.2}", prediction.p50_ms.max(0.0))) {
+        headers.insert(PREDICTED, v);
+    }
+}
+
+fn json_response(body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Runs the handler with a statement collector around it.
+async fn run_tracked(next: Next, request: Request) -> (Response, Vec<QueryExec>) {
+    QUERIES
+        .scope(RefCell::new(Vec::new()), async move {
+            let response = next.run(request).await;
+            let queries = QUERIES.with(|q| q.take());
+            (response, queries)
+        })
+        .await
+}
+
+/// Runs the handler and buffers a successful body for the cache.
+async fn run_for_cache(next: Next, request: Request) -> (Response, Vec<QueryExec>, Option<Bytes>) {
+    let (response, queries) = run_tracked(next, request).await;
+    if response.status() != StatusCode::OK {
+        return (response, queries, None);
+    }
+    let (parts, body) = response.into_parts();
+    match to_bytes(body, MAX_CACHED_BODY).await {
+        Ok(bytes) => (
+            Response::from_parts(parts, Body::from(bytes.clone())),
+            queries,
+            Some(bytes),
+        ),
+        Err(_) => (
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal server error",
+            ),
+            queries,
+            None,
+        ),
+    }
+}
+
+/// The middleware.
+pub async fn optimize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let arrived = Instant::now();
+    let opt: Arc<Optimizer> = state.optimizer.clone();
+    let settings = &opt.settings;
+    if !settings.any() {
+        // Everything off: the handler runs untouched; only the headers are added.
+        let mut response = next.run(request).await;
+        set_headers(response.headers_mut(), &Prediction::NONE, "none", 0.0);
+        return response;
+    }
+
+    // 1. Classify.
+    let route = route_of(&request);
+    let priority = priority_of(&state, route, &request);
+    let route_stats = opt.stats.route(route);
+    let route_in_flight = route_stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    opt.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    // 2. Features. 3. Predict.
+    let features = features(&state, route, priority, &request, route_in_flight);
+    let prediction = if settings.prediction {
+        opt.predictor.predict(route, &features)
+    } else {
+        Prediction::NONE
+    };
+
+    let mut applied = "none";
+    let mut cache_outcome = "bypass";
+    let mut queue = Duration::ZERO;
+    let mut shed = false;
+    let mut queries = Vec::new();
+
+    // Auto-healing throttles the stress test outright while an incident lasts.
+    let throttled = settings.anomaly
+        && opt.healer.is_active()
+        && ROUTES
+            .get(route)
+            .is_some_and(|r| r.path == "/api/stress-test");
+
+    // 4. Admit.
+    let permit = if throttled {
+        None
+    } else if settings.priority {
+        let waited = Instant::now();
+        let admitted = opt
+            .admission
+            .admit(
+                priority,
+                budget(
+                    settings.target,
+                    settings.prediction_threshold,
+                    priority,
+                    &prediction,
+                ),
+            )
+            .await;
+        queue = waited.elapsed();
+        match admitted {
+            Ok(permit) => Some(Some(permit)),
+            Err(_) => None,
+        }
+    } else {
+        Some(None)
+    };
+
+    let mut response = match permit {
+        None => {
+            shed = true;
+            applied = if throttled { "throttle" } else { "shed" };
+            let mut response = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the server is shedding low-priority load; retry shortly",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(1_u32));
+            response
+        }
+        Some(_permit) => {
+            // 5. Cache. 6. Handle.
+            match cache_kind(route, request.method()).filter(|_| settings.caching) {
+                Some(kind) => {
+                    let (response, q, outcome, how) =
+                        serve_cached(&opt, kind, request, next, &prediction).await;
+                    queries = q;
+                    cache_outcome = outcome;
+                    applied = how;
+                    response
+                }
+                None => {
+                    let (response, q) = run_tracked(next, request).await;
+                    queries = q;
+                    response
+                }
+            }
+        }
+    };
+
+    // 7. Score. 8. Learn.
+    let latency = arrived.elapsed();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    let status = response.status().as_u16();
+    let outcome = Outcome {
+        latency_ms,
+        status,
+        shed,
+    };
+    let score = if settings.anomaly {
+        opt.scorer.score(route, &features, &outcome)
+    } else {
+        0.0
+    };
+    if settings.anomaly {
+        opt.healer.observe(score);
+        if score >= ANOMALY_SCORE {
+            opt.alert(Alert {
+                ts_ms: unix_ms(),
+                route: contract::routes::route_label(route),
+                latency_ms,
+                status,
+                score,
+            });
+        }
+    }
+    let predicted = prediction
+        .is_known()
+        .then(|| (f64::from(prediction.p50_ms), f64::from(prediction.p90_ms)));
+    if !shed {
+        route_stats.record(latency_ms, predicted, status >= 500, Instant::now());
+    }
+    route_stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    opt.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let db: Duration = queries.iter().map(|q| q.duration).sum();
+    #[allow(clippy::cast_possible_truncation)]
+    opt.telemetry.send(Pending {
+        ts_ms: unix_ms() - i64::try_from(latency.as_millis()).unwrap_or(0),
+        route,
+        priority,
+        features,
+        prediction,
+        status,
+        latency_ms: latency_ms as f32,
+        db_ms: (db.as_secs_f64() * 1000.0) as f32,
+        queue_ms: (queue.as_secs_f64() * 1000.0) as f32,
+        cache: if settings.caching {
+            cache_outcome
+        } else {
+            "off"
+        },
+        shed,
+        anomaly_score: score,
+        queries,
+    });
+
+    // 9. Respond.
+    set_headers(response.headers_mut(), &prediction, applied, score);
+    response
+}
+
+/// Serves a cacheable read: hit, early refresh (XFetch), or a single-flight fill.
+async fn serve_cached(
+    opt: &Arc<Optimizer>,
+    kind: Kind,
+    request: Request,
+    next: Next,
+    prediction: &Prediction,
+) -> (Response, Vec<QueryExec>, &'static str, &'static str) {
+    let cache = &opt.cache;
+    let counters = cache.counters(kind);
+    let key = cache.key(kind, request.uri().path(), request.uri().query());
+    let now = Instant::now();
+    let route = route_of(&request);
+    let ttl = cache.ttl_for_rate(opt.stats.route(route).rate());
+    // Refresh-ahead acts on predictions only when they are trusted; otherwise entries simply
+    // expire and are refilled once.
+    let trust = prediction.source == Source::Off
+        || prediction.confidence >= opt.settings.prediction_threshold;
+
+    match cache.lookup(&key, now) {
+        Some((entry, refresh)) if !(refresh && trust) => {
+            counters.hits.fetch_add(1, Ordering::Relaxed);
+            return (
+                json_response(entry.body.clone()),
+                Vec::new(),
+                "hit",
+                "cache",
+            );
+        }
+        Some(_) => {
+            // This request won the XFetch draw: recompute now, everyone else keeps hitting.
+            counters.refreshes.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let (response, queries, body) = run_for_cache(next, request).await;
+            if let Some(body) = body {
+                let done = Instant::now();
+                cache.replace(
+                    key,
+                    Arc::new(Entry {
+                        body,
+                        created: done,
+                        expires: done + ttl,
+                        compute: done - started,
+                    }),
+                );
+            }
+            return (response, queries, "refresh", "cache-refresh");
+        }
+        None => cache.remove_expired(&key, now),
+    }
+
+    match cache.fill_or_wait(&key).await {
+        Ok(entry) if Instant::now() < entry.expires => {
+            // Another request filled it while this one waited: one database query for all.
+            counters.hits.fetch_add(1, Ordering::Relaxed);
+            (
+                json_response(entry.body.clone()),
+                Vec::new(),
+                "hit",
+                "cache",
+            )
+        }
+        Ok(_) => {
+            // Expired between lookup and now; compute directly rather than loop.
+            counters.misses.fetch_add(1, Ordering::Relaxed);
+            let (response, queries, _) = run_for_cache(next, request).await;
+            (response, queries, "miss", "none")
+        }
+        Err(guard) => {
+            counters.misses.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let (response, queries, body) = run_for_cache(next, request).await;
+            if let Some(body) = body {
+                let done = Instant::now();
+                let _ = guard.insert(Arc::new(Entry {
+                    body,
+                    created: done,
+                    expires: done + ttl,
+                    compute: done - started,
+                }));
+            }
+            // A failed fill drops the guard: the next waiter becomes the filler.
+            (response, queries, "miss", "none")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_follow_priority() {
+        let target = Duration::from_millis(100);
+        let known = Prediction {
+            p50_ms: 20.0,
+            p90_ms: 40.0,
+            confidence: 0.9,
+            source: Source::Online,
+        };
+        let unsure = Prediction {
+            confidence: 0.1,
+            ..known
+        };
+        assert!(budget(target, 0.7, Priority::Critical, &known) >= Duration::from_secs(1));
+        assert_eq!(
+            budget(target, 0.7, Priority::Normal, &known),
+            Duration::from_millis(80)
+        );
+        assert_eq!(
+            budget(target, 0.7, Priority::Low, &known),
+            Duration::from_millis(20)
+        );
+        assert_eq!(budget(target, 0.7, Priority::Low, &unsure), Duration::ZERO);
+    }
+
+    #[test]
+    fn query_numbers_are_read_without_fuss() {
+        assert!((query_number(Some("page=3&limit=20"), "limit") - 20.0).abs() < f32::EPSILON);
+        assert!(query_number(Some("limit=abc"), "limit").abs() < f32::EPSILON);
+        assert!(query_number(None, "page").abs() < f32::EPSILON);
+    }
+}

@@ -1,0 +1,445 @@
+//! The online optimizer on the request path (DESIGN.md, "The data flow of one request").
+//!
+//! - [`stats`]: per-route streaming statistics (the always-on fallback and baseline).
+//! - [`predictor`]: the `Predictor` trait and its online implementation.
+//! - [`anomaly`]: the `AnomalyScorer` trait, its online implementation, and auto-healing.
+//! - [`admission`]: priorities, the adaptive concurrency limit, load shedding.
+//! - [`cache`]: the predictive response cache for catalogue reads.
+//! - [`queries`]: per-request statement tracking.
+//! - [`telemetry`]: the request log for the trainer and the optimizer's action log.
+//! - [`middleware`]: the one middleware that runs all of the above for every request.
+
+pub mod admission;
+pub mod anomaly;
+pub mod cache;
+pub mod middleware;
+pub mod predictor;
+pub mod queries;
+pub mod stats;
+pub mod telemetry;
+
+use crate::config::Config;
+use admission::{Admission, Priority, PriorityStats};
+use anomaly::{Action, AnomalyScorer, Decision, Healer, OnlineScorer};
+use cache::ResponseCache;
+use contract::routes::{ROUTES, route_label};
+use predictor::{OnlinePredictor, Predictor};
+use serde::Serialize;
+use stats::Stats;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use telemetry::{ActionLog, Telemetry, WriterConfig};
+
+/// Which optimizer parts are on, and their knobs (copied from the configuration).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Predict latency.
+    pub prediction: bool,
+    /// Score anomalies and auto-heal.
+    pub anomaly: bool,
+    /// Cache catalogue reads.
+    pub caching: bool,
+    /// Priority admission and shedding.
+    pub priority: bool,
+    /// Write request logs.
+    pub telemetry: bool,
+    /// Latency target.
+    pub target: Duration,
+    /// Confidence needed before acting on a prediction.
+    pub prediction_threshold: f32,
+    /// History samples kept (one per 10 s).
+    pub history_len: usize,
+}
+
+impl Settings {
+    /// Whether the middleware has anything to do beyond the headers.
+    pub fn any(&self) -> bool {
+        self.prediction || self.anomaly || self.caching || self.priority || self.telemetry
+    }
+}
+
+/// A recent anomalous request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    /// Unix ms.
+    pub ts_ms: i64,
+    /// Route label.
+    pub route: String,
+    /// Latency (ms).
+    pub latency_ms: f64,
+    /// HTTP status.
+    pub status: u16,
+    /// Anomaly score.
+    pub score: f32,
+}
+
+/// One point of the metrics history (every 10 s).
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Unix ms.
+    pub ts_ms: i64,
+    /// Requests per second.
+    pub request_rate: f32,
+    /// Adaptive concurrency limit.
+    pub limit: u32,
+    /// Requests holding permits.
+    pub in_flight: u32,
+    /// Per-priority allocation and use.
+    pub priorities: Vec<PriorityStats>,
+    /// Mean confidence over routes with traffic (0-1).
+    pub confidence: f64,
+    /// Anomalous share of requests.
+    pub anomaly_rate: f64,
+    /// Auto-healing in force.
+    pub healing: bool,
+    /// Cache hits / (hits + misses + refreshes) since the previous sample.
+    pub cache_hit_rate: f64,
+}
+
+/// Everything the optimizer keeps.
+pub struct Optimizer {
+    /// Knobs.
+    pub settings: Settings,
+    /// Per-route statistics.
+    pub stats: Arc<Stats>,
+    predictor: Box<dyn Predictor>,
+    scorer: Box<dyn AnomalyScorer>,
+    /// Admission control.
+    pub admission: Admission,
+    /// Response cache.
+    pub cache: ResponseCache,
+    /// Auto-healing.
+    pub healer: Healer,
+    /// Request log.
+    pub telemetry: Telemetry,
+    /// `logs/ml-optimizer.log`.
+    pub actions_log: ActionLog,
+    /// Recent optimizer actions (bounded).
+    pub actions: Mutex<VecDeque<Action>>,
+    /// Recent anomaly alerts (bounded).
+    pub alerts: Mutex<VecDeque<Alert>>,
+    /// Metrics history (bounded by `metrics.retention_hours`).
+    pub history: Mutex<VecDeque<Sample>>,
+    started: Instant,
+}
+
+const MAX_ALERTS: usize = 200;
+const MAX_ACTIONS: usize = 500;
+
+/// Unix time in milliseconds.
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+impl Optimizer {
+    /// Builds the optimizer from configuration and starts its log writer thread.
+    pub fn new(config: &Config) -> Self {
+        let f = &config.features;
+        let o = &config.optimization;
+        let settings = Settings {
+            prediction: f.performance_prediction,
+            anomaly: f.anomaly_detection,
+            caching: f.caching,
+            priority: f.priority,
+            telemetry: config.telemetry.enabled,
+            target: Duration::from_millis(o.target_latency_ms),
+            #[allow(clippy::cast_possible_truncation)]
+            prediction_threshold: config.prediction_threshold as f32,
+            history_len: usize::try_from(config.metrics.retention_hours * 360).unwrap_or(8640),
+        };
+        let stats = Arc::new(Stats::default());
+        let telemetry = if settings.any() {
+            Telemetry::start(WriterConfig {
+                dir: config.telemetry.log_dir.clone(),
+                capacity: config.telemetry.channel_capacity,
+                rotate_bytes: config.telemetry.rotate_mb * 1024 * 1024,
+                rotate_age: Duration::from_secs(config.telemetry.rotate_minutes * 60),
+                retention: Duration::from_secs(config.metrics.retention_hours * 3600),
+                write_files: config.telemetry.enabled,
+            })
+        } else {
+            Telemetry::disabled()
+        };
+        Self {
+            predictor: Box::new(OnlinePredictor::new(stats.clone())),
+            scorer: Box::new(OnlineScorer::new(stats.clone())),
+            admission: Admission::new(o.min_concurrency, o.max_concurrency),
+            // Half the memory budget for cached responses; the rest is headroom for the
+            // statistics, history and the request log buffer.
+            cache: ResponseCache::new(o.max_memory_mb * 1024 * 1024 / 2),
+            healer: Healer::new(
+                o.anomaly_rate_threshold,
+                o.anomaly_min_duration_secs,
+                o.recovery_secs,
+            ),
+            telemetry,
+            actions_log: ActionLog::new(config.telemetry.optimizer_log.clone()),
+            actions: Mutex::new(VecDeque::new()),
+            alerts: Mutex::new(VecDeque::new()),
+            history: Mutex::new(VecDeque::new()),
+            stats,
+            settings,
+            started: Instant::now(),
+        }
+    }
+
+    /// Seconds since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Records an optimizer action in memory and in `logs/ml-optimizer.log`.
+    pub fn record_action(&self, action: &str, reason: String, anomaly_rate: f64) {
+        let entry = Action {
+            ts_ms: unix_ms(),
+            action: action.to_owned(),
+            reason,
+            anomaly_rate,
+        };
+        tracing::info!(action = %entry.action, reason = %entry.reason, "optimizer action");
+        self.actions_log.write(&entry);
+        let mut actions = self
+            .actions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        actions.push_back(entry);
+        while actions.len() > MAX_ACTIONS {
+            actions.pop_front();
+        }
+    }
+
+    fn alert(&self, alert: Alert) {
+        let mut alerts = self
+            .alerts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        alerts.push_back(alert);
+        while alerts.len() > MAX_ALERTS {
+            alerts.pop_front();
+        }
+    }
+
+    /// One second of housekeeping: rates, auto-healing decisions, and every 10 s a history
+    /// sample.
+    pub fn tick(&self, elapsed: Duration, take_sample: bool, last_cache: &mut (u64, u64)) {
+        self.stats.sample_rates(elapsed);
+        if self.settings.anomaly {
+            match self.healer.tick() {
+                Decision::Heal { rate } => {
+                    self.admission.set_low_factor(0.25);
+                    self.record_action(
+                        "heal",
+                        format!(
+                            "anomalous share {:.0}% above {:.0}% for the minimum duration: low-priority share cut to a quarter, stress test throttled",
+                            rate * 100.0,
+                            self.healer_threshold() * 100.0
+                        ),
+                        rate,
+                    );
+                }
+                Decision::Undo { rate } => {
+                    self.admission.set_low_factor(1.0);
+                    self.record_action(
+                        "undo",
+                        format!("healthy again (anomalous share {:.0}%): low-priority share and stress test restored", rate * 100.0),
+                        rate,
+                    );
+                }
+                Decision::Hold => {}
+            }
+        }
+        if take_sample {
+            let sample = self.sample(last_cache);
+            let mut history = self
+                .history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            history.push_back(sample);
+            while history.len() > self.settings.history_len.max(1) {
+                history.pop_front();
+            }
+        }
+    }
+
+    fn healer_threshold(&self) -> f64 {
+        self.healer.threshold()
+    }
+
+    fn sample(&self, last_cache: &mut (u64, u64)) -> Sample {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = Instant::now();
+        let mut weighted = 0.0;
+        let mut weight = 0.0;
+        for r in &self.stats.routes {
+            let snap = r.snapshot(now);
+            if snap.predicted > 0 {
+                weighted += snap.coverage * f64::from(snap.predicted);
+                weight += f64::from(snap.predicted);
+            }
+        }
+        let (hits, total) = self.cache.counters.iter().fold((0, 0), |acc, c| {
+            let h = c.hits.load(Relaxed);
+            (
+                acc.0 + h,
+                acc.1 + h + c.misses.load(Relaxed) + c.refreshes.load(Relaxed),
+            )
+        });
+        let (dh, dt) = (hits - last_cache.0, total - last_cache.1);
+        *last_cache = (hits, total);
+        #[allow(clippy::cast_precision_loss)]
+        let cache_hit_rate = if dt == 0 { 0.0 } else { dh as f64 / dt as f64 };
+        Sample {
+            ts_ms: unix_ms(),
+            request_rate: self.stats.total_rate(),
+            limit: self.admission.limit(),
+            in_flight: self.admission.in_flight(),
+            priorities: self.admission.stats(),
+            confidence: if weight == 0.0 {
+                0.0
+            } else {
+                weighted / weight
+            },
+            anomaly_rate: self.healer.recent_rate(),
+            healing: self.healer.is_active(),
+            cache_hit_rate,
+        }
+    }
+
+    /// Starts the once-a-second housekeeping task.
+    pub fn spawn_sampler(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let optimizer = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = Instant::now();
+            let mut n: u64 = 0;
+            let mut last_cache = (0, 0);
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                optimizer.tick(now - last, n % 10 == 9, &mut last_cache);
+                last = now;
+                n += 1;
+            }
+        })
+    }
+
+    /// Listens for product changes from every instance (PostgreSQL `NOTIFY shop_cache`) and
+    /// invalidates this instance's cache. Reconnects with a bounded back-off.
+    pub fn spawn_listener(
+        self: &Arc<Self>,
+        pg: tokio_postgres::Config,
+    ) -> tokio::task::JoinHandle<()> {
+        let optimizer = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                match pg.connect(tokio_postgres::NoTls).await {
+                    Ok((client, mut connection)) => {
+                        let cache_owner = optimizer.clone();
+                        let driver = tokio::spawn(async move {
+                            while let Some(message) =
+                                futures::future::poll_fn(|cx| connection.poll_message(cx)).await
+                            {
+                                match message {
+                                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                        if let Ok(id) = n.payload().parse::<i64>() {
+                                            cache_owner.cache.invalidate_product(id);
+                                        }
+                                    }
+                                    Ok(_) => {}
+                                    Err(_) => break,
+                                }
+                            }
+                        });
+                        if client.batch_execute("LISTEN shop_cache").await.is_ok() {
+                            backoff = Duration::from_millis(500);
+                            let _ = driver.await;
+                        } else {
+                            driver.abort();
+                        }
+                        drop(client);
+                        tracing::warn!("cache invalidation listener disconnected; reconnecting");
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cache invalidation listener cannot connect")
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        })
+    }
+
+    /// Default priority of a route.
+    pub fn default_priority(route: usize) -> Priority {
+        let r = ROUTES.get(route).copied().unwrap_or(ROUTES[0]);
+        match r.path {
+            "/api/checkout" => Priority::Critical,
+            "/api/analytics" | "/api/stress-test" => Priority::Low,
+            p if p.starts_with("/api/cart")
+                || p.starts_with("/api/orders")
+                || p.starts_with("/api/auth")
+                || p == "/api/me" =>
+            {
+                Priority::High
+            }
+            _ => Priority::Normal,
+        }
+    }
+
+    /// Per-route view for metrics.
+    pub fn route_views(&self) -> Vec<RouteView> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = Instant::now();
+        self.stats
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let snap = r.snapshot(now);
+                let total = r.finished.load(Relaxed);
+                (total > 0).then(|| RouteView {
+                    route: route_label(i),
+                    requests: total,
+                    rate: r.rate(),
+                    p50_ms: snap.p50_ms,
+                    p90_ms: snap.p90_ms,
+                    p99_ms: snap.p99_ms,
+                    predicted_in_window: snap.predicted,
+                    coverage: snap.coverage,
+                    mae_log: snap.mae_log,
+                    errors_in_window: snap.errors,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A route's live numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteView {
+    /// Route label.
+    pub route: String,
+    /// Requests ever.
+    pub requests: u64,
+    /// Requests per second, recent.
+    pub rate: f32,
+    /// Recent median (ms).
+    pub p50_ms: f64,
+    /// Recent p90 (ms).
+    pub p90_ms: f64,
+    /// Recent p99 (ms).
+    pub p99_ms: f64,
+    /// Requests with a prediction in the window.
+    pub predicted_in_window: u32,
+    /// Share of them at or under the predicted p90 (calibration; nominal 0.9).
+    pub coverage: f64,
+    /// Mean |ln actual − ln predicted p50|.
+    pub mae_log: f64,
+    /// Server errors in the window.
+    pub errors_in_window: u32,
+}

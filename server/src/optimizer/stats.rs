@@ -1,0 +1,360 @@
+//! Online statistics per route: the always-on fallback predictor's memory and the baseline any
+//! model must beat.
+//!
+//! Each route keeps a log-scale latency histogram over two rotating 10-second windows (for
+//! quantiles), an exponentially weighted mean and variance of ln(latency) (for anomaly
+//! z-scores), and how often recent latencies fell inside the predicted band (for an honest
+//! confidence). All of it sits behind one `std::sync::Mutex` per route: it is held for well
+//! under a microsecond, never across an `.await`, and routes do not contend with each other.
+//! Request rates are counted with atomics and turned into rates by the once-a-second sampler.
+
+use contract::routes::ROUTES;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Histogram buckets: bucket `i` holds latencies up to `BASE_MS × GROWTH^i` (50 µs to ~60 s).
+const BUCKETS: usize = 64;
+const BASE_MS: f64 = 0.05;
+const GROWTH: f64 = 1.25;
+/// Length of one statistics window.
+pub const WINDOW: Duration = Duration::from_secs(10);
+/// Weight of a new sample in the exponentially weighted mean/variance.
+const EWMA_ALPHA: f64 = 0.05;
+/// Fewer samples than this in the windows: quantiles come from the EWMA instead.
+const MIN_SAMPLES: u32 = 20;
+
+/// Number of routes tracked.
+pub const ROUTE_COUNT: usize = ROUTES.len();
+
+fn bucket_of(ms: f64) -> usize {
+    if ms <= BASE_MS {
+        return 0;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let i = ((ms / BASE_MS).ln() / GROWTH.ln()).ceil() as usize;
+    i.min(BUCKETS - 1)
+}
+
+fn bucket_upper(i: usize) -> f64 {
+    #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation)]
+    let exp = i as i32;
+    BASE_MS * GROWTH.powi(exp)
+}
+
+#[derive(Clone, Copy)]
+struct Window {
+    counts: [u32; BUCKETS],
+    total: u32,
+    /// Requests that had a prediction, and of those, how many landed at or under the p90.
+    predicted: u32,
+    covered: u32,
+    /// Sum of |ln(actual) - ln(predicted p50)| over predicted requests.
+    abs_log_error: f64,
+    errors: u32,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self {
+            counts: [0; BUCKETS],
+            total: 0,
+            predicted: 0,
+            covered: 0,
+            abs_log_error: 0.0,
+            errors: 0,
+        }
+    }
+}
+
+/// The statistics of one route.
+struct RouteState {
+    current: Window,
+    previous: Window,
+    window_start: Instant,
+    ewma_mean: f64,
+    ewma_var: f64,
+    samples: u64,
+}
+
+impl RouteState {
+    fn rotate(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= WINDOW {
+            // A long idle gap empties both windows: old latencies say little about now.
+            self.previous = if elapsed >= 2 * WINDOW {
+                Window::default()
+            } else {
+                self.current
+            };
+            self.current = Window::default();
+            self.window_start = now;
+        }
+    }
+
+    fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.current.total + self.previous.total;
+        if total < MIN_SAMPLES {
+            return None;
+        }
+        let rank = q * f64::from(total);
+        let mut seen = 0.0;
+        for i in 0..BUCKETS {
+            let n = f64::from(self.current.counts[i] + self.previous.counts[i]);
+            if n > 0.0 && seen + n >= rank {
+                // Interpolate geometrically inside the bucket.
+                let lower = if i == 0 {
+                    BASE_MS / GROWTH
+                } else {
+                    bucket_upper(i - 1)
+                };
+                let frac = ((rank - seen) / n).clamp(0.0, 1.0);
+                return Some(lower * (bucket_upper(i) / lower).powf(frac));
+            }
+            seen += n;
+        }
+        Some(bucket_upper(BUCKETS - 1))
+    }
+}
+
+/// A route's statistics as seen by the predictor, the scorer and the metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteSnapshot {
+    /// Median latency (ms), 0 when unknown.
+    pub p50_ms: f64,
+    /// 90th percentile latency (ms), 0 when unknown.
+    pub p90_ms: f64,
+    /// 99th percentile latency (ms), 0 when unknown.
+    pub p99_ms: f64,
+    /// EWMA of ln(latency ms).
+    pub ewma_log_mean: f64,
+    /// EWMA standard deviation of ln(latency ms).
+    pub ewma_log_sd: f64,
+    /// Samples ever seen.
+    pub samples: u64,
+    /// Requests in the windows that had a prediction.
+    pub predicted: u32,
+    /// Share of those at or under their predicted p90 (the calibration).
+    pub coverage: f64,
+    /// Mean |ln actual - ln predicted p50| in the windows.
+    pub mae_log: f64,
+    /// Server errors in the windows.
+    pub errors: u32,
+    /// Requests in the windows.
+    pub window_total: u32,
+}
+
+/// Statistics for one route.
+pub struct RouteStats {
+    state: Mutex<RouteState>,
+    /// Requests in flight on this route.
+    pub in_flight: AtomicU32,
+    /// Requests finished, ever (the sampler turns it into a rate).
+    pub finished: AtomicU64,
+    /// Requests per second, recent (f32 bits, written by the sampler).
+    rate_bits: AtomicU32,
+    last_finished: AtomicU64,
+}
+
+impl RouteStats {
+    fn new(now: Instant) -> Self {
+        Self {
+            state: Mutex::new(RouteState {
+                current: Window::default(),
+                previous: Window::default(),
+                window_start: now,
+                ewma_mean: 0.0,
+                ewma_var: 0.0,
+                samples: 0,
+            }),
+            in_flight: AtomicU32::new(0),
+            finished: AtomicU64::new(0),
+            rate_bits: AtomicU32::new(0),
+            last_finished: AtomicU64::new(0),
+        }
+    }
+
+    /// Recent requests per second on this route.
+    pub fn rate(&self) -> f32 {
+        f32::from_bits(self.rate_bits.load(Ordering::Relaxed))
+    }
+
+    /// Records one finished request.
+    pub fn record(
+        &self,
+        latency_ms: f64,
+        predicted: Option<(f64, f64)>,
+        server_error: bool,
+        now: Instant,
+    ) {
+        self.finished.fetch_add(1, Ordering::Relaxed);
+        let latency_ms = latency_ms.max(0.001);
+        let log = latency_ms.ln();
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.rotate(now);
+        let w = &mut s.current;
+        w.counts[bucket_of(latency_ms)] += 1;
+        w.total += 1;
+        if server_error {
+            w.errors += 1;
+        }
+        if let Some((p50, p90)) = predicted.filter(|(p50, p90)| *p50 > 0.0 && *p90 > 0.0) {
+            w.predicted += 1;
+            if latency_ms <= p90 {
+                w.covered += 1;
+            }
+            w.abs_log_error += (log - p50.ln()).abs();
+        }
+        if s.samples == 0 {
+            s.ewma_mean = log;
+            s.ewma_var = 0.25;
+        } else {
+            // Winsorize at 3 sd so one huge outlier cannot drag the baseline the scorer uses.
+            let sd = s.ewma_var.sqrt().max(0.05);
+            let x = log.clamp(s.ewma_mean - 3.0 * sd, s.ewma_mean + 3.0 * sd);
+            let diff = x - s.ewma_mean;
+            s.ewma_mean += EWMA_ALPHA * diff;
+            s.ewma_var = (1.0 - EWMA_ALPHA) * (s.ewma_var + EWMA_ALPHA * diff * diff);
+        }
+        s.samples += 1;
+    }
+
+    /// The route's current statistics.
+    pub fn snapshot(&self, now: Instant) -> RouteSnapshot {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.rotate(now);
+        let sd = s.ewma_var.sqrt();
+        let from_ewma = |z: f64| {
+            if s.samples == 0 {
+                0.0
+            } else {
+                (s.ewma_mean + z * sd).exp()
+            }
+        };
+        let predicted = s.current.predicted + s.previous.predicted;
+        let covered = s.current.covered + s.previous.covered;
+        RouteSnapshot {
+            p50_ms: s.quantile(0.5).unwrap_or_else(|| from_ewma(0.0)),
+            p90_ms: s.quantile(0.9).unwrap_or_else(|| from_ewma(1.2816)),
+            p99_ms: s.quantile(0.99).unwrap_or_else(|| from_ewma(2.3263)),
+            ewma_log_mean: s.ewma_mean,
+            ewma_log_sd: sd,
+            samples: s.samples,
+            predicted,
+            coverage: if predicted == 0 {
+                0.0
+            } else {
+                f64::from(covered) / f64::from(predicted)
+            },
+            mae_log: if predicted == 0 {
+                0.0
+            } else {
+                (s.current.abs_log_error + s.previous.abs_log_error) / f64::from(predicted)
+            },
+            errors: s.current.errors + s.previous.errors,
+            window_total: s.current.total + s.previous.total,
+        }
+    }
+}
+
+/// Statistics for every route, plus server-wide counters.
+pub struct Stats {
+    /// Per route, indexed like [`contract::ROUTES`].
+    pub routes: Vec<RouteStats>,
+    /// Requests in flight, all routes.
+    pub in_flight: AtomicU32,
+    total_rate_bits: AtomicU32,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let now = Instant::now();
+        Self {
+            routes: (0..ROUTE_COUNT).map(|_| RouteStats::new(now)).collect(),
+            in_flight: AtomicU32::new(0),
+            total_rate_bits: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Stats {
+    /// The statistics of one route (index 0, "other", for anything unknown).
+    pub fn route(&self, index: usize) -> &RouteStats {
+        self.routes.get(index).unwrap_or(&self.routes[0])
+    }
+
+    /// Recent requests per second, all routes.
+    pub fn total_rate(&self) -> f32 {
+        f32::from_bits(self.total_rate_bits.load(Ordering::Relaxed))
+    }
+
+    /// Called once per `elapsed`: turns finished-request counters into smoothed rates.
+    pub fn sample_rates(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64().max(1e-3);
+        let mut total = 0.0_f64;
+        for r in &self.routes {
+            let now = r.finished.load(Ordering::Relaxed);
+            let before = r.last_finished.swap(now, Ordering::Relaxed);
+            #[allow(clippy::cast_precision_loss)]
+            let instant = (now.saturating_sub(before)) as f64 / secs;
+            let old = f64::from(r.rate());
+            let smoothed = 0.5 * old + 0.5 * instant;
+            #[allow(clippy::cast_possible_truncation)]
+            r.rate_bits
+                .store((smoothed as f32).to_bits(), Ordering::Relaxed);
+            total += smoothed;
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        self.total_rate_bits
+            .store((total as f32).to_bits(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_track_the_distribution() {
+        let stats = RouteStats::new(Instant::now());
+        let now = Instant::now();
+        for i in 1..=1000 {
+            stats.record(f64::from(i) / 100.0, None, false, now); // 0.01 .. 10 ms uniform
+        }
+        let snap = stats.snapshot(now);
+        assert!((snap.p50_ms - 5.0).abs() < 0.7, "p50 {}", snap.p50_ms);
+        assert!((snap.p90_ms - 9.0).abs() < 1.2, "p90 {}", snap.p90_ms);
+    }
+
+    #[test]
+    fn coverage_counts_latencies_inside_the_band() {
+        let stats = RouteStats::new(Instant::now());
+        let now = Instant::now();
+        for i in 0..100 {
+            let latency = if i < 70 { 5.0 } else { 50.0 };
+            stats.record(latency, Some((5.0, 10.0)), false, now);
+        }
+        let snap = stats.snapshot(now);
+        assert_eq!(snap.predicted, 100);
+        assert!((snap.coverage - 0.7).abs() < 1e-9);
+    }
+
+    #[test]
+    fn one_outlier_barely_moves_the_baseline() {
+        let stats = RouteStats::new(Instant::now());
+        let now = Instant::now();
+        for _ in 0..200 {
+            stats.record(10.0, None, false, now);
+        }
+        let before = stats.snapshot(now).ewma_log_mean;
+        stats.record(10_000.0, None, false, now);
+        let after = stats.snapshot(now).ewma_log_mean;
+        assert!((after - before).abs() < 0.05, "{before} -> {after}");
+    }
+}

@@ -1,0 +1,400 @@
+//! The request log: one JSON line per request under `data/logs/`, for the trainer.
+//!
+//! The request path only does a `try_send` on a bounded channel; a full channel drops the record
+//! and counts it (the request never waits on disk). A dedicated OS thread turns records into
+//! [`contract::RequestRecord`] lines, rotates files by size and age, deletes files past the
+//! retention, and keeps per-statement aggregates for the metrics endpoint.
+
+use super::admission::Priority;
+use super::predictor::Prediction;
+use super::queries::{QueryExec, fingerprint, normalize};
+use contract::{FeatureVector, QueryRecord, RequestRecord};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// What the request path hands to the writer: plain values, turned into strings off the path.
+#[derive(Debug)]
+pub struct Pending {
+    /// Unix ms at arrival.
+    pub ts_ms: i64,
+    /// Route index.
+    pub route: usize,
+    /// Priority admitted with.
+    pub priority: Priority,
+    /// Features used.
+    pub features: FeatureVector,
+    /// Prediction used.
+    pub prediction: Prediction,
+    /// HTTP status.
+    pub status: u16,
+    /// Total latency (ms).
+    pub latency_ms: f32,
+    /// Database time (ms).
+    pub db_ms: f32,
+    /// Admission wait (ms).
+    pub queue_ms: f32,
+    /// Cache outcome.
+    pub cache: &'static str,
+    /// Shed by admission.
+    pub shed: bool,
+    /// Anomaly score.
+    pub anomaly_score: f32,
+    /// Statements run.
+    pub queries: Vec<QueryExec>,
+}
+
+/// Aggregates for one statement fingerprint.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryAggregate {
+    /// Fingerprint.
+    pub fingerprint: String,
+    /// Normalized statement.
+    pub statement: String,
+    /// Executions.
+    pub calls: u64,
+    /// Total time (ms).
+    pub total_ms: f64,
+    /// Mean time (ms).
+    pub mean_ms: f64,
+    /// 95th percentile over the last 512 executions (ms).
+    pub p95_ms: f64,
+    /// Rows returned or affected, total.
+    pub rows: u64,
+    #[serde(skip)]
+    recent: Vec<f32>,
+    #[serde(skip)]
+    next: usize,
+}
+
+const RECENT: usize = 512;
+
+impl QueryAggregate {
+    fn add(&mut self, ms: f32, rows: u64) {
+        self.calls += 1;
+        self.total_ms += f64::from(ms);
+        self.rows += rows;
+        if self.recent.len() < RECENT {
+            self.recent.push(ms);
+        } else {
+            self.recent[self.next] = ms;
+            self.next = (self.next + 1) % RECENT;
+        }
+    }
+
+    fn finish(&self) -> Self {
+        let mut out = self.clone();
+        #[allow(clippy::cast_precision_loss)]
+        {
+            out.mean_ms = if self.calls == 0 {
+                0.0
+            } else {
+                self.total_ms / self.calls as f64
+            };
+        }
+        let mut sorted = self.recent.clone();
+        sorted.sort_by(f32::total_cmp);
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let idx = ((sorted.len() as f64 * 0.95).ceil() as usize).saturating_sub(1);
+        out.p95_ms = sorted.get(idx).map_or(0.0, |v| f64::from(*v));
+        out
+    }
+}
+
+/// Telemetry state shared with the request path.
+pub struct Telemetry {
+    sender: Option<SyncSender<Pending>>,
+    /// Records dropped because the writer fell behind.
+    pub dropped: AtomicU64,
+    /// Records written.
+    pub written: Arc<AtomicU64>,
+    queries: Arc<Mutex<HashMap<String, QueryAggregate>>>,
+}
+
+/// Writer settings.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Folder for log files.
+    pub dir: PathBuf,
+    /// Bounded channel size.
+    pub capacity: usize,
+    /// Rotate after this many bytes.
+    pub rotate_bytes: u64,
+    /// Rotate after this long.
+    pub rotate_age: Duration,
+    /// Delete files older than this.
+    pub retention: Duration,
+    /// Write files at all (aggregates are kept either way).
+    pub write_files: bool,
+}
+
+impl Telemetry {
+    /// Starts the writer thread.
+    pub fn start(config: WriterConfig) -> Self {
+        let (sender, receiver) = sync_channel(config.capacity);
+        let written = Arc::new(AtomicU64::new(0));
+        let queries = Arc::new(Mutex::new(HashMap::new()));
+        let (w, q) = (written.clone(), queries.clone());
+        let spawned = std::thread::Builder::new()
+            .name("request-log".into())
+            .spawn(move || writer(receiver, config, w, q));
+        if let Err(err) = &spawned {
+            tracing::error!(error = %err, "cannot start the request log writer; request logs are off");
+        }
+        Self {
+            sender: spawned.ok().map(|_| sender),
+            dropped: AtomicU64::new(0),
+            written,
+            queries,
+        }
+    }
+
+    /// No telemetry at all (features off).
+    pub fn disabled() -> Self {
+        Self {
+            sender: None,
+            dropped: AtomicU64::new(0),
+            written: Arc::new(AtomicU64::new(0)),
+            queries: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Hands a record to the writer without waiting; a full channel drops it and counts it.
+    pub fn send(&self, pending: Pending) {
+        let Some(sender) = &self.sender else { return };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = sender.try_send(pending)
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Statement aggregates, slowest total first.
+    pub fn query_aggregates(&self) -> Vec<QueryAggregate> {
+        let map = self
+            .queries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all: Vec<QueryAggregate> = map.values().map(QueryAggregate::finish).collect();
+        all.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+        all
+    }
+}
+
+/// Turns a pending record into the contract's log record.
+pub fn to_record(p: &Pending) -> RequestRecord {
+    RequestRecord {
+        ts_ms: p.ts_ms,
+        schema: contract::features::fingerprint_hex(),
+        route: contract::routes::route_label(p.route),
+        priority: p.priority.as_str().to_owned(),
+        features: p.features,
+        predicted_p50_ms: p.prediction.p50_ms,
+        predicted_p90_ms: p.prediction.p90_ms,
+        confidence: p.prediction.confidence,
+        source: p.prediction.source.as_str().to_owned(),
+        status: p.status,
+        latency_ms: p.latency_ms,
+        db_ms: p.db_ms,
+        queue_ms: p.queue_ms,
+        cache: p.cache.to_owned(),
+        shed: p.shed,
+        anomaly_score: p.anomaly_score,
+        queries: p
+            .queries
+            .iter()
+            .map(|q| {
+                let statement = normalize(&q.statement);
+                #[allow(clippy::cast_possible_truncation)]
+                QueryRecord {
+                    fingerprint: fingerprint(&statement),
+                    statement,
+                    duration_ms: (q.duration.as_secs_f64() * 1000.0) as f32,
+                    rows: q.rows,
+                }
+            })
+            .collect(),
+    }
+}
+
+struct LogFile {
+    out: BufWriter<File>,
+    bytes: u64,
+    opened: Instant,
+}
+
+fn open_log(dir: &Path) -> std::io::Result<LogFile> {
+    fs::create_dir_all(dir)?;
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let path = dir.join(format!("requests-{ms}-{}.ndjson", std::process::id()));
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    Ok(LogFile {
+        out: BufWriter::with_capacity(256 * 1024, file),
+        bytes: 0,
+        opened: Instant::now(),
+    })
+}
+
+/// Deletes request logs older than the retention.
+fn prune(dir: &Path, retention: Duration) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_log = name
+            .to_str()
+            .is_some_and(|n| n.starts_with("requests-") && n.ends_with(".ndjson"));
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > retention);
+        if is_log && old {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn writer(
+    receiver: Receiver<Pending>,
+    config: WriterConfig,
+    written: Arc<AtomicU64>,
+    queries: Arc<Mutex<HashMap<String, QueryAggregate>>>,
+) {
+    let mut file: Option<LogFile> = None;
+    let mut last_flush = Instant::now();
+    let mut warned = false;
+    loop {
+        let pending = match receiver.recv_timeout(Duration::from_millis(500)) {
+            Ok(p) => Some(p),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(pending) = pending {
+            let record = to_record(&pending);
+            {
+                let mut map = queries
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for q in &record.queries {
+                    map.entry(q.fingerprint.clone())
+                        .or_insert_with(|| QueryAggregate {
+                            fingerprint: q.fingerprint.clone(),
+                            statement: q.statement.clone(),
+                            calls: 0,
+                            total_ms: 0.0,
+                            mean_ms: 0.0,
+                            p95_ms: 0.0,
+                            rows: 0,
+                            recent: Vec::new(),
+                            next: 0,
+                        })
+                        .add(q.duration_ms, q.rows);
+                }
+            }
+            if config.write_files {
+                let rotate = file.as_ref().is_some_and(|f| {
+                    f.bytes >= config.rotate_bytes || f.opened.elapsed() >= config.rotate_age
+                });
+                if rotate {
+                    if let Some(mut f) = file.take() {
+                        let _ = f.out.flush();
+                    }
+                    prune(&config.dir, config.retention);
+                }
+                if file.is_none() {
+                    match open_log(&config.dir) {
+                        Ok(f) => file = Some(f),
+                        Err(err) if !warned => {
+                            tracing::warn!(error = %err, dir = %config.dir.display(), "cannot open request log");
+                            warned = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                if let Some(f) = file.as_mut()
+                    && let Ok(line) = serde_json::to_vec(&record)
+                    && f.out
+                        .write_all(&line)
+                        .and_then(|()| f.out.write_all(b"\n"))
+                        .is_ok()
+                {
+                    f.bytes += line.len() as u64 + 1;
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if last_flush.elapsed() >= Duration::from_millis(500) {
+            if let Some(f) = file.as_mut() {
+                let _ = f.out.flush();
+            }
+            last_flush = Instant::now();
+        }
+    }
+    if let Some(mut f) = file {
+        let _ = f.out.flush();
+    }
+}
+
+/// The optimizer's action log (`logs/ml-optimizer.log`): JSON lines, rare, written directly.
+pub struct ActionLog {
+    path: PathBuf,
+    file: Mutex<Option<File>>,
+}
+
+impl ActionLog {
+    /// A log at `path` (created on first write).
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            file: Mutex::new(None),
+        }
+    }
+
+    /// Appends one JSON line. Errors are logged once per attempt and otherwise ignored: the
+    /// optimizer must not fail because its log cannot be written.
+    pub fn write<T: Serialize>(&self, event: &T) {
+        let mut guard = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_none() {
+            if let Some(parent) = self.path.parent() {
+                let _ = fs::create_dir_all(parent);
+            }
+            match OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+            {
+                Ok(f) => *guard = Some(f),
+                Err(err) => {
+                    tracing::warn!(error = %err, path = %self.path.display(), "cannot open optimizer log");
+                    return;
+                }
+            }
+        }
+        if let (Some(f), Ok(mut line)) = (guard.as_mut(), serde_json::to_vec(event)) {
+            line.push(b'\n');
+            let _ = f.write_all(&line);
+        }
+    }
+
+    /// Where the log lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

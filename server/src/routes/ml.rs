@@ -1,0 +1,405 @@
+//! The optimizer's own endpoints: `/api/ml-metrics` (admin), `/api/stress-test` (admin, low
+//! priority), and `/metrics` (Prometheus text format).
+
+use crate::app::AppState;
+use crate::auth::Admin;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Json, Query};
+use crate::optimizer::admission::PriorityStats;
+use crate::optimizer::anomaly::{ANOMALY_SCORE, Action};
+use crate::optimizer::telemetry::QueryAggregate;
+use crate::optimizer::{Alert, RouteView, Sample};
+use crate::validate;
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+use utoipa::{IntoParams, ToSchema};
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/ml-metrics", get(ml_metrics))
+        .route("/api/stress-test", get(stress_test))
+        .route("/metrics", get(prometheus))
+}
+
+/// Which model answers and how healthy it is.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelHealth {
+    /// `onnx`, `online` or `off`.
+    pub source: String,
+    /// Why that source (e.g. "no model loaded").
+    pub reason: String,
+}
+
+/// Cache numbers for one route.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheRoute {
+    /// Route label.
+    pub route: String,
+    /// Hits.
+    pub hits: u64,
+    /// Misses (fills).
+    pub misses: u64,
+    /// Early refreshes.
+    pub refreshes: u64,
+    /// hits / all.
+    pub hit_rate: f64,
+}
+
+/// Everything the optimizer knows (admin).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MlMetrics {
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Model source and health.
+    pub model: ModelHealth,
+    /// Which optimizer features are on.
+    #[schema(value_type = Object)]
+    pub features: serde_json::Value,
+    /// Live accuracy and calibration per route.
+    #[schema(value_type = Vec<Object>)]
+    pub routes: Vec<RouteView>,
+    /// Cache per route, with totals.
+    pub cache: Vec<CacheRoute>,
+    /// Cache memory use (bytes) and entries.
+    #[schema(value_type = Object)]
+    pub cache_memory: serde_json::Value,
+    /// Admission per priority.
+    #[schema(value_type = Vec<Object>)]
+    pub admission: Vec<PriorityStats>,
+    /// Current adaptive concurrency limit.
+    pub concurrency_limit: u32,
+    /// Anomalous share of recent requests and whether auto-healing is in force.
+    #[schema(value_type = Object)]
+    pub anomaly: serde_json::Value,
+    /// Recent anomaly alerts, newest last.
+    #[schema(value_type = Vec<Object>)]
+    pub alerts: Vec<Alert>,
+    /// Optimization actions, newest last.
+    #[schema(value_type = Vec<Object>)]
+    pub actions: Vec<Action>,
+    /// History every 10 s: confidence trend, resource allocation, anomaly rate, cache hit rate.
+    #[schema(value_type = Vec<Object>)]
+    pub history: Vec<Sample>,
+    /// Tracked statements, slowest total first.
+    #[schema(value_type = Vec<Object>)]
+    pub queries: Vec<QueryAggregate>,
+    /// Request log records written and dropped.
+    #[schema(value_type = Object)]
+    pub request_log: serde_json::Value,
+}
+
+/// Model health, accuracy, cache, admission, anomalies, actions and history.
+#[utoipa::path(get, path = "/api/ml-metrics", tag = "optimizer", security(("admin" = [])),
+    responses((status = 200, body = MlMetrics), (status = 401, body = ErrorBody)))]
+pub async fn ml_metrics(State(state): State<AppState>, _admin: Admin) -> Json<MlMetrics> {
+    let opt = &state.optimizer;
+    let s = &opt.settings;
+    let cache_routes = [
+        ("GET /api/products", crate::optimizer::cache::Kind::List),
+        (
+            "GET /api/products/{id}",
+            crate::optimizer::cache::Kind::Detail,
+        ),
+        ("GET /api/search", crate::optimizer::cache::Kind::Search),
+    ];
+    let cache = cache_routes
+        .iter()
+        .map(|(route, kind)| {
+            let c = opt.cache.counters(*kind);
+            let (hits, misses, refreshes) = (
+                c.hits.load(Relaxed),
+                c.misses.load(Relaxed),
+                c.refreshes.load(Relaxed),
+            );
+            let all = hits + misses + refreshes;
+            #[allow(clippy::cast_precision_loss)]
+            CacheRoute {
+                route: (*route).to_owned(),
+                hits,
+                misses,
+                refreshes,
+                hit_rate: if all == 0 {
+                    0.0
+                } else {
+                    hits as f64 / all as f64
+                },
+            }
+        })
+        .collect();
+    let (source, reason) = if s.prediction {
+        (
+            "online",
+            "no ONNX model loaded yet: online statistics answer",
+        )
+    } else {
+        ("off", "performance prediction is switched off")
+    };
+    Json(MlMetrics {
+        uptime_secs: opt.uptime().as_secs(),
+        model: ModelHealth {
+            source: source.to_owned(),
+            reason: reason.to_owned(),
+        },
+        features: serde_json::json!({
+            "performancePrediction": s.prediction, "anomalyDetection": s.anomaly,
+            "caching": s.caching, "priority": s.priority, "telemetry": s.telemetry,
+            "targetLatencyMs": s.target.as_millis(), "predictionThreshold": s.prediction_threshold,
+        }),
+        routes: opt.route_views(),
+        cache,
+        cache_memory: serde_json::json!({ "bytes": opt.cache.weight(), "entries": opt.cache.len(),
+            "invalidations": opt.cache.invalidations.load(Relaxed) }),
+        admission: opt.admission.stats(),
+        concurrency_limit: opt.admission.limit(),
+        anomaly: serde_json::json!({ "recentRate": opt.healer.recent_rate(), "healing": opt.healer.is_active(),
+            "threshold": opt.healer.threshold(), "anomalousScore": ANOMALY_SCORE }),
+        alerts: copy(&opt.alerts),
+        actions: copy(&opt.actions),
+        history: copy(&opt.history),
+        queries: opt.telemetry.query_aggregates(),
+        request_log: serde_json::json!({ "written": opt.telemetry.written.load(Relaxed),
+            "dropped": opt.telemetry.dropped.load(Relaxed) }),
+    })
+}
+
+fn copy<T: Clone>(m: &std::sync::Mutex<std::collections::VecDeque<T>>) -> Vec<T> {
+    m.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .cloned()
+        .collect()
+}
+
+/// How hard to push.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StressParams {
+    /// Work multiplier, 1-1000 (default 10).
+    pub complexity: Option<u32>,
+}
+
+/// What the stress test did.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StressReport {
+    /// The complexity run.
+    pub complexity: u32,
+    /// CPU time spent hashing (ms).
+    pub cpu_ms: f64,
+    /// Database time (ms).
+    pub db_ms: f64,
+    /// Rows the database matched (so the work cannot be optimized away).
+    pub matched: i64,
+}
+
+/// Real CPU and database work that grows with `complexity`, to provoke anomalies (admin).
+#[utoipa::path(get, path = "/api/stress-test", tag = "optimizer", params(StressParams), security(("admin" = [])),
+    responses((status = 200, body = StressReport), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn stress_test(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Query(params): Query<StressParams>,
+) -> Result<Json<StressReport>, ApiError> {
+    let complexity = validate::range("complexity", params.complexity.unwrap_or(10), 1, 1000)?;
+    let cpu = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut digest = [0_u8; 32];
+        for _ in 0..complexity * 2_000 {
+            digest = Sha256::digest(digest).into();
+        }
+        (started.elapsed(), digest[0])
+    })
+    .await
+    .map_err(anyhow::Error::from)?;
+    let conn = state.db.conn().await?;
+    let started = Instant::now();
+    let n = i32::try_from(complexity * 2_000).unwrap_or(i32::MAX);
+    let row = conn
+        .query_one(
+            "SELECT count(*) FROM generate_series(1, $1) g WHERE md5(g::text) LIKE 'a%'",
+            &[&n],
+        )
+        .await?;
+    Ok(Json(StressReport {
+        complexity,
+        cpu_ms: cpu.0.as_secs_f64() * 1000.0 + f64::from(cpu.1) * 0.0,
+        db_ms: started.elapsed().as_secs_f64() * 1000.0,
+        matched: row.get(0),
+    }))
+}
+
+/// Prometheus text exposition of the optimizer's numbers. Labels are route templates and
+/// priorities only (bounded sets), never ids or users.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
+    let opt = &state.optimizer;
+    let mut out = String::with_capacity(8 * 1024);
+    let routes = opt.route_views();
+    let _ = writeln!(
+        out,
+        "# HELP shop_requests_total Requests finished, by route.\n# TYPE shop_requests_total counter"
+    );
+    for r in &routes {
+        let _ = writeln!(
+            out,
+            "shop_requests_total{{route=\"{}\"}} {}",
+            r.route, r.requests
+        );
+    }
+    for (name, help, pick) in [
+        (
+            "shop_latency_p50_ms",
+            "Recent median latency (ms).",
+            (|r: &RouteView| r.p50_ms) as fn(&RouteView) -> f64,
+        ),
+        (
+            "shop_latency_p90_ms",
+            "Recent 90th percentile latency (ms).",
+            |r| r.p90_ms,
+        ),
+        (
+            "shop_latency_p99_ms",
+            "Recent 99th percentile latency (ms).",
+            |r| r.p99_ms,
+        ),
+        (
+            "shop_prediction_coverage",
+            "Share of recent requests at or under their predicted p90.",
+            |r| r.coverage,
+        ),
+        (
+            "shop_prediction_mae_log",
+            "Mean absolute error of ln latency of recent predictions.",
+            |r| r.mae_log,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for r in &routes {
+            let _ = writeln!(out, "{name}{{route=\"{}\"}} {}", r.route, pick(r));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shop_admission_total Admission outcomes by priority.\n# TYPE shop_admission_total counter"
+    );
+    for p in opt.admission.stats() {
+        let name = p.priority.as_str();
+        let _ = writeln!(
+            out,
+            "shop_admission_total{{priority=\"{name}\",outcome=\"admitted\"}} {}",
+            p.admitted
+        );
+        let _ = writeln!(
+            out,
+            "shop_admission_total{{priority=\"{name}\",outcome=\"queued\"}} {}",
+            p.queued
+        );
+        let _ = writeln!(
+            out,
+            "shop_admission_total{{priority=\"{name}\",outcome=\"shed\"}} {}",
+            p.shed
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shop_permits Permits by priority.\n# TYPE shop_permits gauge"
+    );
+    for p in opt.admission.stats() {
+        let name = p.priority.as_str();
+        let _ = writeln!(
+            out,
+            "shop_permits{{priority=\"{name}\",state=\"allowed\"}} {}",
+            p.permits
+        );
+        let _ = writeln!(
+            out,
+            "shop_permits{{priority=\"{name}\",state=\"in_use\"}} {}",
+            p.in_use
+        );
+        let _ = writeln!(
+            out,
+            "shop_permits{{priority=\"{name}\",state=\"waiting\"}} {}",
+            p.waiting
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shop_concurrency_limit Adaptive concurrency limit.\n# TYPE shop_concurrency_limit gauge\nshop_concurrency_limit {}",
+        opt.admission.limit()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shop_cache_total Cache outcomes by route.\n# TYPE shop_cache_total counter"
+    );
+    for (route, kind) in [
+        ("GET /api/products", crate::optimizer::cache::Kind::List),
+        (
+            "GET /api/products/{id}",
+            crate::optimizer::cache::Kind::Detail,
+        ),
+        ("GET /api/search", crate::optimizer::cache::Kind::Search),
+    ] {
+        let c = opt.cache.counters(kind);
+        let _ = writeln!(
+            out,
+            "shop_cache_total{{route=\"{route}\",outcome=\"hit\"}} {}",
+            c.hits.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "shop_cache_total{{route=\"{route}\",outcome=\"miss\"}} {}",
+            c.misses.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "shop_cache_total{{route=\"{route}\",outcome=\"refresh\"}} {}",
+            c.refreshes.load(Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shop_cache_bytes Bytes held by the response cache.\n# TYPE shop_cache_bytes gauge\nshop_cache_bytes {}",
+        opt.cache.weight()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shop_anomaly_rate Anomalous share of recent requests.\n# TYPE shop_anomaly_rate gauge\nshop_anomaly_rate {}",
+        opt.healer.recent_rate()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shop_healing Auto-healing in force (1) or not (0).\n# TYPE shop_healing gauge\nshop_healing {}",
+        u8::from(opt.healer.is_active())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shop_request_log_total Request log records by outcome.\n# TYPE shop_request_log_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "shop_request_log_total{{outcome=\"written\"}} {}",
+        opt.telemetry.written.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "shop_request_log_total{{outcome=\"dropped\"}} {}",
+        opt.telemetry.dropped.load(Relaxed)
+    );
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        out,
+    )
+}
