@@ -212,12 +212,20 @@ impl RouteStats {
             s.ewma_mean = log;
             s.ewma_var = 0.25;
         } else {
-            // Winsorize at 3 sd so one huge outlier cannot drag the baseline the scorer uses.
+            // Winsorize at 3 sd, and learn from outliers ten times more slowly: a burst of
+            // anomalies must not become "normal" within a second, yet a lasting new level is
+            // absorbed after a few hundred requests.
             let sd = s.ewma_var.sqrt().max(0.05);
+            let outlier = (log - s.ewma_mean).abs() > 3.0 * sd;
+            let alpha = if outlier {
+                EWMA_ALPHA / 10.0
+            } else {
+                EWMA_ALPHA
+            };
             let x = log.clamp(s.ewma_mean - 3.0 * sd, s.ewma_mean + 3.0 * sd);
             let diff = x - s.ewma_mean;
-            s.ewma_mean += EWMA_ALPHA * diff;
-            s.ewma_var = (1.0 - EWMA_ALPHA) * (s.ewma_var + EWMA_ALPHA * diff * diff);
+            s.ewma_mean += alpha * diff;
+            s.ewma_var = (1.0 - alpha) * (s.ewma_var + alpha * diff * diff);
         }
         s.samples += 1;
     }
@@ -356,5 +364,31 @@ mod tests {
         stats.record(10_000.0, None, false, now);
         let after = stats.snapshot(now).ewma_log_mean;
         assert!((after - before).abs() < 0.05, "{before} -> {after}");
+    }
+
+    #[test]
+    fn a_burst_stays_anomalous_but_a_lasting_level_is_learned() {
+        let stats = RouteStats::new(Instant::now());
+        let now = Instant::now();
+        for _ in 0..200 {
+            stats.record(2.0, None, false, now);
+        }
+        for _ in 0..30 {
+            stats.record(200.0, None, false, now);
+        }
+        let snap = stats.snapshot(now);
+        let z = (200.0_f64.ln() - snap.ewma_log_mean) / snap.ewma_log_sd.max(0.25);
+        assert!(
+            z > 3.0,
+            "30 spikes later, a spike is still far out: z = {z}"
+        );
+        for _ in 0..2000 {
+            stats.record(200.0, None, false, now);
+        }
+        let snap = stats.snapshot(now);
+        assert!(
+            (snap.ewma_log_mean - 200.0_f64.ln()).abs() < 0.5,
+            "a lasting level becomes the baseline"
+        );
     }
 }

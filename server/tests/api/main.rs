@@ -8,6 +8,7 @@ mod cart;
 mod checkout;
 mod health;
 mod helpers;
+mod optimizer;
 mod orders;
 mod products;
 mod search;

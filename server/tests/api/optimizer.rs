@@ -1,0 +1,483 @@
+//! The online optimizer seen from outside: headers, shedding, caching, the request log, and
+//! auto-healing.
+
+use crate::helpers::{ADMIN, checkout_body, spawn_app, spawn_app_with};
+use contract::RequestRecord;
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("missing header {name}"))
+}
+
+#[tokio::test]
+async fn every_response_carries_ml_headers_in_range() {
+    let app = spawn_app().await;
+    let id = app.product_id("Laptop Pro").await;
+    let paths = [
+        "/api/products".to_owned(),
+        format!("/api/products/{id}"),
+        "/api/search?q=mouse".to_owned(),
+        "/api/nope".to_owned(),
+    ];
+    for round in 0..40 {
+        for path in &paths {
+            let response = app.get(path).await;
+            let confidence: u32 = header(&response, "x-ml-prediction-confidence")
+                .parse()
+                .expect("integer confidence");
+            assert!(confidence <= 100);
+            let score: f32 = header(&response, "x-anomaly-score")
+                .parse()
+                .expect("numeric score");
+            assert!((0.0..=1.0).contains(&score));
+            let predicted: f32 = header(&response, "x-ml-predicted-latency-ms")
+                .parse()
+                .expect("numeric prediction");
+            assert!(predicted >= 0.0);
+            assert_eq!(header(&response, "x-ml-source"), "online");
+            let applied = header(&response, "x-optimization-applied");
+            assert!(
+                ["none", "cache", "cache-refresh"].contains(&applied),
+                "{applied}"
+            );
+            if round > 30 {
+                assert!(
+                    predicted > 0.0,
+                    "after some traffic the route has a prediction ({path})"
+                );
+            }
+        }
+    }
+    // Errors carry them too.
+    let response = app.get("/api/products/abc").await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    header(&response, "x-ml-prediction-confidence");
+}
+
+#[tokio::test]
+async fn with_every_feature_off_only_the_headers_remain() {
+    let app = spawn_app_with(|c| {
+        c.features.performance_prediction = false;
+        c.features.anomaly_detection = false;
+        c.features.caching = false;
+        c.features.priority = false;
+        c.telemetry.enabled = false;
+    })
+    .await;
+    for _ in 0..3 {
+        let response = app.get("/api/products").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(header(&response, "x-ml-source"), "off");
+        assert_eq!(header(&response, "x-optimization-applied"), "none");
+        assert_eq!(header(&response, "x-ml-prediction-confidence"), "0");
+    }
+    let metrics: Value = app
+        .get_as(ADMIN, "/api/ml-metrics")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(metrics["routes"], json!([]), "no statistics are kept");
+    assert!(
+        !app.scratch.join("data/logs").exists(),
+        "no request log is written"
+    );
+}
+
+#[tokio::test]
+async fn low_priority_is_shed_before_checkout_under_saturation() {
+    // A fixed limit of 4: low priority may hold 1 permit, checkout all 4.
+    let app = spawn_app_with(|c| {
+        c.optimization.min_concurrency = 4;
+        c.optimization.max_concurrency = 4;
+    })
+    .await;
+    let shoppers = app.users_via_db(3).await;
+    let cable = app.product_id("USB-C Cable").await;
+    for s in &shoppers {
+        app.add_to_cart(s, cable, 1).await;
+    }
+    let stress = (0..6).map(|_| async {
+        let r = app
+            .client
+            .get(app.url("/api/stress-test?complexity=200"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("request");
+        (
+            r.status(),
+            r.headers().get("retry-after").is_some(),
+            r.headers().get("x-optimization-applied").cloned(),
+        )
+    });
+    let checkouts = shoppers.iter().map(|s| async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        app.post_json(Some(&s.token), "/api/checkout", &checkout_body())
+            .await
+            .status()
+    });
+    let (stress, checkouts) = tokio::join!(join_all(stress), join_all(checkouts));
+    assert!(
+        checkouts.iter().all(|s| *s == StatusCode::CREATED),
+        "every checkout goes through: {checkouts:?}"
+    );
+    let shed: Vec<_> = stress
+        .iter()
+        .filter(|(s, ..)| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert!(!shed.is_empty(), "low priority is shed: {stress:?}");
+    assert!(
+        shed.iter()
+            .all(|(_, retry, applied)| *retry && applied.as_ref().is_some_and(|v| v == "shed"))
+    );
+    assert!(
+        stress.iter().any(|(s, ..)| *s == StatusCode::OK),
+        "one low-priority request still runs"
+    );
+
+    let metrics: Value = app
+        .get_as(ADMIN, "/api/ml-metrics")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let low = metrics["admission"]
+        .as_array()
+        .expect("admission")
+        .iter()
+        .find(|p| p["priority"] == "low")
+        .expect("low")
+        .clone();
+    assert!(low["shed"].as_u64().expect("shed") >= 1);
+    let critical = metrics["admission"]
+        .as_array()
+        .expect("admission")
+        .iter()
+        .find(|p| p["priority"] == "critical")
+        .expect("critical")
+        .clone();
+    assert_eq!(critical["shed"], 0);
+}
+
+#[tokio::test]
+async fn a_client_may_lower_but_not_raise_its_priority() {
+    let app = spawn_app_with(|c| {
+        c.optimization.min_concurrency = 4;
+        c.optimization.max_concurrency = 4;
+    })
+    .await;
+    // Hold the single low-priority permit with a slow stress test...
+    let slow = app
+        .client
+        .get(app.url("/api/stress-test?complexity=300"))
+        .bearer_auth(ADMIN)
+        .send();
+    let probe = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ...then a catalogue read that volunteers to be low priority is shed,
+        let lowered = app
+            .client
+            .get(app.url("/api/products"))
+            .header("x-priority", "low")
+            .send()
+            .await
+            .expect("request");
+        // while one claiming critical without the admin token keeps its normal priority (admitted).
+        let raised = app
+            .client
+            .get(app.url("/api/products?limit=2"))
+            .header("x-priority", "critical")
+            .send()
+            .await
+            .expect("request");
+        (lowered.status(), raised.status())
+    };
+    let (slow, (lowered, raised)) = tokio::join!(slow, probe);
+    assert_eq!(slow.expect("request").status(), StatusCode::OK);
+    assert_eq!(lowered, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(raised, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn cache_hits_after_a_miss_and_serves_fresh_data_after_an_update() {
+    let app = spawn_app().await;
+    let id = app.product_id("Wireless Mouse").await;
+    let path = format!("/api/products/{id}");
+    let first = app.get(&path).await;
+    assert_eq!(header(&first, "x-optimization-applied"), "none");
+    let second = app.get(&path).await;
+    assert_eq!(header(&second, "x-optimization-applied"), "cache");
+    let body: Value = second.json().await.expect("json");
+    assert_eq!(body["price"], "29.99");
+    let list = app.get("/api/products").await;
+    assert_eq!(header(&list, "x-optimization-applied"), "none");
+    assert_eq!(
+        header(&app.get("/api/products").await, "x-optimization-applied"),
+        "cache"
+    );
+
+    let updated = app
+        .patch_json(
+            ADMIN,
+            &path,
+            &json!({"price": "24.99", "name": "Wireless Mouse 2"}),
+        )
+        .await;
+    assert_eq!(updated.status(), StatusCode::OK);
+    let fresh: Value = app.get(&path).await.json().await.expect("json");
+    assert_eq!(fresh["price"], "24.99", "the update is visible at once");
+    let list: Value = app.get("/api/products").await.json().await.expect("json");
+    assert!(
+        list["products"]
+            .as_array()
+            .expect("products")
+            .iter()
+            .any(|p| p["name"] == "Wireless Mouse 2")
+    );
+
+    // Per-user data is never cached.
+    let user = app
+        .register("cache@example.com", "correct horse battery")
+        .await;
+    let cart = app.get_as(&user.token, "/api/cart").await;
+    assert_eq!(header(&cart, "x-optimization-applied"), "none");
+    let cart = app.get_as(&user.token, "/api/cart").await;
+    assert_eq!(header(&cart, "x-optimization-applied"), "none");
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_misses_fill_the_cache_once() {
+    let app = spawn_app_with(|c| {
+        c.optimization.min_concurrency = 512;
+        c.optimization.max_concurrency = 512;
+    })
+    .await;
+    let responses = join_all((0..100).map(|_| app.get("/api/search?q=laptop"))).await;
+    let mut applied = Vec::new();
+    for r in responses {
+        assert_eq!(r.status(), StatusCode::OK);
+        applied.push(header(&r, "x-optimization-applied").to_owned());
+    }
+    let fills = applied.iter().filter(|a| *a == "none").count();
+    assert_eq!(
+        fills, 1,
+        "one request computes, 99 wait for it: {applied:?}"
+    );
+    let metrics: Value = app
+        .get_as(ADMIN, "/api/ml-metrics")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let search = metrics["cache"]
+        .as_array()
+        .expect("cache")
+        .iter()
+        .find(|c| c["route"] == "GET /api/search")
+        .expect("search")
+        .clone();
+    assert_eq!(search["misses"], 1);
+    assert_eq!(search["hits"], 99);
+}
+
+#[tokio::test]
+async fn request_log_records_parse_back_into_the_contract() {
+    let app = spawn_app().await;
+    let user = app
+        .register("log@example.com", "correct horse battery")
+        .await;
+    let id = app.product_id("Monitor 4K").await;
+    app.get(&format!("/api/products/{id}")).await;
+    app.add_to_cart(&user, id, 1).await;
+    app.post_json(Some(&user.token), "/api/checkout", &checkout_body())
+        .await;
+    let dir = app.scratch.join("data/logs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records: Vec<RequestRecord> = loop {
+        let mut records = Vec::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path()).expect("read log");
+            for line in text.lines() {
+                records.push(
+                    serde_json::from_str::<RequestRecord>(line)
+                        .unwrap_or_else(|e| panic!("bad record {line}: {e}")),
+                );
+            }
+        }
+        if records.iter().any(|r| r.route == "POST /api/checkout") || Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let checkout = records
+        .iter()
+        .find(|r| r.route == "POST /api/checkout")
+        .expect("checkout was logged");
+    assert_eq!(checkout.status, 201);
+    assert_eq!(checkout.priority, "critical");
+    assert_eq!(checkout.schema, contract::features::fingerprint_hex());
+    assert!(
+        checkout.queries.len() >= 5,
+        "statements are tracked: {:?}",
+        checkout.queries
+    );
+    assert!(
+        checkout
+            .queries
+            .iter()
+            .any(|q| q.statement.starts_with("UPDATE inventory"))
+    );
+    assert!(
+        checkout
+            .queries
+            .iter()
+            .all(|q| q.fingerprint.len() == 16 && !q.statement.contains("Bangkok")),
+        "no values in statements"
+    );
+    assert!(checkout.db_ms > 0.0 && checkout.latency_ms >= checkout.db_ms);
+    let detail = records
+        .iter()
+        .find(|r| r.route == "GET /api/products/{id}")
+        .expect("detail was logged");
+    assert_eq!(detail.cache, "miss");
+    assert!(
+        (detail.features[0] - 2.0).abs() < f32::EPSILON,
+        "route feature is the route's index"
+    );
+}
+
+#[tokio::test]
+async fn auto_healing_acts_on_a_sustained_spike_and_undoes_itself() {
+    let app = spawn_app_with(|c| {
+        c.optimization.anomaly_min_duration_secs = 2;
+        c.optimization.recovery_secs = 2;
+        c.optimization.anomaly_rate_threshold = 0.2;
+    })
+    .await;
+    let stress = |complexity: u32| {
+        app.client
+            .get(app.url(&format!("/api/stress-test?complexity={complexity}")))
+            .bearer_auth(ADMIN)
+            .send()
+    };
+    // A baseline of cheap stress tests.
+    for _ in 0..40 {
+        assert_eq!(stress(1).await.expect("request").status(), StatusCode::OK);
+    }
+    // A sustained spike: the same route, twenty times the work, for up to 20 s.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut throttled = false;
+    while Instant::now() < deadline && !throttled {
+        let batch = join_all((0..6).map(|_| stress(20))).await;
+        throttled = batch.into_iter().any(|r| {
+            let r = r.expect("request");
+            r.status() == StatusCode::SERVICE_UNAVAILABLE
+                && r.headers()
+                    .get("x-optimization-applied")
+                    .is_some_and(|v| v == "throttle")
+        });
+    }
+    if !throttled {
+        let metrics: Value = app
+            .get_as(ADMIN, "/api/ml-metrics")
+            .await
+            .json()
+            .await
+            .expect("json");
+        panic!(
+            "auto-healing never throttled the stress test: anomaly {} routes {} history {}",
+            metrics["anomaly"], metrics["routes"], metrics["history"]
+        );
+    }
+    let metrics: Value = app
+        .get_as(ADMIN, "/api/ml-metrics")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        metrics["actions"]
+            .as_array()
+            .expect("actions")
+            .iter()
+            .any(|a| a["action"] == "heal")
+    );
+    assert!(!metrics["alerts"].as_array().expect("alerts").is_empty());
+
+    // Healthy traffic afterwards: healing is undone by itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut undone = false;
+    while Instant::now() < deadline && !undone {
+        for _ in 0..10 {
+            app.get("/healthz").await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let metrics: Value = app
+            .get_as(ADMIN, "/api/ml-metrics")
+            .await
+            .json()
+            .await
+            .expect("json");
+        undone = metrics["actions"]
+            .as_array()
+            .expect("actions")
+            .iter()
+            .any(|a| a["action"] == "undo");
+    }
+    assert!(undone, "healing was undone after recovery");
+    assert_eq!(
+        stress(1).await.expect("request").status(),
+        StatusCode::OK,
+        "the stress test runs again"
+    );
+    let log =
+        std::fs::read_to_string(app.scratch.join("logs/ml-optimizer.log")).expect("optimizer log");
+    let actions: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert!(
+        actions.iter().any(|a| a["action"] == "heal")
+            && actions.iter().any(|a| a["action"] == "undo")
+    );
+}
+
+#[tokio::test]
+async fn prometheus_metrics_and_ml_metrics_are_served() {
+    let app = spawn_app().await;
+    for _ in 0..5 {
+        app.get("/api/products").await;
+    }
+    let text = app.get("/metrics").await.text().await.expect("text");
+    assert!(
+        text.contains("shop_requests_total{route=\"GET /api/products\"} 5"),
+        "{text}"
+    );
+    assert!(text.contains("shop_cache_total{route=\"GET /api/products\",outcome=\"hit\"} 4"));
+    assert!(text.contains("shop_admission_total{priority=\"normal\",outcome=\"admitted\"}"));
+    assert!(app.get("/api/ml-metrics").await.status() == StatusCode::UNAUTHORIZED);
+    let metrics: Value = app
+        .get_as(ADMIN, "/api/ml-metrics")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(metrics["model"]["source"], "online");
+    assert!(
+        metrics["queries"]
+            .as_array()
+            .expect("queries")
+            .iter()
+            .any(|q| q["statement"]
+                .as_str()
+                .is_some_and(|s| s.contains("FROM products")))
+    );
+}
