@@ -253,6 +253,8 @@ pub async fn run(config: &Config, products: u64, rng_seed: u64) -> anyhow::Resul
         .await
         .context("connecting to PostgreSQL")?;
     let driver = tokio::spawn(connection);
+    // Bulk loads legitimately run longer than any request may.
+    client.batch_execute("SET statement_timeout = 0").await?;
     let mut report = SeedReport::default();
 
     let tx = client.transaction().await?;
