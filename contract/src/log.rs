@@ -25,6 +25,8 @@ pub struct RequestRecord {
     pub schema: String,
     /// Route label, e.g. `GET /api/products/{id}`.
     pub route: String,
+    /// The request's path and query string (what the response cache keys on).
+    pub path: String,
     /// Priority it was admitted with: `critical`, `high`, `normal` or `low`.
     pub priority: String,
     /// The exact feature vector the prediction used.

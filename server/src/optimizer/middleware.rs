@@ -252,6 +252,10 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
 
     // 1. Classify.
     let route = route_of(&request);
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or_else(String::new, ToString::to_string);
     let priority = priority_of(&state, route, &request);
     let route_stats = opt.stats.route(route);
     let route_in_flight = route_stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -376,6 +380,7 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
     opt.telemetry.send(Pending {
         ts_ms: unix_ms() - i64::try_from(latency.as_millis()).unwrap_or(0),
         route,
+        path,
         priority,
         features,
         prediction,

@@ -26,6 +26,8 @@ pub struct Pending {
     pub ts_ms: i64,
     /// Route index.
     pub route: usize,
+    /// Path and query.
+    pub path: String,
     /// Priority admitted with.
     pub priority: Priority,
     /// Features used.
@@ -196,6 +198,7 @@ pub fn to_record(p: &Pending) -> RequestRecord {
         ts_ms: p.ts_ms,
         schema: contract::features::fingerprint_hex(),
         route: contract::routes::route_label(p.route),
+        path: p.path.clone(),
         priority: p.priority.as_str().to_owned(),
         features: p.features,
         predicted_p50_ms: p.prediction.p50_ms,
