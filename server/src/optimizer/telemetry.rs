@@ -8,7 +8,7 @@
 use super::admission::Priority;
 use super::predictor::Prediction;
 use super::queries::{QueryExec, fingerprint, normalize};
-use contract::{FeatureVector, QueryRecord, RequestRecord};
+use contract::FeatureVector;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -192,40 +192,75 @@ impl Telemetry {
     }
 }
 
-/// Turns a pending record into the contract's log record.
-pub fn to_record(p: &Pending) -> RequestRecord {
-    RequestRecord {
-        ts_ms: p.ts_ms,
-        schema: contract::features::fingerprint_hex(),
-        route: contract::routes::route_label(p.route),
-        path: p.path.clone(),
-        priority: p.priority.as_str().to_owned(),
-        features: p.features,
-        predicted_p50_ms: p.prediction.p50_ms,
-        predicted_p90_ms: p.prediction.p90_ms,
-        confidence: p.prediction.confidence,
-        source: p.prediction.source.as_str().to_owned(),
-        status: p.status,
-        latency_ms: p.latency_ms,
-        db_ms: p.db_ms,
-        queue_ms: p.queue_ms,
-        cache: p.cache.to_owned(),
-        shed: p.shed,
-        anomaly_score: p.anomaly_score,
-        queries: p
-            .queries
-            .iter()
-            .map(|q| {
-                let statement = normalize(&q.statement);
-                #[allow(clippy::cast_possible_truncation)]
-                QueryRecord {
-                    fingerprint: fingerprint(&statement),
-                    statement,
-                    duration_ms: (q.duration.as_secs_f64() * 1000.0) as f32,
-                    rows: q.rows,
-                }
-            })
-            .collect(),
+/// One log line, borrowing from the pending record: the same JSON shape as
+/// [`contract::RequestRecord`] (the integration tests parse it back), built without copying.
+#[derive(Serialize)]
+struct Line<'a> {
+    ts_ms: i64,
+    schema: &'a str,
+    route: &'a str,
+    path: &'a str,
+    priority: &'a str,
+    features: &'a contract::FeatureVector,
+    predicted_p50_ms: f32,
+    predicted_p90_ms: f32,
+    confidence: f32,
+    source: &'a str,
+    status: u16,
+    latency_ms: f32,
+    db_ms: f32,
+    queue_ms: f32,
+    cache: &'a str,
+    shed: bool,
+    anomaly_score: f32,
+    queries: Vec<LineQuery<'a>>,
+}
+
+#[derive(Serialize)]
+struct LineQuery<'a> {
+    fingerprint: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    statement: Option<&'a str>,
+    duration_ms: f32,
+    rows: u64,
+}
+
+/// A statement's normalized text and fingerprint, computed once per distinct statement.
+struct Known {
+    normalized: String,
+    fingerprint: String,
+}
+
+/// Writer-side state that turns pending records into lines cheaply.
+struct Encoder {
+    schema: String,
+    labels: Vec<String>,
+    known: HashMap<String, Known>,
+}
+
+impl Encoder {
+    fn new() -> Self {
+        Self {
+            schema: contract::features::fingerprint_hex(),
+            labels: (0..contract::ROUTES.len())
+                .map(contract::routes::route_label)
+                .collect(),
+            known: HashMap::new(),
+        }
+    }
+
+    fn known(&mut self, statement: &str) {
+        if !self.known.contains_key(statement) {
+            let normalized = normalize(statement);
+            let fingerprint = fingerprint(&normalized);
+            self.known.insert(
+                statement.to_owned(),
+                Known {
+                    normalized,
+                    fingerprint,
+                },
+            );
+        }
     }
 }
 
@@ -233,6 +268,26 @@ struct LogFile {
     out: BufWriter<File>,
     bytes: u64,
     opened: Instant,
+    /// Fingerprints whose statement text this file already holds.
+    statements_written: std::collections::HashSet<String>,
+}
+
+/// Counts bytes on their way into the buffered file (for size-based rotation).
+struct CountingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn open_log(dir: &Path) -> std::io::Result<LogFile> {
@@ -246,6 +301,7 @@ fn open_log(dir: &Path) -> std::io::Result<LogFile> {
         out: BufWriter::with_capacity(256 * 1024, file),
         bytes: 0,
         opened: Instant::now(),
+        statements_written: std::collections::HashSet::new(),
     })
 }
 
@@ -278,6 +334,7 @@ fn writer(
     queries: Arc<Mutex<HashMap<String, QueryAggregate>>>,
 ) {
     let mut file: Option<LogFile> = None;
+    let mut encoder = Encoder::new();
     let mut last_flush = Instant::now();
     let mut warned = false;
     loop {
@@ -287,16 +344,29 @@ fn writer(
             Err(RecvTimeoutError::Disconnected) => break,
         };
         if let Some(pending) = pending {
-            let record = to_record(&pending);
+            for q in &pending.queries {
+                encoder.known(&q.statement);
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            let durations: Vec<f32> = pending
+                .queries
+                .iter()
+                .map(|q| (q.duration.as_secs_f64() * 1000.0) as f32)
+                .collect();
             {
                 let mut map = queries
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for q in &record.queries {
-                    map.entry(q.fingerprint.clone())
-                        .or_insert_with(|| QueryAggregate {
-                            fingerprint: q.fingerprint.clone(),
-                            statement: q.statement.clone(),
+                for (q, ms) in pending.queries.iter().zip(&durations) {
+                    let Some(k) = encoder.known.get(&q.statement) else {
+                        continue;
+                    };
+                    if let Some(agg) = map.get_mut(&k.fingerprint) {
+                        agg.add(*ms, q.rows);
+                    } else {
+                        let mut agg = QueryAggregate {
+                            fingerprint: k.fingerprint.clone(),
+                            statement: k.normalized.clone(),
                             calls: 0,
                             total_ms: 0.0,
                             mean_ms: 0.0,
@@ -304,8 +374,10 @@ fn writer(
                             rows: 0,
                             recent: Vec::new(),
                             next: 0,
-                        })
-                        .add(q.duration_ms, q.rows);
+                        };
+                        agg.add(*ms, q.rows);
+                        map.insert(k.fingerprint.clone(), agg);
+                    }
                 }
             }
             if config.write_files {
@@ -328,15 +400,51 @@ fn writer(
                         Err(_) => {}
                     }
                 }
-                if let Some(f) = file.as_mut()
-                    && let Ok(line) = serde_json::to_vec(&record)
-                    && f.out
-                        .write_all(&line)
-                        .and_then(|()| f.out.write_all(b"\n"))
-                        .is_ok()
-                {
-                    f.bytes += line.len() as u64 + 1;
-                    written.fetch_add(1, Ordering::Relaxed);
+                if let Some(f) = file.as_mut() {
+                    let mut line_queries = Vec::with_capacity(pending.queries.len());
+                    for (q, ms) in pending.queries.iter().zip(&durations) {
+                        let Some(k) = encoder.known.get(&q.statement) else {
+                            continue;
+                        };
+                        let first = f.statements_written.insert(k.fingerprint.clone());
+                        line_queries.push(LineQuery {
+                            fingerprint: &k.fingerprint,
+                            statement: first.then_some(k.normalized.as_str()),
+                            duration_ms: *ms,
+                            rows: q.rows,
+                        });
+                    }
+                    let p = &pending;
+                    let line = Line {
+                        ts_ms: p.ts_ms,
+                        schema: &encoder.schema,
+                        route: encoder.labels.get(p.route).map_or("other", String::as_str),
+                        path: &p.path,
+                        priority: p.priority.as_str(),
+                        features: &p.features,
+                        predicted_p50_ms: p.prediction.p50_ms,
+                        predicted_p90_ms: p.prediction.p90_ms,
+                        confidence: p.prediction.confidence,
+                        source: p.prediction.source.as_str(),
+                        status: p.status,
+                        latency_ms: p.latency_ms,
+                        db_ms: p.db_ms,
+                        queue_ms: p.queue_ms,
+                        cache: p.cache,
+                        shed: p.shed,
+                        anomaly_score: p.anomaly_score,
+                        queries: line_queries,
+                    };
+                    let mut counter = CountingWriter {
+                        inner: &mut f.out,
+                        bytes: 0,
+                    };
+                    if serde_json::to_writer(&mut counter, &line).is_ok()
+                        && counter.write_all(b"\n").is_ok()
+                    {
+                        f.bytes += counter.bytes;
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
