@@ -15,7 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -338,10 +338,18 @@ fn writer(
     let mut last_flush = Instant::now();
     let mut warned = false;
     loop {
-        let pending = match receiver.recv_timeout(Duration::from_millis(500)) {
+        // Drain, then sleep: the writer polls instead of blocking in `recv`, so a sender never
+        // has to wake it (a futex wake and a context switch per request on a busy 2-core box).
+        let pending = match receiver.try_recv() {
             Ok(p) => Some(p),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                if let Some(f) = file.as_mut() {
+                    let _ = f.out.flush();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                None
+            }
+            Err(TryRecvError::Disconnected) => break,
         };
         if let Some(pending) = pending {
             for q in &pending.queries {
