@@ -73,16 +73,15 @@ impl Auth {
     /// 429 with the wait until the next allowed attempt.
     pub fn check_login_rate(&self, email: &str, ip: IpAddr) -> Result<(), ApiError> {
         let now = DefaultClock::default().now();
-        let by_ip = self.per_ip.check_key(&ip);
-        let by_email = self.per_email.check_key(&email.to_lowercase());
-        for outcome in [by_ip, by_email] {
-            if let Err(not_until) = outcome {
-                let wait = not_until.wait_time_from(now).as_secs().max(1);
-                return Err(ApiError::TooManyRequests {
-                    retry_after_secs: wait,
-                });
-            }
-        }
+        let refuse = |not_until: governor::NotUntil<_>| ApiError::TooManyRequests {
+            retry_after_secs: not_until.wait_time_from(now).as_secs().max(1),
+        };
+        // The address first: a client over its limit must not grow the per-e-mail map by
+        // trying a new address each time.
+        self.per_ip.check_key(&ip).map_err(refuse)?;
+        self.per_email
+            .check_key(&email.to_lowercase())
+            .map_err(refuse)?;
         Ok(())
     }
 

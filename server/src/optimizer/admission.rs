@@ -126,6 +126,18 @@ pub struct Admission {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shed;
 
+/// How often a waiter re-checks for a permit even without a wake-up.
+const RECHECK: Duration = Duration::from_millis(5);
+
+/// Decrements a waiting counter when dropped.
+struct WaitingGuard<'a>(&'a AtomicU32);
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A held concurrency permit; released (and the limit updated) when dropped.
 pub struct Permit<'a> {
     admission: &'a Admission,
@@ -187,6 +199,14 @@ impl Admission {
     }
 
     fn try_acquire(&self, priority: Priority) -> bool {
+        // Never overtake a more important request that is already waiting: under overload the
+        // next free permit goes to checkout before analytics, whatever the shares say.
+        if Priority::ALL[..priority.index()]
+            .iter()
+            .any(|p| self.counters[p.index()].waiting.load(Ordering::Relaxed) > 0)
+        {
+            return false;
+        }
         let ceiling = self.ceiling(priority);
         let mut current = self.in_flight.load(Ordering::Relaxed);
         loop {
@@ -230,28 +250,34 @@ impl Admission {
         }
         c.queued.fetch_add(1, Ordering::Relaxed);
         c.waiting.fetch_add(1, Ordering::Relaxed);
+        // Decrements `waiting` however this future ends, including when the client goes away
+        // and the future is dropped mid-wait.
+        let _waiting = WaitingGuard(&c.waiting);
         let deadline = tokio::time::Instant::now() + budget;
-        let result = loop {
+        loop {
             // Register for a wake-up before checking, so a release in between is not missed.
             let notified = self.wake[priority.index()].notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.try_acquire(priority) {
-                break Ok(permit());
+                return Ok(permit());
             }
+            // Also re-check every few milliseconds: a wake-up can be absorbed by a waiter that
+            // is just timing out, and a growing limit wakes nobody.
+            let recheck = (tokio::time::Instant::now() + RECHECK).min(deadline);
             tokio::select! {
                 () = &mut notified => {}
-                () = tokio::time::sleep_until(deadline) => {
-                    if self.try_acquire(priority) {
-                        break Ok(permit());
+                () = tokio::time::sleep_until(recheck) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        if self.try_acquire(priority) {
+                            return Ok(permit());
+                        }
+                        c.shed.fetch_add(1, Ordering::Relaxed);
+                        return Err(Shed);
                     }
-                    c.shed.fetch_add(1, Ordering::Relaxed);
-                    break Err(Shed);
                 }
             }
-        };
-        c.waiting.fetch_sub(1, Ordering::Relaxed);
-        result
+        }
     }
 
     fn release(&self, priority: Priority, service: Duration) {
@@ -403,6 +429,31 @@ mod tests {
         drop(first);
         assert!(waiter.await.expect("join"));
         drop(second);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_does_not_stay_counted_and_no_one_overtakes_a_waiter() {
+        let admission = Admission::new(1, 1);
+        let held = admission
+            .admit(Priority::Critical, Duration::ZERO)
+            .await
+            .expect("held");
+        {
+            let waiting = admission.admit(Priority::Critical, Duration::from_secs(5));
+            tokio::pin!(waiting);
+            // Poll once so it registers as waiting, then drop it (a client hanging up).
+            assert!(futures::poll!(waiting.as_mut()).is_pending());
+            assert_eq!(admission.stats()[0].waiting, 1);
+            let low = admission.admit(Priority::Low, Duration::ZERO).await;
+            assert_eq!(
+                low.err(),
+                Some(Shed),
+                "low may not overtake a waiting checkout"
+            );
+        }
+        assert_eq!(admission.stats()[0].waiting, 0);
+        drop(held);
+        assert!(admission.admit(Priority::Low, Duration::ZERO).await.is_ok());
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub struct ResponseCache {
     max_ttl: Duration,
 }
 
+fn detail_key(id: i64) -> String {
+    format!("d:{id}")
+}
+
 /// XFetch's β: above 1 refreshes earlier, below later.
 const XFETCH_BETA: f64 = 1.0;
 
@@ -105,16 +109,26 @@ impl ResponseCache {
         }
     }
 
-    /// The cache key for a request, or `None` when the route is not cacheable.
-    pub fn key(&self, kind: Kind, path: &str, query: Option<&str>) -> String {
+    /// The cache key for a request, or `None` when it should not be cached.
+    pub fn key(&self, kind: Kind, path: &str, query: Option<&str>) -> Option<String> {
         match kind {
-            // Details are keyed by path alone so invalidating one product finds its entry.
-            Kind::Detail => format!("d:{path}"),
+            // Details are keyed by the parsed id, so `/api/products/007` and `/api/products/7`
+            // share one entry and invalidating product 7 finds it. Unparseable ids are not
+            // cached (the handler answers 400).
+            Kind::Detail => {
+                let id: i64 = path.rsplit('/').next()?.parse().ok()?;
+                Some(detail_key(id))
+            }
             Kind::List | Kind::Search => {
                 let generation = self.generation.load(Ordering::Relaxed);
-                format!("l:{generation}:{path}?{}", query.unwrap_or(""))
+                Some(format!("l:{generation}:{path}?{}", query.unwrap_or("")))
             }
         }
+    }
+
+    /// The invalidation generation; it changes whenever any product changes.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// Counters of a kind.
@@ -160,11 +174,7 @@ impl ResponseCache {
     /// Forgets everything about one product: its detail entry and every list and search.
     pub fn invalidate_product(&self, product_id: i64) {
         self.generation.fetch_add(1, Ordering::Relaxed);
-        if self
-            .cache
-            .remove(&format!("d:/api/products/{product_id}"))
-            .is_some()
-        {
+        if self.cache.remove(&detail_key(product_id)).is_some() {
             self.invalidations.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -203,8 +213,16 @@ mod tests {
     fn invalidation_changes_list_keys_and_drops_details() {
         let cache = ResponseCache::new(1 << 20);
         let before = cache.key(Kind::List, "/api/products", Some("page=1"));
+        let detail = cache
+            .key(Kind::Detail, "/api/products/007", None)
+            .expect("key");
+        assert_eq!(
+            Some(detail.clone()),
+            cache.key(Kind::Detail, "/api/products/7", None)
+        );
+        assert_eq!(cache.key(Kind::Detail, "/api/products/x", None), None);
         cache.replace(
-            "d:/api/products/7".into(),
+            detail.clone(),
             entry(Duration::from_secs(10), Duration::ZERO),
         );
         cache.invalidate_product(7);
@@ -212,7 +230,7 @@ mod tests {
             cache.key(Kind::List, "/api/products", Some("page=1")),
             before
         );
-        assert!(cache.lookup("d:/api/products/7", Instant::now()).is_none());
+        assert!(cache.lookup(&detail, Instant::now()).is_none());
     }
 
     #[test]

@@ -40,6 +40,23 @@ pub const PREDICTED: HeaderName = HeaderName::from_static("x-ml-predicted-latenc
 /// A client may lower its own priority; raising it needs the admin token.
 pub const PRIORITY: HeaderName = HeaderName::from_static("x-priority");
 
+/// Counts a request as in flight until dropped.
+struct InFlight<'a> {
+    route: &'a std::sync::atomic::AtomicU32,
+    all: &'a std::sync::atomic::AtomicU32,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.route.fetch_sub(1, Ordering::Relaxed);
+        self.all.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Longest path (with query) kept in a log record; longer ones are cut, so a flood of huge
+/// URLs cannot balloon the log channel.
+const MAX_LOGGED_PATH: usize = 512;
+
 /// Largest response body the cache will buffer.
 const MAX_CACHED_BODY: usize = 4 * 1024 * 1024;
 
@@ -126,7 +143,16 @@ fn features(
 /// The priority a request runs at: the route's default, lowered (never raised) by `x-priority`
 /// unless the admin token is present.
 fn priority_of(state: &AppState, route: usize, request: &Request) -> Priority {
-    let default = Optimizer::default_priority(route);
+    let mut default = Optimizer::default_priority(route);
+    // Checkout is critical only for someone who could be signed in: an anonymous flood of
+    // checkout requests must not take the permits reserved for real buyers.
+    if default == Priority::Critical
+        && !request
+            .headers()
+            .contains_key(axum::http::header::AUTHORIZATION)
+    {
+        default = Priority::Normal;
+    }
     let Some(asked) = request
         .headers()
         .get(PRIORITY)
@@ -252,14 +278,22 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
 
     // 1. Classify.
     let route = route_of(&request);
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or_else(String::new, ToString::to_string);
+    let path = request.uri().path_and_query().map_or("", |p| p.as_str());
+    let mut cut = path.len().min(MAX_LOGGED_PATH);
+    while !path.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let path = path[..cut].to_owned();
     let priority = priority_of(&state, route, &request);
     let route_stats = opt.stats.route(route);
     let route_in_flight = route_stats.in_flight.fetch_add(1, Ordering::Relaxed);
     opt.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    // Decrements both counters however the request ends, including a client hanging up or
+    // the request timeout dropping this future.
+    let _in_flight = InFlight {
+        route: &route_stats.in_flight,
+        all: &opt.stats.in_flight,
+    };
     // 2. Features. 3. Predict.
     let features = features(&state, route, priority, &request, route_in_flight);
     let prediction = if settings.prediction {
@@ -373,8 +407,6 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
     if !shed {
         route_stats.record(latency_ms, predicted, status >= 500, Instant::now());
     }
-    route_stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-    opt.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     let db: Duration = queries.iter().map(|q| q.duration).sum();
     #[allow(clippy::cast_possible_truncation)]
     opt.telemetry.send(Pending {
@@ -413,7 +445,10 @@ async fn serve_cached(
 ) -> (Response, Vec<QueryExec>, &'static str, &'static str) {
     let cache = &opt.cache;
     let counters = cache.counters(kind);
-    let key = cache.key(kind, request.uri().path(), request.uri().query());
+    let Some(key) = cache.key(kind, request.uri().path(), request.uri().query()) else {
+        let (response, queries) = run_tracked(next, request).await;
+        return (response, queries, "bypass", "none");
+    };
     let now = Instant::now();
     let route = route_of(&request);
     let ttl = cache.ttl_for_rate(opt.stats.route(route).rate());
@@ -435,9 +470,11 @@ async fn serve_cached(
         Some(_) => {
             // This request won the XFetch draw: recompute now, everyone else keeps hitting.
             counters.refreshes.fetch_add(1, Ordering::Relaxed);
+            let generation = cache.generation();
             let started = Instant::now();
             let (response, queries, body) = run_for_cache(next, request).await;
-            if let Some(body) = body {
+            // A product changed while this refresh ran: its result may predate the change.
+            if let Some(body) = body.filter(|_| cache.generation() == generation) {
                 let done = Instant::now();
                 cache.replace(
                     key,

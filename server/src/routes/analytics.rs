@@ -82,7 +82,12 @@ pub async fn analytics(
     Query(params): Query<AnalyticsParams>,
 ) -> Result<Json<Analytics>, ApiError> {
     let to = params.to.unwrap_or_else(Utc::now);
-    let from = params.from.unwrap_or(to - Duration::days(30));
+    let from = match params.from {
+        Some(from) => from,
+        None => to
+            .checked_sub_signed(Duration::days(30))
+            .ok_or_else(|| ApiError::bad_request("invalid_period", "to is too early"))?,
+    };
     if from >= to || to - from > Duration::days(366) {
         return Err(ApiError::bad_request(
             "invalid_period",

@@ -257,7 +257,7 @@ async fn settle_failure(conn: &Conn, user: AuthUser, key: &str, err: &ApiError) 
         }
         None => {
             conn.execute(
-                "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+                "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND status_code IS NULL",
                 &[&user.id, &key],
             )
             .await
@@ -351,8 +351,12 @@ async fn place_order(
         &[&order.id, &product_ids, &quantities, &prices],
     )
     .await?;
-    tx.execute("DELETE FROM cart_items WHERE user_id = $1", &[&user.id])
-        .await?;
+    // Only the lines this order locked and bought: an item added concurrently stays in the cart.
+    tx.execute(
+        "DELETE FROM cart_items WHERE user_id = $1 AND product_id = ANY($2)",
+        &[&user.id, &product_ids],
+    )
+    .await?;
     if let Some(key) = key {
         let body = serde_json::to_value(&order).map_err(anyhow::Error::from)?;
         tx.execute(

@@ -473,20 +473,40 @@ async fn prometheus_metrics_and_ml_metrics_are_served() {
     assert!(text.contains("shop_cache_total{route=\"GET /api/products\",outcome=\"hit\"} 4"));
     assert!(text.contains("shop_admission_total{priority=\"normal\",outcome=\"admitted\"}"));
     assert!(app.get("/api/ml-metrics").await.status() == StatusCode::UNAUTHORIZED);
-    let metrics: Value = app
-        .get_as(ADMIN, "/api/ml-metrics")
-        .await
-        .json()
-        .await
-        .expect("json");
+    // Statement aggregates come from the log writer thread, which drains every 50 ms.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics: Value = loop {
+        let metrics: Value = app
+            .get_as(ADMIN, "/api/ml-metrics")
+            .await
+            .json()
+            .await
+            .expect("json");
+        let seen = metrics["queries"]
+            .as_array()
+            .expect("queries")
+            .iter()
+            .any(|q| {
+                q["statement"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("FROM products"))
+            });
+        if seen || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(metrics["model"]["source"], "online");
     assert!(
         metrics["queries"]
             .as_array()
             .expect("queries")
             .iter()
-            .any(|q| q["statement"]
-                .as_str()
-                .is_some_and(|s| s.contains("FROM products")))
+            .any(|q| {
+                q["statement"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("FROM products"))
+                    && q["calls"].as_u64() >= Some(1)
+            })
     );
 }
