@@ -21,6 +21,7 @@ pub struct TestApp {
     base_url: String,
     /// Per-test folder for request logs and the optimizer log.
     pub scratch: std::path::PathBuf,
+    db_url: String,
 }
 
 /// Server logs appear only when `TEST_LOG` is set, as in zero-to-production.
@@ -87,6 +88,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     tokio::spawn(app.run_until_stopped());
 
     let db = connect(&url).await;
+    let url_for_peer = url.clone();
     // The seed's five products, through the real seed path.
     let mut seed_config = Config::default();
     seed_config.database.url = Some(url);
@@ -98,6 +100,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         db_name,
         base_url,
         scratch,
+        db_url: url_for_peer,
     }
 }
 
@@ -139,6 +142,23 @@ pub struct User {
 }
 
 impl TestApp {
+    /// Starts a second server instance on the same database (another node behind a load
+    /// balancer) and returns its base URL.
+    pub async fn spawn_peer(&self) -> String {
+        let mut config = Config::default();
+        config.server.host = "127.0.0.1".into();
+        config.server.port = 0;
+        config.database.url = Some(self.db_url.clone());
+        config.database.pool_size = 8;
+        config.auth.admin_token = Some(ADMIN.into());
+        config.telemetry.log_dir = self.scratch.join("peer/data/logs");
+        config.telemetry.optimizer_log = self.scratch.join("peer/logs/ml-optimizer.log");
+        let peer = Application::build(config).await.expect("peer starts");
+        let address = format!("http://127.0.0.1:{}", peer.port());
+        tokio::spawn(peer.run_until_stopped());
+        address
+    }
+
     /// Absolute URL of a path.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)

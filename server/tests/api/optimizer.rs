@@ -254,6 +254,46 @@ async fn cache_hits_after_a_miss_and_serves_fresh_data_after_an_update() {
 }
 
 #[tokio::test]
+async fn a_product_change_on_one_instance_invalidates_the_cache_of_another() {
+    let app = spawn_app().await;
+    let peer = app.spawn_peer().await;
+    let id = app.product_id("USB-C Cable").await;
+    let detail = format!("{peer}/api/products/{id}");
+    let get = || async { app.client.get(&detail).send().await.expect("request") };
+    assert_eq!(header(&get().await, "x-optimization-applied"), "none");
+    let cached = get().await;
+    assert_eq!(header(&cached, "x-optimization-applied"), "cache");
+    assert_eq!(
+        cached.json::<Value>().await.expect("json")["price"],
+        "19.99"
+    );
+
+    // The change is made through the first instance; the peer hears of it via NOTIFY. The
+    // deadline is shorter than the shortest cache TTL (2 s), so expiry cannot pass this test.
+    let updated = app
+        .patch_json(
+            ADMIN,
+            &format!("/api/products/{id}"),
+            &json!({"price": "17.50"}),
+        )
+        .await;
+    assert_eq!(updated.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let mut price = Value::Null;
+    while Instant::now() < deadline {
+        price = get().await.json::<Value>().await.expect("json")["price"].clone();
+        if price == "17.50" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        price, "17.50",
+        "the peer serves the new price instead of its cached copy"
+    );
+}
+
+#[tokio::test]
 async fn a_hundred_concurrent_misses_fill_the_cache_once() {
     let app = spawn_app_with(|c| {
         c.optimization.min_concurrency = 512;
