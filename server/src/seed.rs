@@ -371,9 +371,14 @@ fn generate(rng: &mut StdRng, n: u64) -> Generated {
     let noun = pick(rng, nouns);
     let adjective = pick(rng, &ADJECTIVES);
     let name = format!("{adjective} {noun} {}", n % 1000);
+    let first = pick(rng, &QUALITIES);
+    let article = if first.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "An"
+    } else {
+        "A"
+    };
     let description = format!(
-        "A {} and {} {} for {}.",
-        pick(rng, &QUALITIES),
+        "{article} {first} and {} {} for {}.",
         pick(rng, &QUALITIES),
         noun.to_lowercase(),
         pick(rng, &USES)

@@ -84,6 +84,7 @@ struct Counters {
 
 /// A priority's counters, for metrics.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PriorityStats {
     /// Priority name.
     pub priority: Priority,

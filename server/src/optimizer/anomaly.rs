@@ -78,6 +78,7 @@ pub const ANOMALY_SCORE: f32 = 0.95;
 
 /// One entry in the optimizer's action history.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Action {
     /// Unix ms.
     pub ts_ms: i64,

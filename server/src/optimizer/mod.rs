@@ -61,6 +61,7 @@ impl Settings {
 
 /// A recent anomalous request.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Alert {
     /// Unix ms.
     pub ts_ms: i64,
@@ -76,6 +77,7 @@ pub struct Alert {
 
 /// One point of the metrics history (every 10 s).
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Sample {
     /// Unix ms.
     pub ts_ms: i64,
@@ -421,6 +423,7 @@ impl Optimizer {
 
 /// A route's live numbers.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteView {
     /// Route label.
     pub route: String,

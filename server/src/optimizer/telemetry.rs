@@ -54,6 +54,7 @@ pub struct Pending {
 
 /// Aggregates for one statement fingerprint.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct QueryAggregate {
     /// Fingerprint.
     pub fingerprint: String,
