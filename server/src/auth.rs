@@ -106,11 +106,11 @@ impl Auth {
         self.per_ip.retain_recent();
     }
 
-    /// Hashes a new password off the async runtime.
-    ///
-    /// # Errors
-    /// 503 if the hashing pool is closed; 500 if hashing failed.
-    pub async fn hash_password(&self, password: String) -> Result<String, ApiError> {
+    /// Runs argon2 work on the blocking pool, at most `hashing` permits at a time.
+    async fn hashing<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
         let _permit = self
             .hashing
             .acquire()
@@ -118,9 +118,18 @@ impl Auth {
             .map_err(|_| ApiError::Unavailable {
                 retry_after_secs: 1,
             })?;
-        tokio::task::spawn_blocking(move || hash_blocking(&password))
+        Ok(tokio::task::spawn_blocking(work)
             .await
-            .context("password hashing task")?
+            .context("password hashing task")?)
+    }
+
+    /// Hashes a new password off the async runtime.
+    ///
+    /// # Errors
+    /// 503 if the hashing pool is closed; 500 if hashing failed.
+    pub async fn hash_password(&self, password: String) -> Result<String, ApiError> {
+        self.hashing(move || hash_blocking(&password))
+            .await?
             .map_err(ApiError::Internal)
     }
 
@@ -133,24 +142,17 @@ impl Auth {
         password: String,
         stored: Option<String>,
     ) -> Result<bool, ApiError> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| ApiError::Unavailable {
-                retry_after_secs: 1,
-            })?;
         let known = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.clone());
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|parsed| {
-                argon2()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
+        let ok = self
+            .hashing(move || {
+                PasswordHash::new(&hash).is_ok_and(|parsed| {
+                    argon2()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
             })
-        })
-        .await
-        .context("password verification task")?;
+            .await?;
         Ok(known && ok)
     }
 

@@ -114,6 +114,18 @@ impl Page {
         Ok(Self { page, limit })
     }
 
+    /// Validates `page` and `limit` against the configured limits.
+    ///
+    /// # Errors
+    /// A 400 saying which bound was crossed.
+    pub fn within(
+        page: Option<u32>,
+        limit: Option<u32>,
+        limits: &crate::config::LimitsConfig,
+    ) -> Result<Self, ApiError> {
+        Self::new(page, limit, limits.max_page_size, limits.max_result_window)
+    }
+
     /// Rows to skip.
     pub fn offset(self) -> i64 {
         i64::from(self.page - 1) * i64::from(self.limit)

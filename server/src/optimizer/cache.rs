@@ -64,6 +64,20 @@ pub enum Kind {
     Search,
 }
 
+impl Kind {
+    /// Every cached kind.
+    pub const ALL: [Self; 3] = [Self::List, Self::Detail, Self::Search];
+
+    /// The route label this kind caches.
+    pub fn route(self) -> &'static str {
+        match self {
+            Self::List => "GET /api/products",
+            Self::Detail => "GET /api/products/{id}",
+            Self::Search => "GET /api/search",
+        }
+    }
+}
+
 /// Per-kind hit and miss counters.
 #[derive(Default)]
 pub struct KindCounters {

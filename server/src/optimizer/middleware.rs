@@ -71,12 +71,10 @@ fn cache_kind(route: usize, method: &Method) -> Option<Kind> {
     if method != Method::GET {
         return None;
     }
-    match ROUTES.get(route)?.path {
-        "/api/products" => Some(Kind::List),
-        "/api/products/{id}" => Some(Kind::Detail),
-        "/api/search" => Some(Kind::Search),
-        _ => None,
-    }
+    let path = ROUTES.get(route)?.path;
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.route().strip_prefix("GET ") == Some(path))
 }
 
 /// Reads an unsigned number parameter from a query string without allocating.

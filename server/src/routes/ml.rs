@@ -7,6 +7,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
 use crate::optimizer::admission::PriorityStats;
 use crate::optimizer::anomaly::{ANOMALY_SCORE, Action};
+use crate::optimizer::cache::Kind;
 use crate::optimizer::telemetry::QueryAggregate;
 use crate::optimizer::{Alert, RouteView, Sample};
 use crate::validate;
@@ -106,17 +107,9 @@ pub struct MlMetrics {
 pub async fn ml_metrics(State(state): State<AppState>, _admin: Admin) -> Json<MlMetrics> {
     let opt = &state.optimizer;
     let s = &opt.settings;
-    let cache_routes = [
-        ("GET /api/products", crate::optimizer::cache::Kind::List),
-        (
-            "GET /api/products/{id}",
-            crate::optimizer::cache::Kind::Detail,
-        ),
-        ("GET /api/search", crate::optimizer::cache::Kind::Search),
-    ];
-    let cache = cache_routes
+    let cache = Kind::ALL
         .iter()
-        .map(|(route, kind)| {
+        .map(|kind| {
             let c = opt.cache.counters(*kind);
             let (hits, misses, refreshes) = (
                 c.hits.load(Relaxed),
@@ -126,7 +119,7 @@ pub async fn ml_metrics(State(state): State<AppState>, _admin: Admin) -> Json<Ml
             let all = hits + misses + refreshes;
             #[allow(clippy::cast_precision_loss)]
             CacheRoute {
-                route: (*route).to_owned(),
+                route: kind.route().to_owned(),
                 hits,
                 misses,
                 refreshes,
@@ -242,6 +235,24 @@ pub async fn stress_test(
     }))
 }
 
+/// Writes one metric family: its HELP and TYPE lines, then a sample per (labels, value).
+fn family<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
 /// Prometheus text exposition of the optimizer's numbers. Labels are route templates and
 /// priorities only (bounded sets), never ids or users.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
@@ -249,155 +260,151 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
     let opt = &state.optimizer;
     let mut out = String::with_capacity(8 * 1024);
     let routes = opt.route_views();
-    let _ = writeln!(
-        out,
-        "# HELP shop_requests_total Requests finished, by route.\n# TYPE shop_requests_total counter"
+    let by_route = |pick: fn(&RouteView) -> f64| {
+        routes
+            .iter()
+            .map(move |r| (format!("route=\"{}\"", r.route), pick(r)))
+            .collect::<Vec<_>>()
+    };
+    #[allow(clippy::cast_precision_loss)]
+    family(
+        &mut out,
+        "shop_requests_total",
+        "counter",
+        "Requests finished, by route.",
+        by_route(|r| r.requests as f64),
     );
-    for r in &routes {
-        let _ = writeln!(
-            out,
-            "shop_requests_total{{route=\"{}\"}} {}",
-            r.route, r.requests
-        );
-    }
-    for (name, help, pick) in [
-        (
-            "shop_latency_p50_ms",
-            "Recent median latency (ms).",
-            (|r: &RouteView| r.p50_ms) as fn(&RouteView) -> f64,
-        ),
-        (
-            "shop_latency_p90_ms",
-            "Recent 90th percentile latency (ms).",
-            |r| r.p90_ms,
-        ),
-        (
-            "shop_latency_p99_ms",
-            "Recent 99th percentile latency (ms).",
-            |r| r.p99_ms,
-        ),
-        (
-            "shop_prediction_coverage",
-            "Share of recent requests at or under their predicted p90.",
-            |r| r.coverage,
-        ),
-        (
-            "shop_prediction_mae_log",
-            "Mean absolute error of ln latency of recent predictions.",
-            |r| r.mae_log,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for r in &routes {
-            let _ = writeln!(out, "{name}{{route=\"{}\"}} {}", r.route, pick(r));
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP shop_admission_total Admission outcomes by priority.\n# TYPE shop_admission_total counter"
+    family(
+        &mut out,
+        "shop_latency_p50_ms",
+        "gauge",
+        "Recent median latency (ms).",
+        by_route(|r| r.p50_ms),
     );
-    for p in opt.admission.stats() {
-        let name = p.priority.as_str();
-        let _ = writeln!(
-            out,
-            "shop_admission_total{{priority=\"{name}\",outcome=\"admitted\"}} {}",
-            p.admitted
-        );
-        let _ = writeln!(
-            out,
-            "shop_admission_total{{priority=\"{name}\",outcome=\"queued\"}} {}",
-            p.queued
-        );
-        let _ = writeln!(
-            out,
-            "shop_admission_total{{priority=\"{name}\",outcome=\"shed\"}} {}",
-            p.shed
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP shop_permits Permits by priority.\n# TYPE shop_permits gauge"
+    family(
+        &mut out,
+        "shop_latency_p90_ms",
+        "gauge",
+        "Recent 90th percentile latency (ms).",
+        by_route(|r| r.p90_ms),
     );
-    for p in opt.admission.stats() {
-        let name = p.priority.as_str();
-        let _ = writeln!(
-            out,
-            "shop_permits{{priority=\"{name}\",state=\"allowed\"}} {}",
-            p.permits
-        );
-        let _ = writeln!(
-            out,
-            "shop_permits{{priority=\"{name}\",state=\"in_use\"}} {}",
-            p.in_use
-        );
-        let _ = writeln!(
-            out,
-            "shop_permits{{priority=\"{name}\",state=\"waiting\"}} {}",
-            p.waiting
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP shop_concurrency_limit Adaptive concurrency limit.\n# TYPE shop_concurrency_limit gauge\nshop_concurrency_limit {}",
-        opt.admission.limit()
+    family(
+        &mut out,
+        "shop_latency_p99_ms",
+        "gauge",
+        "Recent 99th percentile latency (ms).",
+        by_route(|r| r.p99_ms),
     );
-    let _ = writeln!(
-        out,
-        "# HELP shop_cache_total Cache outcomes by route.\n# TYPE shop_cache_total counter"
+    family(
+        &mut out,
+        "shop_prediction_coverage",
+        "gauge",
+        "Share of recent requests at or under their predicted p90.",
+        by_route(|r| r.coverage),
     );
-    for (route, kind) in [
-        ("GET /api/products", crate::optimizer::cache::Kind::List),
-        (
-            "GET /api/products/{id}",
-            crate::optimizer::cache::Kind::Detail,
-        ),
-        ("GET /api/search", crate::optimizer::cache::Kind::Search),
-    ] {
-        let c = opt.cache.counters(kind);
-        let _ = writeln!(
-            out,
-            "shop_cache_total{{route=\"{route}\",outcome=\"hit\"}} {}",
-            c.hits.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "shop_cache_total{{route=\"{route}\",outcome=\"miss\"}} {}",
-            c.misses.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "shop_cache_total{{route=\"{route}\",outcome=\"refresh\"}} {}",
-            c.refreshes.load(Relaxed)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP shop_cache_bytes Bytes held by the response cache.\n# TYPE shop_cache_bytes gauge\nshop_cache_bytes {}",
-        opt.cache.weight()
+    family(
+        &mut out,
+        "shop_prediction_mae_log",
+        "gauge",
+        "Mean absolute error of ln latency of recent predictions.",
+        by_route(|r| r.mae_log),
     );
-    let _ = writeln!(
-        out,
-        "# HELP shop_anomaly_rate Anomalous share of recent requests.\n# TYPE shop_anomaly_rate gauge\nshop_anomaly_rate {}",
-        opt.healer.recent_rate()
+    let priorities = opt.admission.stats();
+    let per_priority = |label: &str, pick: fn(&PriorityStats) -> u64, value: &str| {
+        priorities
+            .iter()
+            .map(|p| {
+                (
+                    format!("priority=\"{}\",{label}=\"{value}\"", p.priority.as_str()),
+                    pick(p),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut admission = per_priority("outcome", |p| p.admitted, "admitted");
+    admission.extend(per_priority("outcome", |p| p.queued, "queued"));
+    admission.extend(per_priority("outcome", |p| p.shed, "shed"));
+    family(
+        &mut out,
+        "shop_admission_total",
+        "counter",
+        "Admission outcomes by priority.",
+        admission,
     );
-    let _ = writeln!(
-        out,
-        "# HELP shop_healing Auto-healing in force (1) or not (0).\n# TYPE shop_healing gauge\nshop_healing {}",
-        u8::from(opt.healer.is_active())
+    let mut permits = per_priority("state", |p| u64::from(p.permits), "allowed");
+    permits.extend(per_priority("state", |p| u64::from(p.in_use), "in_use"));
+    permits.extend(per_priority("state", |p| u64::from(p.waiting), "waiting"));
+    family(
+        &mut out,
+        "shop_permits",
+        "gauge",
+        "Permits by priority.",
+        permits,
     );
-    let _ = writeln!(
-        out,
-        "# HELP shop_request_log_total Request log records by outcome.\n# TYPE shop_request_log_total counter"
+    family(
+        &mut out,
+        "shop_concurrency_limit",
+        "gauge",
+        "Adaptive concurrency limit.",
+        [(String::new(), opt.admission.limit())],
     );
-    let _ = writeln!(
-        out,
-        "shop_request_log_total{{outcome=\"written\"}} {}",
-        opt.telemetry.written.load(Relaxed)
+    let cache = Kind::ALL.iter().flat_map(|kind| {
+        let c = opt.cache.counters(*kind);
+        [
+            ("hit", &c.hits),
+            ("miss", &c.misses),
+            ("refresh", &c.refreshes),
+        ]
+        .map(|(outcome, n)| {
+            (
+                format!("route=\"{}\",outcome=\"{outcome}\"", kind.route()),
+                n.load(Relaxed),
+            )
+        })
+    });
+    family(
+        &mut out,
+        "shop_cache_total",
+        "counter",
+        "Cache outcomes by route.",
+        cache,
     );
-    let _ = writeln!(
-        out,
-        "shop_request_log_total{{outcome=\"dropped\"}} {}",
-        opt.telemetry.dropped.load(Relaxed)
+    family(
+        &mut out,
+        "shop_cache_bytes",
+        "gauge",
+        "Bytes held by the response cache.",
+        [(String::new(), opt.cache.weight())],
+    );
+    family(
+        &mut out,
+        "shop_anomaly_rate",
+        "gauge",
+        "Anomalous share of recent requests.",
+        [(String::new(), opt.healer.recent_rate())],
+    );
+    family(
+        &mut out,
+        "shop_healing",
+        "gauge",
+        "Auto-healing in force (1) or not (0).",
+        [(String::new(), u8::from(opt.healer.is_active()))],
+    );
+    family(
+        &mut out,
+        "shop_request_log_total",
+        "counter",
+        "Request log records by outcome.",
+        [
+            (
+                "outcome=\"written\"".to_owned(),
+                opt.telemetry.written.load(Relaxed),
+            ),
+            (
+                "outcome=\"dropped\"".to_owned(),
+                opt.telemetry.dropped.load(Relaxed),
+            ),
+        ],
     );
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -139,12 +139,7 @@ pub async fn list(
     Query(params): Query<OrderParams>,
 ) -> Result<Json<OrderPage>, ApiError> {
     let limits = &state.config.limits;
-    let page = Page::new(
-        params.page,
-        params.limit,
-        limits.max_page_size,
-        limits.max_result_window,
-    )?;
+    let page = Page::within(params.page, params.limit, limits)?;
     let conn = state.db.conn().await?;
     let rows = conn
         .query(

@@ -122,12 +122,7 @@ pub async fn list(
     Query(params): Query<ListParams>,
 ) -> Result<Json<ProductPage>, ApiError> {
     let limits = &state.config.limits;
-    let page = Page::new(
-        params.page,
-        params.limit,
-        limits.max_page_size,
-        limits.max_result_window,
-    )?;
+    let page = Page::within(params.page, params.limit, limits)?;
     let conn = state.db.conn().await?;
     // Two statements rather than one with `$1 IS NULL OR ...`: a generic plan for the combined
     // form cannot use an index on category, and the plans here should be the obvious ones.

@@ -54,12 +54,7 @@ pub async fn search(
 ) -> Result<Json<SearchResults>, ApiError> {
     let limits = &state.config.limits;
     let q = validate::text("q", &params.q, limits.max_query_chars)?;
-    let page = Page::new(
-        params.page,
-        params.limit,
-        limits.max_page_size,
-        limits.max_result_window,
-    )?;
+    let page = Page::within(params.page, params.limit, limits)?;
     let conn = state.db.conn().await?;
     // websearch_to_tsquery never fails on user input (unbalanced quotes, stray operators), so any
     // text is safe to pass; it is a bound parameter in any case.
