@@ -199,6 +199,16 @@ fn budget(
     }
 }
 
+/// Formats a non-negative number with two decimals; zero (the common case for the anomaly
+/// score) needs no allocation.
+fn two_decimals(value: f32) -> HeaderValue {
+    if value <= 0.0 || !value.is_finite() {
+        return HeaderValue::from_static("0.00");
+    }
+    HeaderValue::from_str(&format!("{value:.2}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("0.00"))
+}
+
 fn set_headers(
     headers: &mut HeaderMap,
     prediction: &Prediction,
@@ -209,13 +219,9 @@ fn set_headers(
     let confidence = (prediction.confidence.clamp(0.0, 1.0) * 100.0).round() as u32;
     headers.insert(CONFIDENCE, HeaderValue::from(confidence));
     headers.insert(APPLIED, HeaderValue::from_static(applied));
-    if let Ok(v) = HeaderValue::from_str(&format!("{:.2}", score.clamp(0.0, 1.0))) {
-        headers.insert(ANOMALY, v);
-    }
+    headers.insert(ANOMALY, two_decimals(score.min(1.0)));
     headers.insert(SOURCE, HeaderValue::from_static(prediction.source.as_str()));
-    if let Ok(v) = HeaderValue::from_str(&format!("{:.2}", prediction.p50_ms.max(0.0))) {
-        headers.insert(PREDICTED, v);
-    }
+    headers.insert(PREDICTED, two_decimals(prediction.p50_ms));
 }
 
 fn json_response(body: Bytes) -> Response {
