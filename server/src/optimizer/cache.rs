@@ -33,6 +33,19 @@ pub struct Entry {
     pub compute: Duration,
 }
 
+impl Entry {
+    /// An entry computed since `started`, fresh for `ttl` from now.
+    pub fn computed(body: Bytes, started: Instant, ttl: Duration) -> Arc<Self> {
+        let done = Instant::now();
+        Arc::new(Self {
+            body,
+            created: done,
+            expires: done + ttl,
+            compute: done - started,
+        })
+    }
+}
+
 /// Weighs entries by their size in bytes.
 #[derive(Clone)]
 pub struct ByBytes;

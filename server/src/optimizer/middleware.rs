@@ -439,6 +439,16 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
     response
 }
 
+/// A response served from a cache entry.
+fn hit(entry: &Entry) -> (Response, Vec<QueryExec>, &'static str, &'static str) {
+    (
+        json_response(entry.body.clone()),
+        Vec::new(),
+        "hit",
+        "cache",
+    )
+}
+
 /// Serves a cacheable read: hit, early refresh (XFetch), or a single-flight fill.
 async fn serve_cached(
     opt: &Arc<Optimizer>,
@@ -464,12 +474,7 @@ async fn serve_cached(
     match cache.lookup(&key, now) {
         Some((entry, refresh)) if !(refresh && trust) => {
             counters.hits.fetch_add(1, Ordering::Relaxed);
-            return (
-                json_response(entry.body.clone()),
-                Vec::new(),
-                "hit",
-                "cache",
-            );
+            return hit(&entry);
         }
         Some(_) => {
             // This request won the XFetch draw: recompute now, everyone else keeps hitting.
@@ -479,16 +484,7 @@ async fn serve_cached(
             let (response, queries, body) = run_for_cache(next, request).await;
             // A product changed while this refresh ran: its result may predate the change.
             if let Some(body) = body.filter(|_| cache.generation() == generation) {
-                let done = Instant::now();
-                cache.replace(
-                    key,
-                    Arc::new(Entry {
-                        body,
-                        created: done,
-                        expires: done + ttl,
-                        compute: done - started,
-                    }),
-                );
+                cache.replace(key, Entry::computed(body, started, ttl));
             }
             return (response, queries, "refresh", "cache-refresh");
         }
@@ -499,12 +495,7 @@ async fn serve_cached(
         Ok(entry) if Instant::now() < entry.expires => {
             // Another request filled it while this one waited: one database query for all.
             counters.hits.fetch_add(1, Ordering::Relaxed);
-            (
-                json_response(entry.body.clone()),
-                Vec::new(),
-                "hit",
-                "cache",
-            )
+            hit(&entry)
         }
         Ok(_) => {
             // Expired between lookup and now; compute directly rather than loop.
@@ -517,13 +508,7 @@ async fn serve_cached(
             let started = Instant::now();
             let (response, queries, body) = run_for_cache(next, request).await;
             if let Some(body) = body {
-                let done = Instant::now();
-                let _ = guard.insert(Arc::new(Entry {
-                    body,
-                    created: done,
-                    expires: done + ttl,
-                    compute: done - started,
-                }));
+                let _ = guard.insert(Entry::computed(body, started, ttl));
             }
             // A failed fill drops the guard: the next waiter becomes the filler.
             (response, queries, "miss", "none")

@@ -129,6 +129,17 @@ pub struct Optimizer {
 const MAX_ALERTS: usize = 200;
 const MAX_ACTIONS: usize = 500;
 
+/// Appends to a bounded in-memory log, dropping the oldest entries beyond `max`.
+fn push_bounded<T>(log: &Mutex<VecDeque<T>>, item: T, max: usize) {
+    let mut log = log
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    log.push_back(item);
+    while log.len() > max {
+        log.pop_front();
+    }
+}
+
 /// Unix time in milliseconds.
 pub fn unix_ms() -> i64 {
     SystemTime::now()
@@ -203,25 +214,11 @@ impl Optimizer {
         };
         tracing::info!(action = %entry.action, reason = %entry.reason, "optimizer action");
         self.actions_log.write(&entry);
-        let mut actions = self
-            .actions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        actions.push_back(entry);
-        while actions.len() > MAX_ACTIONS {
-            actions.pop_front();
-        }
+        push_bounded(&self.actions, entry, MAX_ACTIONS);
     }
 
     fn alert(&self, alert: Alert) {
-        let mut alerts = self
-            .alerts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        alerts.push_back(alert);
-        while alerts.len() > MAX_ALERTS {
-            alerts.pop_front();
-        }
+        push_bounded(&self.alerts, alert, MAX_ALERTS);
     }
 
     /// One second of housekeeping: rates, auto-healing decisions, and every 10 s a history
@@ -255,14 +252,7 @@ impl Optimizer {
         }
         if take_sample {
             let sample = self.sample(last_cache);
-            let mut history = self
-                .history
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            history.push_back(sample);
-            while history.len() > self.settings.history_len.max(1) {
-                history.pop_front();
-            }
+            push_bounded(&self.history, sample, self.settings.history_len.max(1));
         }
     }
 
