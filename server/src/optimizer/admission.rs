@@ -121,6 +121,8 @@ pub struct Admission {
     gradient: Mutex<Gradient>,
     min_limit: u32,
     max_limit: u32,
+    /// Database connections (the pool size).
+    db_slots: u32,
 }
 
 /// Why a request was not admitted.
@@ -173,6 +175,7 @@ impl Admission {
             }),
             min_limit,
             max_limit,
+            db_slots: u32::MAX,
         }
     }
 
@@ -191,12 +194,23 @@ impl Admission {
     /// Permits `priority` may hold at the current limit.
     pub fn ceiling(&self, priority: Priority) -> u32 {
         let mut share = priority.share();
+        let mut base = self.limit();
         if priority == Priority::Low {
             share *= f64::from(self.low_factor_milli.load(Ordering::Relaxed)) / 1000.0;
+            // Low priority (analytics, stress) is database-heavy: its share is also taken of
+            // the connection pool, so it can never hold the connections checkout needs.
+            base = base.min(self.db_slots);
         }
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let ceiling = (f64::from(self.limit()) * share).floor() as u32;
+        let ceiling = (f64::from(base) * share).floor() as u32;
         ceiling.max(1)
+    }
+
+    /// Bounds low priority's share by the database pool size as well as by the limit.
+    #[must_use]
+    pub fn with_db_slots(mut self, slots: u32) -> Self {
+        self.db_slots = slots.max(1);
+        self
     }
 
     fn try_acquire(&self, priority: Priority) -> bool {
@@ -455,6 +469,14 @@ mod tests {
         assert_eq!(admission.stats()[0].waiting, 0);
         drop(held);
         assert!(admission.admit(Priority::Low, Duration::ZERO).await.is_ok());
+    }
+
+    #[test]
+    fn low_priority_never_takes_more_than_its_share_of_the_pool() {
+        let admission = Admission::new(200, 200).with_db_slots(32);
+        assert_eq!(admission.ceiling(Priority::Low), 9);
+        assert_eq!(admission.ceiling(Priority::Normal), 120);
+        assert_eq!(admission.ceiling(Priority::Critical), 200);
     }
 
     #[test]

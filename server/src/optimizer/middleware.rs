@@ -170,7 +170,7 @@ fn priority_of(state: &AppState, route: usize, request: &Request) -> Priority {
 }
 
 /// How long a request may wait for a permit: what is left of the target after its predicted
-/// latency, generous for checkout, nothing for low priority when the prediction is not trusted.
+/// latency, generous for checkout, a tenth of the target at least for low priority.
 fn budget(
     target: Duration,
     threshold: f32,
@@ -189,11 +189,13 @@ fn budget(
                 target / 2
             }
         }
+        // Low priority rides out a short burst (a tenth of the target) but never queues for
+        // long: a sustained overload sheds it within that time.
         Priority::Low => {
             if confident {
-                left / 4
+                (left / 4).max(target / 10)
             } else {
-                Duration::ZERO
+                target / 10
             }
         }
     }
@@ -542,7 +544,18 @@ mod tests {
             budget(target, 0.7, Priority::Low, &known),
             Duration::from_millis(20)
         );
-        assert_eq!(budget(target, 0.7, Priority::Low, &unsure), Duration::ZERO);
+        assert_eq!(
+            budget(target, 0.7, Priority::Low, &unsure),
+            Duration::from_millis(10)
+        );
+        let slow = Prediction {
+            p50_ms: 400.0,
+            ..known
+        };
+        assert_eq!(
+            budget(target, 0.7, Priority::Low, &slow),
+            Duration::from_millis(10)
+        );
     }
 
     #[test]

@@ -179,7 +179,8 @@ impl Optimizer {
         Self {
             predictor: Box::new(OnlinePredictor::new(stats.clone())),
             scorer: Box::new(OnlineScorer::new(stats.clone())),
-            admission: Admission::new(o.min_concurrency, o.max_concurrency),
+            admission: Admission::new(o.min_concurrency, o.max_concurrency)
+                .with_db_slots(u32::try_from(config.database.pool_size).unwrap_or(u32::MAX)),
             // Half the memory budget for cached responses; the rest is headroom for the
             // statistics, history and the request log buffer.
             cache: ResponseCache::new(o.max_memory_mb * 1024 * 1024 / 2),
