@@ -25,8 +25,6 @@ use std::time::{Duration, Instant};
 pub struct Entry {
     /// JSON body.
     pub body: Bytes,
-    /// When it was computed.
-    pub created: Instant,
     /// When it stops being served.
     pub expires: Instant,
     /// How long computing it took (XFetch's delta).
@@ -39,7 +37,6 @@ impl Entry {
         let done = Instant::now();
         Arc::new(Self {
             body,
-            created: done,
             expires: done + ttl,
             compute: done - started,
         })
@@ -230,7 +227,6 @@ mod tests {
         let now = Instant::now();
         Arc::new(Entry {
             body: Bytes::from_static(b"{}"),
-            created: now,
             expires: now + ttl,
             compute,
         })
@@ -299,7 +295,6 @@ mod tests {
                 format!("k{i}"),
                 Arc::new(Entry {
                     body,
-                    created: now,
                     expires: now + Duration::from_secs(60),
                     compute: Duration::ZERO,
                 }),

@@ -366,7 +366,7 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
             match cache_kind(route, request.method()).filter(|_| settings.caching) {
                 Some(kind) => {
                     let (response, q, outcome, how) =
-                        serve_cached(&opt, kind, request, next, &prediction).await;
+                        serve_cached(&opt, route, kind, request, next, &prediction).await;
                     queries = q;
                     cache_outcome = outcome;
                     applied = how;
@@ -454,6 +454,7 @@ fn hit(entry: &Entry) -> (Response, Vec<QueryExec>, &'static str, &'static str) 
 /// Serves a cacheable read: hit, early refresh (XFetch), or a single-flight fill.
 async fn serve_cached(
     opt: &Arc<Optimizer>,
+    route: usize,
     kind: Kind,
     request: Request,
     next: Next,
@@ -466,7 +467,6 @@ async fn serve_cached(
         return (response, queries, "bypass", "none");
     };
     let now = Instant::now();
-    let route = route_of(&request);
     let ttl = cache.ttl_for_rate(opt.stats.route(route).rate());
     // Refresh-ahead acts on predictions only when they are trusted; otherwise entries simply
     // expire and are refilled once.

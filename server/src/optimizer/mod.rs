@@ -235,7 +235,7 @@ impl Optimizer {
                         format!(
                             "anomalous share {:.0}% above {:.0}% for the minimum duration: low-priority share cut to a quarter, stress test throttled",
                             rate * 100.0,
-                            self.healer_threshold() * 100.0
+                            self.healer.threshold() * 100.0
                         ),
                         rate,
                     );
@@ -255,10 +255,6 @@ impl Optimizer {
             let sample = self.sample(last_cache);
             push_bounded(&self.history, sample, self.settings.history_len.max(1));
         }
-    }
-
-    fn healer_threshold(&self) -> f64 {
-        self.healer.threshold()
     }
 
     fn sample(&self, last_cache: &mut (u64, u64)) -> Sample {

@@ -151,8 +151,6 @@ pub struct RouteSnapshot {
     pub mae_log: f64,
     /// Server errors in the windows.
     pub errors: u32,
-    /// Requests in the windows.
-    pub window_total: u32,
 }
 
 /// Statistics for one route.
@@ -296,7 +294,6 @@ impl RouteState {
                 (s.current.abs_log_error + s.previous.abs_log_error) / f64::from(predicted)
             },
             errors: s.current.errors + s.previous.errors,
-            window_total: s.current.total + s.previous.total,
         }
     }
 }

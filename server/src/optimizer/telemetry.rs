@@ -512,9 +512,4 @@ impl ActionLog {
             let _ = f.write_all(&line);
         }
     }
-
-    /// Where the log lives.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
