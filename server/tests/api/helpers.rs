@@ -55,6 +55,36 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A test server's configuration: loopback, any free port, the test admin token, and logs in
+/// the test's scratch folder.
+fn server_config(db_url: &str, scratch: &std::path::Path, pool_size: usize) -> Config {
+    let mut config = Config::default();
+    config.server.host = "127.0.0.1".into();
+    config.server.port = 0;
+    config.database.url = Some(db_url.to_owned());
+    config.database.pool_size = pool_size;
+    config.auth.admin_token = Some(ADMIN.into());
+    config.telemetry.log_dir = scratch.join("data/logs");
+    config.telemetry.optimizer_log = scratch.join("logs/ml-optimizer.log");
+    config
+}
+
+/// Builds and spawns a server; returns its base URL.
+async fn start(config: Config) -> String {
+    let app = Application::build(config).await.expect("server starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    address
+}
+
+/// A fixed concurrency limit of `n` (no adaptation), for tests about admission.
+pub fn fixed_limit(n: u32) -> impl FnOnce(&mut Config) {
+    move |config| {
+        config.optimization.min_concurrency = n;
+        config.optimization.max_concurrency = n;
+    }
+}
+
 /// Starts a server on a fresh database with the default configuration.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
@@ -73,19 +103,10 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         .expect("create test database");
     let url = with_dbname(&base_url, &db_name);
 
-    let mut config = Config::default();
-    config.server.host = "127.0.0.1".into();
-    config.server.port = 0;
-    config.database.url = Some(url.clone());
-    config.database.pool_size = 16;
-    config.auth.admin_token = Some(ADMIN.into());
     let scratch = std::env::temp_dir().join(format!("shop-{db_name}"));
-    config.telemetry.log_dir = scratch.join("data/logs");
-    config.telemetry.optimizer_log = scratch.join("logs/ml-optimizer.log");
+    let mut config = server_config(&url, &scratch, 16);
     adjust(&mut config);
-    let app = Application::build(config).await.expect("server starts");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
+    let address = start(config).await;
 
     let db = connect(&url).await;
     let url_for_peer = url.clone();
@@ -145,18 +166,7 @@ impl TestApp {
     /// Starts a second server instance on the same database (another node behind a load
     /// balancer) and returns its base URL.
     pub async fn spawn_peer(&self) -> String {
-        let mut config = Config::default();
-        config.server.host = "127.0.0.1".into();
-        config.server.port = 0;
-        config.database.url = Some(self.db_url.clone());
-        config.database.pool_size = 8;
-        config.auth.admin_token = Some(ADMIN.into());
-        config.telemetry.log_dir = self.scratch.join("peer/data/logs");
-        config.telemetry.optimizer_log = self.scratch.join("peer/logs/ml-optimizer.log");
-        let peer = Application::build(config).await.expect("peer starts");
-        let address = format!("http://127.0.0.1:{}", peer.port());
-        tokio::spawn(peer.run_until_stopped());
-        address
+        start(server_config(&self.db_url, &self.scratch.join("peer"), 8)).await
     }
 
     /// Absolute URL of a path.

@@ -1,7 +1,7 @@
 //! The online optimizer seen from outside: headers, shedding, caching, the request log, and
 //! auto-healing.
 
-use crate::helpers::{ADMIN, checkout_body, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN, checkout_body, fixed_limit, spawn_app, spawn_app_with};
 use contract::RequestRecord;
 use futures::future::join_all;
 use reqwest::StatusCode;
@@ -94,11 +94,7 @@ async fn with_every_feature_off_only_the_headers_remain() {
 #[tokio::test]
 async fn low_priority_is_shed_before_checkout_under_saturation() {
     // A fixed limit of 4: low priority may hold 1 permit, checkout all 4.
-    let app = spawn_app_with(|c| {
-        c.optimization.min_concurrency = 4;
-        c.optimization.max_concurrency = 4;
-    })
-    .await;
+    let app = spawn_app_with(fixed_limit(4)).await;
     let shoppers = app.users_via_db(3).await;
     let cable = app.product_id("USB-C Cable").await;
     for s in &shoppers {
@@ -169,11 +165,7 @@ async fn low_priority_is_shed_before_checkout_under_saturation() {
 
 #[tokio::test]
 async fn a_client_may_lower_but_not_raise_its_priority() {
-    let app = spawn_app_with(|c| {
-        c.optimization.min_concurrency = 4;
-        c.optimization.max_concurrency = 4;
-    })
-    .await;
+    let app = spawn_app_with(fixed_limit(4)).await;
     // Hold the single low-priority permit with a slow stress test...
     let slow = app
         .client
@@ -295,11 +287,7 @@ async fn a_product_change_on_one_instance_invalidates_the_cache_of_another() {
 
 #[tokio::test]
 async fn a_hundred_concurrent_misses_fill_the_cache_once() {
-    let app = spawn_app_with(|c| {
-        c.optimization.min_concurrency = 512;
-        c.optimization.max_concurrency = 512;
-    })
-    .await;
+    let app = spawn_app_with(fixed_limit(512)).await;
     let responses = join_all((0..100).map(|_| app.get("/api/search?q=laptop"))).await;
     let mut applied = Vec::new();
     for r in responses {
