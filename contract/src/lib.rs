@@ -13,9 +13,12 @@ pub mod log;
 pub mod manifest;
 pub mod routes;
 
-pub use features::{FEATURE_COUNT, FEATURE_NAMES, FeatureVector, SCHEMA_FINGERPRINT};
+pub use features::{
+    ANOMALY_INPUT_COUNT, AnomalyInput, FEATURE_COUNT, FEATURE_NAMES, FeatureVector, OUTCOME_NAMES,
+    SCHEMA_FINGERPRINT, anomaly_input,
+};
 pub use log::{QueryRecord, RequestRecord};
-pub use manifest::Manifest;
+pub use manifest::{MANIFEST_FILE, Manifest};
 pub use routes::{ROUTES, Route};
 
 /// FNV-1a, 64 bit: a tiny, stable, dependency-free hash for fingerprints (schema and SQL).

@@ -1,32 +1,114 @@
 //! The model manifest (`models/manifest.json`), written by the trainer, checked by the server.
+//!
+//! It says what the models were trained on and how good they were on data they never saw, so
+//! the server can decide whether to trust them and report an honest confidence.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// File name of the manifest inside a model folder.
+pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// Metadata about the exported models.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Schema fingerprint the models were trained with (16 hex digits).
     pub schema_fingerprint: String,
-    /// Feature names in order.
+    /// Feature names in order (the latency model's inputs).
     pub feature_names: Vec<String>,
-    /// Model version (monotonic).
+    /// The anomaly model's input names: the features, then the outcome.
+    pub anomaly_input_names: Vec<String>,
+    /// Model version: milliseconds since the Unix epoch when training finished, so newer is
+    /// larger.
     pub version: u64,
-    /// When training finished (RFC 3339).
+    /// When training finished (RFC 3339, UTC).
     pub trained_at: String,
+    /// Version of the trainer that wrote this.
+    pub trainer_version: String,
     /// First and last log timestamps used (Unix ms).
     pub data_window_ms: [i64; 2],
-    /// Rows used for training and holdout.
-    pub rows_train: u64,
-    /// Rows in the holdout.
-    pub rows_holdout: u64,
+    /// Rows: read, dropped (and why), used for training, held out.
+    pub rows: RowCounts,
     /// Latency model file, relative to the manifest.
-    pub latency_model: String,
+    pub latency_model: ModelFile,
     /// Anomaly model file, relative to the manifest.
-    pub anomaly_model: String,
-    /// Holdout mean absolute error of ln(latency).
-    pub holdout_mae_log: f64,
-    /// Holdout share of latencies at or below the predicted p90.
-    pub holdout_p90_coverage: f64,
-    /// Anomaly score above which a request counts as anomalous.
+    pub anomaly_model: ModelFile,
+    /// Latency model quality on the time-ordered holdout, beside the online baseline.
+    pub latency_holdout: LatencyMetrics,
+    /// Per route label: the same metrics on that route's holdout rows, the calibration the
+    /// server uses for the confidence it reports.
+    pub latency_by_route: BTreeMap<String, LatencyMetrics>,
+    /// Anomaly model quality on the holdout, beside the online z-score baseline.
+    pub anomaly_holdout: AnomalyMetrics,
+    /// Anomaly score at or above which a request counts as anomalous.
     pub anomaly_threshold: f64,
+    /// Rows with their expected outputs, for the server's sanity check before it swaps in a model.
+    pub probes: Vec<Probe>,
+}
+
+/// Row counts of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowCounts {
+    /// Log files read.
+    pub files: u64,
+    /// Records read.
+    pub read: u64,
+    /// Records dropped, by reason (for example `non_finite`, `shed`).
+    pub dropped: BTreeMap<String, u64>,
+    /// Rows the models were fitted on.
+    pub train: u64,
+    /// Rows held out (the most recent ones) for the metrics.
+    pub holdout: u64,
+}
+
+/// One exported model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFile {
+    /// File name, relative to the manifest.
+    pub file: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Number of trees.
+    pub trees: u64,
+    /// Number of tree nodes, leaves included.
+    pub nodes: u64,
+}
+
+/// Latency prediction quality on a set of rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyMetrics {
+    /// Rows measured.
+    pub rows: u64,
+    /// Mean absolute error of ln(latency ms), model p50.
+    pub mae_log: f64,
+    /// The same for the online statistics' prediction logged with each row.
+    pub online_mae_log: f64,
+    /// Share of latencies at or below the model's predicted p90 (target 0.9).
+    pub p90_coverage: f64,
+    /// The same for the online statistics' p90.
+    pub online_p90_coverage: f64,
+}
+
+/// Anomaly scoring quality on a set of rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyMetrics {
+    /// Rows measured.
+    pub rows: u64,
+    /// Of them, labelled anomalous (stress-test requests).
+    pub labelled: u64,
+    /// ROC AUC of the model's score against the labels.
+    pub auc: f64,
+    /// ROC AUC of the online z-score logged with each row.
+    pub online_auc: f64,
+}
+
+/// A probe row: inputs and what the exported models must answer for them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    /// Anomaly model input (the latency model takes the leading features).
+    pub input: Vec<f32>,
+    /// Expected ln(latency ms) at p50 and p90.
+    pub log_latency: [f32; 2],
+    /// Expected anomaly score.
+    pub anomaly_score: f32,
 }

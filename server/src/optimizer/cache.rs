@@ -179,6 +179,14 @@ impl ResponseCache {
         Some((entry.clone(), now + early >= entry.expires))
     }
 
+    /// Whether a fresh entry exists, without counting as a use (a model feature: the latency of
+    /// a cacheable read depends mostly on this).
+    pub fn is_fresh(&self, key: &str, now: Instant) -> bool {
+        self.cache
+            .peek(key)
+            .is_some_and(|entry| now < entry.expires)
+    }
+
     /// Waits for (or becomes) the single filler of `key`. `Ok(entry)`: someone else filled it
     /// while we waited. `Err(guard)`: we compute it and hand it to the guard.
     pub async fn fill_or_wait(&self, key: &str) -> Result<Arc<Entry>, Guard<'_>> {

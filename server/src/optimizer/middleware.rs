@@ -98,6 +98,7 @@ fn features(
     priority: Priority,
     request: &Request,
     route_in_flight: u32,
+    cached: bool,
 ) -> FeatureVector {
     let opt = &state.optimizer;
     let stats = opt.stats.route(route);
@@ -135,6 +136,7 @@ fn features(
                 .headers()
                 .contains_key(axum::http::header::AUTHORIZATION),
         )),
+        f32::from(u8::from(cached)),
     ]
 }
 
@@ -300,8 +302,21 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
         route: &route_stats.in_flight,
         all: &opt.stats.in_flight,
     };
+    // The cache key, once: whether it is fresh is a feature, and step 5 serves from it.
+    let cache_slot = cache_kind(route, request.method())
+        .filter(|_| settings.caching)
+        .map(|kind| {
+            let key = opt
+                .cache
+                .key(kind, request.uri().path(), request.uri().query());
+            (kind, key)
+        });
+    let cached = cache_slot
+        .as_ref()
+        .and_then(|(_, key)| key.as_deref())
+        .is_some_and(|key| opt.cache.is_fresh(key, Instant::now()));
     // 2. Features. 3. Predict.
-    let features = features(&state, route, priority, &request, route_in_flight);
+    let features = features(&state, route, priority, &request, route_in_flight, cached);
     let prediction = if settings.prediction {
         opt.predictor.predict(route, &features)
     } else {
@@ -363,10 +378,10 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
         }
         Some(_permit) => {
             // 5. Cache. 6. Handle.
-            match cache_kind(route, request.method()).filter(|_| settings.caching) {
-                Some(kind) => {
+            match cache_slot {
+                Some((kind, key)) => {
                     let (response, q, outcome, how) =
-                        serve_cached(&opt, route, kind, request, next, &prediction).await;
+                        serve_cached(&opt, route, kind, key, request, next, &prediction).await;
                     queries = q;
                     cache_outcome = outcome;
                     applied = how;
@@ -456,13 +471,14 @@ async fn serve_cached(
     opt: &Arc<Optimizer>,
     route: usize,
     kind: Kind,
+    key: Option<String>,
     request: Request,
     next: Next,
     prediction: &Prediction,
 ) -> (Response, Vec<QueryExec>, &'static str, &'static str) {
     let cache = &opt.cache;
     let counters = cache.counters(kind);
-    let Some(key) = cache.key(kind, request.uri().path(), request.uri().query()) else {
+    let Some(key) = key else {
         let (response, queries) = run_tracked(next, request).await;
         return (response, queries, "bypass", "none");
     };
