@@ -1,9 +1,26 @@
-//! The offline half of the optimizer: it will read the request and query logs the server
-//! recorded, fit the latency predictor and the anomaly scorer, and export them as ONNX files plus
-//! a manifest (see `DESIGN.md`).
+//! The offline half of the optimizer: reads the request logs the server recorded, fits the
+//! latency predictor and the anomaly scorer, and exports them as ONNX files plus a manifest the
+//! server loads (see `DESIGN.md`).
 //!
-//! For now it holds only the command-line surface, so that scripts and the Makefile can be
-//! written against it; each command says plainly that it is not built yet and exits non-zero.
+//! - [`logs`]: finds and reads log files, checks every line against `contract`, builds polars frames.
+//! - [`report`]: `trainer report`, per route and per statement.
+//! - [`gbdt`]: histogram gradient boosting for the latency quantiles.
+//! - [`iforest`]: the isolation forest for anomaly scores.
+//! - [`forest`]: the plain tree ensemble both become, and its evaluation.
+//! - [`onnx`]: ONNX messages as `prost` structs and the two exported graphs.
+//! - [`metrics`]: MAE, coverage, ROC AUC.
+//! - [`train`]: the training run, from logs to an atomically written model folder.
+//! - [`resample`]: synthetic volume from a real capture, for the scale benchmark.
+
+pub mod forest;
+pub mod gbdt;
+pub mod iforest;
+pub mod logs;
+pub mod metrics;
+pub mod onnx;
+pub mod report;
+pub mod resample;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -26,29 +43,127 @@ pub struct Cli {
 pub enum Command {
     /// Train the latency predictor and anomaly scorer and export them as ONNX.
     Train {
-        /// A log folder or glob of log files.
+        /// A log folder (every *.ndjson below it) or a glob of log files.
         #[arg(long, default_value = "data/logs")]
         logs: String,
         /// Where the models and manifest go.
         #[arg(long, default_value = "models")]
         out: PathBuf,
+        /// Share of the most recent requests held out for the metrics.
+        #[arg(long, default_value_t = 0.2)]
+        holdout: f64,
+        /// Boosting rounds (trees) per quantile of the latency model.
+        #[arg(long, default_value_t = 100)]
+        trees: usize,
+        /// Depth of each latency tree.
+        #[arg(long, default_value_t = 5)]
+        depth: usize,
     },
-    /// Summarize what the logs say, per route and per query fingerprint.
+    /// Summarize what the logs say, per route and per query fingerprint, slowest first.
     Report {
-        /// A log folder or glob of log files.
+        /// A log folder or a glob of log files.
         #[arg(long, default_value = "data/logs")]
         logs: String,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write `rows` records drawn from real logs, with times stretched to follow on, to measure
+    /// training at scale.
+    Resample {
+        /// The captured logs to draw from.
+        #[arg(long)]
+        logs: String,
+        /// Records to write.
+        #[arg(long)]
+        rows: usize,
+        /// Output file (NDJSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
 /// Runs one command.
 ///
 /// # Errors
-/// Every command fails until the trainer issue lands: nothing is trained or reported yet.
+/// Bad input (named by file and line), a failed fit, or an I/O error.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let name = match cli.command {
-        Command::Train { .. } => "train",
-        Command::Report { .. } => "report",
-    };
-    anyhow::bail!("`trainer {name}` is not implemented yet (see the trainer issue)")
+    match cli.command {
+        Command::Train {
+            logs,
+            out,
+            holdout,
+            trees,
+            depth,
+        } => {
+            let mut opts = train::Options::new(logs, out);
+            opts.holdout = holdout;
+            opts.gbdt.trees = trees;
+            opts.gbdt.max_depth = depth;
+            let outcome = train::train(&opts)?;
+            print!("{}", summary(&outcome));
+        }
+        Command::Report { logs, json } => {
+            let logs = logs::load(&logs)?;
+            let report = report::build(&logs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report::render(&report));
+            }
+        }
+        Command::Resample {
+            logs,
+            rows,
+            out,
+            seed,
+        } => {
+            let written = resample::resample(&logs, rows, &out, seed)?;
+            println!("wrote {written} records to {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn summary(outcome: &train::Outcome) -> String {
+    let m = &outcome.manifest;
+    let l = &m.latency_holdout;
+    let a = &m.anomaly_holdout;
+    let gain = 100.0 * (1.0 - l.mae_log / l.online_mae_log);
+    format!(
+        "wrote {path} (version {version})\n\
+         rows: {read} read, {train} train, {holdout} holdout, dropped {dropped:?}\n\
+         latency: {lf} ({lb} bytes, {lt} trees), holdout MAE ln(ms) {mae:.3} vs online {omae:.3} \
+         ({gain:.1}% lower), p90 coverage {cov:.1}% vs online {ocov:.1}%\n\
+         anomaly: {af} ({ab} bytes, {at} trees), holdout ROC AUC {auc:.3} vs online z-score \
+         {oauc:.3} ({labelled} labelled of {arows}), threshold {thr:.3}\n\
+         time: load {t0:.1} s, fit {t1:.1} s, evaluate and export {t2:.1} s\n",
+        path = outcome.path.display(),
+        version = m.version,
+        read = m.rows.read,
+        train = m.rows.train,
+        holdout = m.rows.holdout,
+        dropped = m.rows.dropped,
+        lf = m.latency_model.file,
+        lb = m.latency_model.bytes,
+        lt = m.latency_model.trees,
+        mae = l.mae_log,
+        omae = l.online_mae_log,
+        cov = 100.0 * l.p90_coverage,
+        ocov = 100.0 * l.online_p90_coverage,
+        af = m.anomaly_model.file,
+        ab = m.anomaly_model.bytes,
+        at = m.anomaly_model.trees,
+        auc = a.auc,
+        oauc = a.online_auc,
+        labelled = a.labelled,
+        arows = a.rows,
+        thr = m.anomaly_threshold,
+        t0 = outcome.seconds[0],
+        t1 = outcome.seconds[1],
+        t2 = outcome.seconds[2],
+    )
 }

@@ -1,0 +1,461 @@
+//! `trainer train`: logs in, two ONNX models and a manifest out.
+//!
+//! 1. Load and validate the logs ([`crate::logs`]); leave out shed requests (their latency is
+//!    the cost of saying no, not of serving).
+//! 2. Sort by time; the most recent `holdout` share is never trained on.
+//! 3. Fit the latency quantiles (p50, p90 of ln latency) with [`crate::gbdt`] and the anomaly
+//!    scorer with [`crate::iforest`] on the older rows.
+//! 4. Measure both on the holdout beside what the online statistics logged for the same rows.
+//! 5. Export ONNX, then write files under new names and the manifest last, each through a
+//!    temporary file and a rename: a run that fails anywhere leaves the old models in use.
+
+use crate::forest::Forest;
+use crate::logs::{self, Logs, feature_column};
+use crate::{gbdt, iforest, metrics, onnx};
+use anyhow::{Context, bail};
+use contract::manifest::{
+    AnomalyMetrics, LatencyMetrics, MANIFEST_FILE, ModelFile, Probe, RowCounts,
+};
+use contract::{ANOMALY_INPUT_COUNT, FEATURE_COUNT, FeatureVector, Manifest};
+use polars::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The route whose requests are the labelled anomalies (capture's stress-test bursts).
+pub const ANOMALY_ROUTE: &str = "GET /api/stress-test";
+
+/// Training knobs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Log folder or glob.
+    pub logs: String,
+    /// Model folder.
+    pub out: PathBuf,
+    /// Share of the most recent rows held out (0-0.5).
+    pub holdout: f64,
+    /// Fewer served rows than this is an error: nothing worth learning.
+    pub min_rows: usize,
+    /// Latency model knobs.
+    pub gbdt: gbdt::Params,
+    /// Anomaly model knobs.
+    pub iforest: iforest::Params,
+    /// Share of unlabelled training rows allowed above the anomaly threshold.
+    pub false_alarm_rate: f64,
+}
+
+impl Options {
+    /// Defaults for these logs and this output folder.
+    pub fn new(logs: impl Into<String>, out: impl Into<PathBuf>) -> Self {
+        Self {
+            logs: logs.into(),
+            out: out.into(),
+            holdout: 0.2,
+            min_rows: 200,
+            gbdt: gbdt::Params::default(),
+            iforest: iforest::Params::default(),
+            false_alarm_rate: 0.005,
+        }
+    }
+}
+
+/// The served requests, oldest first, as plain vectors.
+struct Rows {
+    ts: Vec<i64>,
+    route: Vec<String>,
+    status: Vec<u16>,
+    latency: Vec<f32>,
+    features: Vec<FeatureVector>,
+    source: Vec<String>,
+    online_p50: Vec<f32>,
+    online_p90: Vec<f32>,
+    online_score: Vec<f32>,
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    fn log_latency(&self, i: usize) -> f64 {
+        f64::from(self.latency[i].max(0.001)).ln()
+    }
+
+    fn anomaly_input(&self, i: usize) -> contract::AnomalyInput {
+        contract::anomaly_input(&self.features[i], self.latency[i], self.status[i])
+    }
+
+    fn labelled(&self, i: usize) -> bool {
+        self.route[i] == ANOMALY_ROUTE
+    }
+
+    /// The online statistics' prediction logged with row `i`, when it had one.
+    fn online(&self, i: usize) -> Option<(f64, f64)> {
+        (self.source[i] == "online" && self.online_p50[i] > 0.0).then(|| {
+            (
+                f64::from(self.online_p50[i]).ln(),
+                f64::from(self.online_p90[i].max(self.online_p50[i])).ln(),
+            )
+        })
+    }
+}
+
+fn served_rows(logs: &Logs) -> PolarsResult<Rows> {
+    let df = logs
+        .requests
+        .clone()
+        .lazy()
+        .filter(col("shed").not())
+        .sort(
+            ["ts_ms"],
+            SortMultipleOptions::default().with_maintain_order(true),
+        )
+        .collect()?;
+    let f32s = |name: &str| -> PolarsResult<Vec<f32>> {
+        Ok(df.column(name)?.f32()?.into_no_null_iter().collect())
+    };
+    let strings = |name: &str| -> PolarsResult<Vec<String>> {
+        Ok(df
+            .column(name)?
+            .str()?
+            .iter()
+            .map(|s| s.unwrap_or_default().to_owned())
+            .collect())
+    };
+    let mut features = vec![[0.0_f32; FEATURE_COUNT]; df.height()];
+    for f in 0..FEATURE_COUNT {
+        let column = df.column(&feature_column(f))?.f32()?;
+        for (row, value) in features.iter_mut().zip(column.into_no_null_iter()) {
+            row[f] = value;
+        }
+    }
+    Ok(Rows {
+        ts: df.column("ts_ms")?.i64()?.into_no_null_iter().collect(),
+        route: strings("route")?,
+        status: df
+            .column("status")?
+            .i32()?
+            .into_no_null_iter()
+            .map(|s| u16::try_from(s).unwrap_or(0))
+            .collect(),
+        latency: f32s("latency_ms")?,
+        features,
+        source: strings("source")?,
+        online_p50: f32s("predicted_p50_ms")?,
+        online_p90: f32s("predicted_p90_ms")?,
+        online_score: f32s("anomaly_score")?,
+    })
+}
+
+/// Latency metrics on `rows`, compared with the online statistics on the rows that had an
+/// online prediction (all of `rows` when none had one).
+fn latency_metrics(data: &Rows, rows: &[usize], predicted: &[(f64, f64)]) -> LatencyMetrics {
+    let with_online: Vec<usize> = rows
+        .iter()
+        .copied()
+        .filter(|&i| data.online(i).is_some())
+        .collect();
+    let compared = if with_online.is_empty() {
+        rows
+    } else {
+        &with_online
+    };
+    let actual = |i: usize| data.log_latency(i);
+    let model = |i: usize| predicted[i];
+    LatencyMetrics {
+        rows: compared.len() as u64,
+        mae_log: metrics::mae(compared.iter().map(|&i| (actual(i), model(i).0)))
+            .unwrap_or(f64::NAN),
+        online_mae_log: metrics::mae(
+            compared
+                .iter()
+                .filter_map(|&i| data.online(i).map(|o| (actual(i), o.0))),
+        )
+        .unwrap_or(f64::NAN),
+        p90_coverage: metrics::coverage(compared.iter().map(|&i| (actual(i), model(i).1)))
+            .unwrap_or(f64::NAN),
+        online_p90_coverage: metrics::coverage(
+            compared
+                .iter()
+                .filter_map(|&i| data.online(i).map(|o| (actual(i), o.1))),
+        )
+        .unwrap_or(f64::NAN),
+    }
+}
+
+/// Writes `bytes` to `dir/name` through a temporary file, flushed to disk before the rename.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let target = dir.join(name);
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &target).with_context(|| format!("renaming to {}", target.display()))?;
+    Ok(())
+}
+
+/// Model files of the current manifest in `dir`, if there is one that parses.
+fn files_of_current(dir: &Path) -> BTreeSet<String> {
+    std::fs::read(dir.join(MANIFEST_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
+        .map(|m| BTreeSet::from([m.latency_model.file, m.anomaly_model.file]))
+        .unwrap_or_default()
+}
+
+/// What a training run did, for the command line.
+pub struct Outcome {
+    /// The manifest written.
+    pub manifest: Manifest,
+    /// Seconds spent loading, fitting and exporting.
+    pub seconds: [f64; 3],
+    /// Where it was written.
+    pub path: PathBuf,
+    /// The latency trees as exported: p50 and p90 of ln(latency ms).
+    pub latency: [Forest; 2],
+    /// The anomaly trees as exported (score = exp of their sum).
+    pub anomaly: Forest,
+}
+
+/// Trains, evaluates and exports; see the module docs.
+///
+/// # Errors
+/// Bad or too few logs, a failed fit, or an I/O error writing the models. In every case the
+/// model folder is as it was (apart from stray temporary files of this run's model files).
+#[allow(clippy::too_many_lines)]
+pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
+    if !(0.05..=0.5).contains(&opts.holdout) {
+        bail!("holdout must be between 0.05 and 0.5, got {}", opts.holdout);
+    }
+    let started = Instant::now();
+    let logs = logs::load(&opts.logs)?;
+    let data = anyhow::Context::context(served_rows(&logs), "preparing rows")?;
+    let n = data.len();
+    let mut dropped = logs.dropped.clone();
+    let shed = logs.requests.height() - n;
+    if shed > 0 {
+        dropped.insert("shed".to_owned(), shed as u64);
+    }
+    if n < opts.min_rows {
+        bail!(
+            "only {n} served requests in {} (need at least {}); capture more traffic (make capture)",
+            opts.logs,
+            opts.min_rows
+        );
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let cut = ((n as f64) * (1.0 - opts.holdout)).round() as usize;
+    let (train_idx, holdout_idx): (Vec<usize>, Vec<usize>) =
+        ((0..cut).collect(), (cut..n).collect());
+    let loaded = started.elapsed().as_secs_f64();
+
+    // Latency: two quantile models of ln(latency).
+    let fit_started = Instant::now();
+    let columns: Vec<Vec<f32>> = (0..FEATURE_COUNT)
+        .map(|f| train_idx.iter().map(|&i| data.features[i][f]).collect())
+        .collect();
+    #[allow(clippy::cast_possible_truncation)]
+    let y: Vec<f32> = train_idx
+        .iter()
+        .map(|&i| data.log_latency(i) as f32)
+        .collect();
+    // The two quantiles are independent: one per core.
+    let (p50, p90) = std::thread::scope(|scope| {
+        let p90 = scope.spawn(|| gbdt::fit_quantile(&columns, &y, 0.9, opts.gbdt));
+        let p50 = gbdt::fit_quantile(&columns, &y, 0.5, opts.gbdt);
+        (p50, p90.join())
+    });
+    let p50 = p50.context("fitting the p50 model")?;
+    let p90 = p90
+        .map_err(|_| anyhow::anyhow!("the p90 fit panicked"))?
+        .context("fitting the p90 model")?;
+    drop(columns);
+
+    // Anomaly: isolation forest over features plus outcome.
+    let inputs: Vec<Vec<f32>> = (0..n).map(|i| data.anomaly_input(i).to_vec()).collect();
+    let train_inputs: Vec<Vec<f32>> = train_idx.iter().map(|&i| inputs[i].clone()).collect();
+    let forest = iforest::fit(&train_inputs, opts.iforest);
+    drop(train_inputs);
+    let fitted = fit_started.elapsed().as_secs_f64();
+
+    // Holdout evaluation with the trees as exported (f32), the same numbers ONNX gives.
+    let export_started = Instant::now();
+    let predict = |i: usize| -> (f64, f64) {
+        let x = &data.features[i];
+        let lo = f64::from(p50.eval(x));
+        (lo, f64::from(p90.eval(x)).max(lo))
+    };
+    let mut predicted = vec![(0.0, 0.0); n];
+    for &i in &holdout_idx {
+        predicted[i] = predict(i);
+    }
+    let latency_holdout = latency_metrics(&data, &holdout_idx, &predicted);
+    let mut by_route: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for &i in &holdout_idx {
+        by_route.entry(data.route[i].clone()).or_default().push(i);
+    }
+    let latency_by_route = by_route
+        .iter()
+        .map(|(route, rows)| (route.clone(), latency_metrics(&data, rows, &predicted)))
+        .collect();
+
+    // Server errors are anomalous by rule, for the model as for the online scorer.
+    let model_score = |i: usize| -> f64 {
+        if data.status[i] >= 500 {
+            1.0
+        } else {
+            f64::from(iforest::score(&forest, &inputs[i]))
+        }
+    };
+    let labels: Vec<bool> = holdout_idx.iter().map(|&i| data.labelled(i)).collect();
+    let scores: Vec<f64> = holdout_idx.iter().map(|&i| model_score(i)).collect();
+    let online: Vec<f64> = holdout_idx
+        .iter()
+        .map(|&i| f64::from(data.online_score[i]))
+        .collect();
+    let anomaly_holdout = AnomalyMetrics {
+        rows: holdout_idx.len() as u64,
+        labelled: labels.iter().filter(|&&l| l).count() as u64,
+        auc: metrics::auc(&scores, &labels).unwrap_or(f64::NAN),
+        online_auc: metrics::auc(&online, &labels).unwrap_or(f64::NAN),
+    };
+    let mut normal_scores: Vec<f64> = train_idx
+        .iter()
+        .filter(|&&i| !data.labelled(i))
+        .map(|&i| f64::from(iforest::score(&forest, &inputs[i])))
+        .collect();
+    let anomaly_threshold =
+        metrics::quantile(&mut normal_scores, 1.0 - opts.false_alarm_rate).unwrap_or(1.0);
+
+    // Probes: rows spread over the holdout, plus its first labelled anomaly.
+    let mut probe_rows: Vec<usize> = (0..8)
+        .map(|k| holdout_idx[k * holdout_idx.len() / 8])
+        .collect();
+    if let Some(&i) = holdout_idx.iter().find(|&&i| data.labelled(i)) {
+        probe_rows.push(i);
+    }
+    let probes = probe_rows
+        .into_iter()
+        .map(|i| Probe {
+            input: inputs[i].to_vec(),
+            log_latency: [p50.eval(&data.features[i]), p90.eval(&data.features[i])],
+            anomaly_score: iforest::score(&forest, &inputs[i]),
+        })
+        .collect();
+
+    let trained_at = chrono::Utc::now();
+    let version = u64::try_from(trained_at.timestamp_millis()).unwrap_or(0);
+    let fingerprint = contract::features::fingerprint_hex();
+    let metadata = BTreeMap::from([
+        ("schema_fingerprint".to_owned(), fingerprint.clone()),
+        ("model_version".to_owned(), version.to_string()),
+        ("trained_at".to_owned(), trained_at.to_rfc3339()),
+    ]);
+    let latency_bytes = onnx::latency_model(
+        &p50,
+        &p90,
+        FEATURE_COUNT,
+        &onnx::ModelInfo {
+            kind: "latency",
+            version,
+            doc: "ln(latency ms) at p50 and p90 from the request features (gradient-boosted trees)",
+            metadata: metadata.clone(),
+        },
+    );
+    let anomaly_bytes = onnx::anomaly_model(
+        &forest,
+        ANOMALY_INPUT_COUNT,
+        &onnx::ModelInfo {
+            kind: "anomaly",
+            version,
+            doc: "anomaly score 0-1 from the request features and outcome (isolation forest)",
+            metadata,
+        },
+    );
+    let model_file = |file: String, bytes: &[u8], forests: &[&Forest]| ModelFile {
+        file,
+        bytes: bytes.len() as u64,
+        trees: forests.iter().map(|f| f.trees.len() as u64).sum(),
+        nodes: forests.iter().map(|f| f.node_count() as u64).sum(),
+    };
+    let manifest = Manifest {
+        schema_fingerprint: fingerprint,
+        feature_names: contract::FEATURE_NAMES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        anomaly_input_names: contract::FEATURE_NAMES
+            .iter()
+            .chain(contract::OUTCOME_NAMES.iter())
+            .map(|s| (*s).to_owned())
+            .collect(),
+        version,
+        trained_at: trained_at.to_rfc3339(),
+        trainer_version: env!("CARGO_PKG_VERSION").to_owned(),
+        data_window_ms: [data.ts[0], data.ts[n - 1]],
+        rows: RowCounts {
+            files: logs.files.len() as u64,
+            read: logs.read,
+            dropped,
+            train: train_idx.len() as u64,
+            holdout: holdout_idx.len() as u64,
+        },
+        latency_model: model_file(
+            format!("latency-{version}.onnx"),
+            &latency_bytes,
+            &[&p50, &p90],
+        ),
+        anomaly_model: model_file(
+            format!("anomaly-{version}.onnx"),
+            &anomaly_bytes,
+            &[&forest],
+        ),
+        latency_holdout,
+        latency_by_route,
+        anomaly_holdout,
+        anomaly_threshold,
+        probes,
+    };
+
+    // Write: model files under new names first, the manifest last (the switch).
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let previous = files_of_current(&opts.out);
+    write_atomically(&opts.out, &manifest.latency_model.file, &latency_bytes)?;
+    write_atomically(&opts.out, &manifest.anomaly_model.file, &anomaly_bytes)?;
+    let json = serde_json::to_vec_pretty(&manifest).context("serializing the manifest")?;
+    write_atomically(&opts.out, MANIFEST_FILE, &json)?;
+    // Keep the files of the new and the previous manifest (a server may still be loading the
+    // previous ones); older exports go.
+    let keep: BTreeSet<String> = previous
+        .into_iter()
+        .chain([
+            manifest.latency_model.file.clone(),
+            manifest.anomaly_model.file.clone(),
+        ])
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(&opts.out) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = (name.starts_with("latency-") || name.starts_with("anomaly-"))
+                && name.ends_with(".onnx");
+            if ours && !keep.contains(&name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(Outcome {
+        path: opts.out.join(MANIFEST_FILE),
+        manifest,
+        seconds: [loaded, fitted, export_started.elapsed().as_secs_f64()],
+        latency: [p50, p90],
+        anomaly: forest,
+    })
+}

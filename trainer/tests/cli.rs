@@ -1,0 +1,169 @@
+//! The command line on bad input: a clear message naming the file (and line), a non-zero exit,
+//! and the model folder exactly as it was.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The first `n` lines of the committed sample.
+fn sample_lines(n: usize) -> Vec<String> {
+    let files = trainer::logs::find_files(&repo().join("data/sample").to_string_lossy())
+        .expect("sample logs");
+    trainer::logs::open(&files[0])
+        .expect("open sample")
+        .lines()
+        .take(n)
+        .map(|l| l.expect("line"))
+        .collect()
+}
+
+struct Run {
+    ok: bool,
+    stderr: String,
+    stdout: String,
+}
+
+fn trainer(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .output()
+        .expect("run trainer");
+    Run {
+        ok: out.status.success(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
+/// A model folder holding an earlier manifest and model file, to check they survive.
+fn existing_models(dir: &Path) -> PathBuf {
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).expect("mkdir");
+    std::fs::write(models.join("manifest.json"), b"{\"earlier\": true}").expect("write");
+    std::fs::write(models.join("latency-1.onnx"), b"earlier model").expect("write");
+    models
+}
+
+fn assert_untouched(models: &Path) {
+    let mut names: Vec<String> = std::fs::read_dir(models)
+        .expect("read models")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["latency-1.onnx", "manifest.json"]);
+    assert_eq!(
+        std::fs::read(models.join("manifest.json")).expect("manifest"),
+        b"{\"earlier\": true}"
+    );
+}
+
+/// Trains on `logs` (a file of these lines) into a folder with earlier models; expects failure.
+fn train_fails_with(lines: &[String], expected: &[&str]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    std::fs::write(logs.join("requests-1.ndjson"), lines.join("\n") + "\n").expect("write");
+    let models = existing_models(dir.path());
+    let run = trainer(&[
+        "train",
+        "--logs",
+        &logs.to_string_lossy(),
+        "--out",
+        &models.to_string_lossy(),
+    ]);
+    assert!(!run.ok, "training should fail; stdout: {}", run.stdout);
+    for needle in expected {
+        assert!(
+            run.stderr.contains(needle),
+            "stderr should mention {needle:?}: {}",
+            run.stderr
+        );
+    }
+    assert_untouched(&models);
+}
+
+#[test]
+fn missing_log_folder_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope");
+    let models = existing_models(dir.path());
+    let run = trainer(&[
+        "train",
+        "--logs",
+        &missing.to_string_lossy(),
+        "--out",
+        &models.to_string_lossy(),
+    ]);
+    assert!(!run.ok);
+    assert!(run.stderr.contains("no log files"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&*missing.to_string_lossy()),
+        "{}",
+        run.stderr
+    );
+    assert_untouched(&models);
+}
+
+#[test]
+fn empty_logs_are_refused() {
+    train_fails_with(&[String::new()], &["no request records", "empty"]);
+}
+
+#[test]
+fn truncated_line_is_named_by_file_and_line() {
+    let mut lines = sample_lines(300);
+    let cut = lines[299].len() / 2;
+    lines[299].truncate(cut);
+    train_fails_with(
+        &lines,
+        &["requests-1.ndjson:300", "not a valid request record"],
+    );
+}
+
+#[test]
+fn corrupt_line_is_named_by_file_and_line() {
+    let mut lines = sample_lines(300);
+    lines[41] = "{\"this is\": not json".to_owned();
+    train_fails_with(&lines, &["requests-1.ndjson:42"]);
+}
+
+#[test]
+fn wrong_types_are_named_by_file_and_line() {
+    let mut lines = sample_lines(300);
+    let mut record: serde_json::Value = serde_json::from_str(&lines[9]).expect("json");
+    record["latency_ms"] = serde_json::Value::String("fast".to_owned());
+    lines[9] = record.to_string();
+    train_fails_with(&lines, &["requests-1.ndjson:10", "latency_ms"]);
+}
+
+#[test]
+fn logs_from_another_schema_are_refused() {
+    let mut lines = sample_lines(300);
+    let mut record: serde_json::Value = serde_json::from_str(&lines[4]).expect("json");
+    record["schema"] = serde_json::Value::String("0000000000000000".to_owned());
+    lines[4] = record.to_string();
+    train_fails_with(
+        &lines,
+        &["requests-1.ndjson:5", "schema fingerprint 0000000000000000"],
+    );
+}
+
+#[test]
+fn report_lists_routes_and_statements() {
+    let run = trainer(&[
+        "report",
+        "--logs",
+        &repo().join("data/sample").to_string_lossy(),
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("GET /api/products/{id}"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("SELECT"), "{}", run.stdout);
+}

@@ -1,0 +1,123 @@
+//! The exported models, loaded by the real ONNX Runtime, answer what the trainer's own
+//! evaluation of the same trees answers.
+//!
+//! Needs the ONNX Runtime library: `ORT_DYLIB_PATH` (set by `make test`, from `scripts/ort.sh`).
+
+use contract::{ANOMALY_INPUT_COUNT, FEATURE_COUNT, RequestRecord};
+use ort::session::Session;
+use ort::value::Tensor;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn sample() -> String {
+    repo().join("data/sample").to_string_lossy().into_owned()
+}
+
+/// Up to `n` records from the sample, spread over it.
+fn records(n: usize) -> Vec<RequestRecord> {
+    let mut all = Vec::new();
+    for path in trainer::logs::find_files(&sample()).expect("sample logs") {
+        for line in trainer::logs::open(&path).expect("open").lines() {
+            all.push(serde_json::from_str::<RequestRecord>(&line.expect("line")).expect("record"));
+        }
+    }
+    let step = (all.len() / n).max(1);
+    all.into_iter().step_by(step).take(n).collect()
+}
+
+fn environment() -> ort::environment::Environment {
+    let path = std::env::var("ORT_DYLIB_PATH").unwrap_or_default();
+    assert!(
+        Path::new(&path).is_file(),
+        "ORT_DYLIB_PATH must name the ONNX Runtime library (got {path:?}); run `make test`, \
+         or export ORT_DYLIB_PATH=$(scripts/ort.sh)"
+    );
+    ort::init_from(&path)
+        .expect("load ONNX Runtime")
+        .build()
+        .expect("environment")
+}
+
+fn session(env: &ort::environment::Environment, file: &Path) -> Session {
+    Session::builder(env)
+        .expect("builder")
+        .with_intra_threads(1)
+        .expect("threads")
+        .commit_from_file(file)
+        .unwrap_or_else(|e| panic!("ONNX Runtime refused {}: {e}", file.display()))
+}
+
+fn run(session: &mut Session, rows: Vec<f32>, width: usize, output: &str) -> Vec<f32> {
+    let n = rows.len() / width;
+    let input = Tensor::from_array(([n, width], rows)).expect("tensor");
+    let outputs = session
+        .run(ort::inputs![trainer::onnx::INPUT => input])
+        .expect("run");
+    let (_, values) = outputs[output]
+        .try_extract_tensor::<f32>()
+        .expect("f32 output");
+    values.to_vec()
+}
+
+#[test]
+fn onnx_runtime_agrees_with_the_trainers_trees_on_a_thousand_rows() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let outcome = trainer::train::train(&trainer::train::Options::new(sample(), out.path()))
+        .expect("training on the committed sample");
+    let rows = records(1000);
+    assert_eq!(rows.len(), 1000, "the sample holds at least 1000 records");
+    let env = environment();
+
+    let mut latency = session(&env, &out.path().join(&outcome.manifest.latency_model.file));
+    let flat: Vec<f32> = rows.iter().flat_map(|r| r.features).collect();
+    let got = run(
+        &mut latency,
+        flat,
+        FEATURE_COUNT,
+        trainer::onnx::LATENCY_OUTPUT,
+    );
+    assert_eq!(got.len(), 2 * rows.len());
+    let mut worst = 0.0_f32;
+    for (i, r) in rows.iter().enumerate() {
+        for (q, forest) in outcome.latency.iter().enumerate() {
+            worst = worst.max((got[2 * i + q] - forest.eval(&r.features)).abs());
+        }
+    }
+    assert!(worst < 1e-4, "latency model differs by up to {worst}");
+
+    let mut anomaly = session(&env, &out.path().join(&outcome.manifest.anomaly_model.file));
+    let inputs: Vec<contract::AnomalyInput> = rows
+        .iter()
+        .map(|r| contract::anomaly_input(&r.features, r.latency_ms, r.status))
+        .collect();
+    let flat: Vec<f32> = inputs.iter().flatten().copied().collect();
+    let got = run(
+        &mut anomaly,
+        flat,
+        ANOMALY_INPUT_COUNT,
+        trainer::onnx::ANOMALY_OUTPUT,
+    );
+    assert_eq!(got.len(), rows.len());
+    let worst = inputs
+        .iter()
+        .zip(&got)
+        .map(|(x, g)| (g - trainer::iforest::score(&outcome.anomaly, x)).abs())
+        .fold(0.0_f32, f32::max);
+    assert!(worst < 1e-4, "anomaly model differs by up to {worst}");
+    assert!(got.iter().all(|s| (0.0..=1.0).contains(s)));
+
+    // The metadata the server checks before it trusts a model.
+    let metadata = latency.metadata().expect("metadata");
+    assert_eq!(
+        metadata.custom("schema_fingerprint").as_deref(),
+        Some(contract::features::fingerprint_hex().as_str())
+    );
+    assert_eq!(
+        metadata.custom("model_version"),
+        Some(outcome.manifest.version.to_string())
+    );
+}
