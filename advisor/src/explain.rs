@@ -3,7 +3,9 @@
 //!
 //! Parameters travel as captured wire-format bytes through the extended protocol, exactly as
 //! the application sent them: nothing is ever spliced into the SQL text. The statement text
-//! itself is the application's own SQL (placeholders, never values).
+//! itself is the application's own SQL (placeholders, never values). Without captured
+//! parameters (offline logs), a statement is explained with PostgreSQL's generic plan instead,
+//! the plan it would use for parameter values it knows nothing about.
 
 use crate::{Error, Param};
 use bytes::BytesMut;
@@ -38,11 +40,70 @@ impl ToSql for Raw<'_> {
     to_sql_checked!();
 }
 
-/// `EXPLAIN (FORMAT JSON, VERBOSE)` of `statement` planned with `params` (nothing is executed).
+/// How a statement's parameters are known to the planner.
+#[derive(Debug, Clone, Copy)]
+pub enum Planning<'a> {
+    /// Values captured from a real execution.
+    Captured(&'a [Param]),
+    /// None: the generic plan.
+    Generic,
+}
+
+/// `EXPLAIN (FORMAT JSON, VERBOSE)` of `statement` (nothing is executed).
 ///
 /// # Errors
 /// The statement does not plan, or the parameters do not match its placeholders.
-pub async fn explain(client: &Client, statement: &str, params: &[Param]) -> Result<Value, Error> {
+pub async fn explain(
+    client: &Client,
+    statement: &str,
+    planning: Planning<'_>,
+) -> Result<Value, Error> {
+    match planning {
+        Planning::Captured(params) => explain_captured(client, statement, params).await,
+        Planning::Generic => explain_generic(client, statement).await,
+    }
+}
+
+/// The generic plan (PostgreSQL 15 has no `EXPLAIN (GENERIC_PLAN)`): the statement is prepared
+/// by name and explained as `EXECUTE` with every parameter NULL under
+/// `plan_cache_mode = force_generic_plan`, so the values are never looked at. Prepared afresh
+/// each time, since a cached generic plan would not notice a new hypothetical index.
+async fn explain_generic(client: &Client, statement: &str) -> Result<Value, Error> {
+    // The extended protocol refuses several statements in one text: once this succeeds, the
+    // text is one statement and can go into PREPARE without smuggling in another.
+    let count = client.prepare(statement).await?.params().len();
+    client
+        .batch_execute(&format!("PREPARE advisor_generic AS {statement}"))
+        .await?;
+    let explained = async {
+        client
+            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .await?;
+        let sql = if count == 0 {
+            "EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE advisor_generic".to_owned()
+        } else {
+            format!(
+                "EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE advisor_generic({})",
+                vec!["NULL"; count].join(", ")
+            )
+        };
+        let row = client.query_one(&sql, &[]).await?;
+        Ok::<_, Error>(row.try_get::<_, Value>(0)?)
+    }
+    .await;
+    let cleanup = client
+        .batch_execute("DEALLOCATE advisor_generic; RESET plan_cache_mode")
+        .await;
+    let explained = explained?;
+    cleanup?;
+    Ok(explained)
+}
+
+async fn explain_captured(
+    client: &Client,
+    statement: &str,
+    params: &[Param],
+) -> Result<Value, Error> {
     let sql = format!("EXPLAIN (FORMAT JSON, VERBOSE) {statement}");
     let types: Option<Vec<Type>> = params.iter().map(|p| Type::from_oid(p.type_oid)).collect();
     // With the captured types the bytes are read exactly as they were written; a type the
@@ -101,7 +162,7 @@ pub async fn cost_with(
     client: &Client,
     create_sql: &str,
     statement: &str,
-    params: &[Param],
+    planning: Planning<'_>,
 ) -> Result<f64, Error> {
     client
         .execute(
@@ -109,7 +170,7 @@ pub async fn cost_with(
             &[&create_sql],
         )
         .await?;
-    let plan = explain(client, statement, params).await;
+    let plan = explain(client, statement, planning).await;
     // Always reset, even when the explain failed: the next candidate must be judged alone.
     let reset = client.batch_execute("SELECT hypopg_reset()").await;
     let plan = plan?;

@@ -14,7 +14,9 @@
 //! - [`explain`]: explaining with captured wire-format parameters; HypoPG.
 //! - [`apply`]: opt-in `CREATE INDEX CONCURRENTLY` and `DROP INDEX CONCURRENTLY`.
 //!
-//! Nothing here runs a statement: `EXPLAIN` without `ANALYZE` only plans.
+//! Nothing here runs a statement: `EXPLAIN` without `ANALYZE` only plans. A statement without
+//! captured parameters (offline logs) is planned generically, which knows nothing of skewed
+//! values: such suggestions say `generic_plan`.
 
 pub mod apply;
 pub mod candidate;
@@ -155,6 +157,9 @@ pub struct Suggestion {
     pub est_saving_ms: Option<f64>,
     /// Whether HypoPG confirmed the planner would use it and gain at least the minimum.
     pub verified: bool,
+    /// Whether the statement was planned generically (no captured parameters, as from offline
+    /// logs) rather than with the parameters of a real slow execution.
+    pub generic_plan: bool,
 }
 
 /// A slow statement that got no suggestion, and why.
@@ -186,6 +191,7 @@ struct Best {
     candidate: candidate::Candidate,
     table: catalog::Table,
     cost_after: Option<f64>,
+    generic_plan: bool,
 }
 
 /// Advises on `slow` statements over `client`'s database. Uses HypoPG hypothetical indexes on
@@ -222,6 +228,7 @@ pub async fn advise(client: &Client, slow: &[SlowQuery], options: &Options) -> R
                     cost_reduction,
                     est_saving_ms: cost_reduction.map(|r| r * query.total_ms),
                     verified: best.cost_after.is_some(),
+                    generic_plan: best.generic_plan,
                 };
                 merge(&mut report.suggestions, suggestion);
             }
@@ -272,16 +279,20 @@ async fn advise_one(
     options: &Options,
     verify: bool,
 ) -> Result<(Best, f64), String> {
-    let params = query.params.as_deref().unwrap_or_default();
-    let explained = match explain::explain(client, &query.statement, params).await {
+    // Captured parameters when there are some; a statement without placeholders needs none;
+    // otherwise (offline logs) the generic plan.
+    let mut planning = explain::Planning::Captured(query.params.as_deref().unwrap_or_default());
+    let explained = match explain::explain(client, &query.statement, planning).await {
         Ok(plan) => plan,
-        Err(Error::Params { expected, .. }) if query.params.is_none() => {
-            return Err(format!(
-                "no parameters captured yet for this statement's {expected} placeholders"
-            ));
+        Err(Error::Params { .. }) if query.params.is_none() => {
+            planning = explain::Planning::Generic;
+            explain::explain(client, &query.statement, planning)
+                .await
+                .map_err(|e| format!("cannot explain (generic plan): {e}"))?
         }
         Err(e) => return Err(format!("cannot explain: {e}")),
     };
+    let generic_plan = matches!(planning, explain::Planning::Generic);
     let cost_before = plan::total_cost(&explained)
         .filter(|c| *c > 0.0)
         .ok_or("the plan has no cost")?;
@@ -318,6 +329,7 @@ async fn advise_one(
                 candidate,
                 table,
                 cost_after: None,
+                generic_plan,
             },
             cost_before,
         ));
@@ -329,7 +341,7 @@ async fn advise_one(
             client,
             &candidate.hypothetical_sql,
             &query.statement,
-            params,
+            planning,
         )
         .await
         .map_err(|e| format!("HypoPG check of {} failed: {e}", candidate.name))?;
@@ -349,6 +361,7 @@ async fn advise_one(
                 candidate,
                 table,
                 cost_after: Some(cost),
+                generic_plan,
             });
         }
     }

@@ -135,7 +135,12 @@ async fn slow_category_filter_gets_a_verified_category_index_suggestion_and_noth
     assert_eq!(s["table"], "products");
     assert_eq!(s["columns"][0], "category", "{s}");
     assert_eq!(s["verified"], true);
-    assert!(s["statement"].as_str().expect("statement").contains("p.category = $1"));
+    assert!(
+        s["statement"]
+            .as_str()
+            .expect("statement")
+            .contains("p.category = $1")
+    );
     let reduction = s["costReduction"].as_f64().expect("cost reduction");
     assert!(reduction >= 0.5, "{s}");
     assert!(s["costAfter"].as_f64() < s["costBefore"].as_f64());
@@ -149,7 +154,10 @@ async fn slow_category_filter_gets_a_verified_category_index_suggestion_and_noth
     // Suggested in the metrics and the optimizer log, but not built: auto_index is off.
     let m = metrics(&app).await;
     assert_eq!(m["indexAdvice"]["autoIndex"], false);
-    assert_eq!(m["indexAdvice"]["suggestions"][0]["createSql"], s["createSql"]);
+    assert_eq!(
+        m["indexAdvice"]["suggestions"][0]["createSql"],
+        s["createSql"]
+    );
     assert!(optimizer_log(&app).contains("\"action\":\"index-suggested\""));
     assert!(indexes_on_category(&app).await.is_empty());
     assert_eq!(m["indexAdvice"]["trials"], Value::Array(vec![]));
@@ -159,7 +167,9 @@ async fn slow_category_filter_gets_a_verified_category_index_suggestion_and_noth
 async fn no_suggestion_when_an_existing_index_already_serves_the_filter() {
     let app = spawn(|_| {}).await;
     app.db
-        .batch_execute("CREATE INDEX products_category_idx ON products (category); ANALYZE products")
+        .batch_execute(
+            "CREATE INDEX products_category_idx ON products (category); ANALYZE products",
+        )
         .await
         .expect("index");
 
@@ -167,7 +177,11 @@ async fn no_suggestion_when_an_existing_index_already_serves_the_filter() {
     wait_for_calls(&app, MIN_CALLS).await;
     let view = advise(&app).await;
     // The statement was judged (it is slow by the test's threshold), and found served.
-    assert_eq!(view["slowQueries"].as_array().map(Vec::len), Some(1), "{view}");
+    assert_eq!(
+        view["slowQueries"].as_array().map(Vec::len),
+        Some(1),
+        "{view}"
+    );
     assert_eq!(view["suggestions"], Value::Array(vec![]), "{view}");
     assert_eq!(view["skipped"].as_array().map(Vec::len), Some(1), "{view}");
 }
@@ -196,12 +210,19 @@ async fn an_auto_built_index_that_does_not_help_enough_is_dropped_and_not_built_
     let trial = &judged["trials"][0];
     assert_eq!(trial["outcome"], "dropped", "{judged}");
     assert!(trial["p95AfterMs"].as_f64().is_some());
-    assert_eq!(judged["trials"].as_array().map(Vec::len), Some(1), "not rebuilt");
+    assert_eq!(
+        judged["trials"].as_array().map(Vec::len),
+        Some(1),
+        "not rebuilt"
+    );
     assert!(indexes_on_category(&app).await.is_empty());
 
     let log = optimizer_log(&app);
     for step in ["index-apply", "index-applied", "index-dropped"] {
-        assert!(log.contains(&format!("\"action\":\"{step}\"")), "{step} missing: {log}");
+        assert!(
+            log.contains(&format!("\"action\":\"{step}\"")),
+            "{step} missing: {log}"
+        );
     }
 }
 

@@ -173,7 +173,9 @@ impl TestApp {
     pub async fn seed_products(&self, n: u64) {
         let mut config = Config::default();
         config.database.url = Some(self.db_url.clone());
-        server::seed::run(&config, n, 7).await.expect("seed products");
+        server::seed::run(&config, n, 7)
+            .await
+            .expect("seed products");
     }
 
     /// Absolute URL of a path.
