@@ -495,38 +495,6 @@ fn writer(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn aggregate(values: impl IntoIterator<Item = f32>) -> QueryAggregate {
-        let mut agg = QueryAggregate {
-            fingerprint: String::new(),
-            statement: String::new(),
-            calls: 0,
-            total_ms: 0.0,
-            mean_ms: 0.0,
-            p95_ms: 0.0,
-            rows: 0,
-            recent: Vec::new(),
-            next: 0,
-        };
-        for v in values {
-            agg.add(v, 1);
-        }
-        agg
-    }
-
-    #[test]
-    fn p95_of_the_last_executions_ignores_older_ones_even_after_the_ring_wraps() {
-        // 600 slow executions, then 100 fast ones: the ring has wrapped.
-        let agg = aggregate((0..600).map(|_| 150.0).chain((0..100).map(|_| 15.0)));
-        assert!((agg.p95_of_last(100) - 15.0).abs() < 1e-9);
-        assert!((agg.p95_of_last(200) - 150.0).abs() < 1e-9);
-        assert!((agg.finish().p95_ms - 150.0).abs() < 1e-9);
-    }
-}
-
 /// The optimizer's action log (`logs/ml-optimizer.log`): JSON lines, rare, written directly.
 pub struct ActionLog {
     path: PathBuf,
@@ -569,5 +537,37 @@ impl ActionLog {
             line.push(b'\n');
             let _ = f.write_all(&line);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aggregate(values: impl IntoIterator<Item = f32>) -> QueryAggregate {
+        let mut agg = QueryAggregate {
+            fingerprint: String::new(),
+            statement: String::new(),
+            calls: 0,
+            total_ms: 0.0,
+            mean_ms: 0.0,
+            p95_ms: 0.0,
+            rows: 0,
+            recent: Vec::new(),
+            next: 0,
+        };
+        for v in values {
+            agg.add(v, 1);
+        }
+        agg
+    }
+
+    #[test]
+    fn p95_of_the_last_executions_ignores_older_ones_even_after_the_ring_wraps() {
+        // 600 slow executions, then 100 fast ones: the ring has wrapped.
+        let agg = aggregate((0..600).map(|_| 150.0).chain((0..100).map(|_| 15.0)));
+        assert!((agg.p95_of_last(100) - 15.0).abs() < 1e-9);
+        assert!((agg.p95_of_last(200) - 150.0).abs() < 1e-9);
+        assert!((agg.finish().p95_ms - 150.0).abs() < 1e-9);
     }
 }

@@ -201,8 +201,8 @@ async fn an_auto_built_index_that_does_not_help_enough_is_dropped_and_not_built_
     let built = advise(&app).await;
     let trial = &built["trials"][0];
     assert_eq!(trial["outcome"], "measuring", "{built}");
-    let name = trial["indexName"].as_str().expect("index name").to_owned();
-    assert_eq!(indexes_on_category(&app).await, [name.clone()]);
+    let name = trial["indexName"].as_str().expect("index name");
+    assert_eq!(indexes_on_category(&app).await, [name]);
 
     browse(&app, MIN_CALLS).await;
     wait_for_calls(&app, 2 * MIN_CALLS).await;
