@@ -39,7 +39,15 @@ pub fn candidates(access: &Access, table: &Table, max: usize) -> Result<Vec<Cand
     };
     let equality = known(&access.equality);
     let range = known(&access.range);
-    let order = known(&access.order);
+    let mut order = known(&access.order);
+    // No sort in the plan because an index delivers the order: that index's leading key
+    // columns are the order the statement asks for.
+    if order.is_empty()
+        && let Some(walked) = &access.order_index
+        && let Some(index) = table.indexes.iter().find(|i| &i.name == walked)
+    {
+        order = index.keys.iter().map_while(Clone::clone).collect();
+    }
     let mut sets: Vec<Vec<String>> = Vec::new();
     let mut add = |set: Vec<String>| {
         let distinct = set.len() < 2 || set[0] != set[1];
@@ -173,6 +181,7 @@ mod tests {
             equality: equality.iter().map(|s| (*s).into()).collect(),
             range: vec![],
             order: order.iter().map(|s| (*s).into()).collect(),
+            order_index: None,
         }
     }
 
@@ -198,6 +207,21 @@ mod tests {
             found[0].hypothetical_sql,
             "CREATE INDEX ON public.products (category)"
         );
+    }
+
+    #[test]
+    fn the_order_of_an_index_walked_for_it_is_paired_with_the_filter() {
+        let popular = Index {
+            name: "products_popular_idx".into(),
+            keys: vec![Some("popularity".into()), Some("id".into())],
+        };
+        let walked = Access {
+            order_index: Some("products_popular_idx".into()),
+            ..access(&["category"], &[])
+        };
+        let found = candidates(&walked, &table(vec![popular]), 8).expect("candidates");
+        let sets: Vec<Vec<String>> = found.iter().map(|c| c.columns.clone()).collect();
+        assert_eq!(sets, [vec!["category"], vec!["category", "popularity"]]);
     }
 
     #[test]

@@ -154,7 +154,8 @@ pub async fn hypopg(client: &Client, create: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// The planner's total cost for `statement` if the hypothetical index `create_sql` existed.
+/// The planner's total cost for `statement`, summed over `plannings`, if the hypothetical index
+/// `create_sql` existed.
 ///
 /// # Errors
 /// HypoPG refused the index, or the statement no longer plans.
@@ -162,7 +163,7 @@ pub async fn cost_with(
     client: &Client,
     create_sql: &str,
     statement: &str,
-    planning: Planning<'_>,
+    plannings: &[Planning<'_>],
 ) -> Result<f64, Error> {
     client
         .execute(
@@ -170,12 +171,30 @@ pub async fn cost_with(
             &[&create_sql],
         )
         .await?;
-    let plan = explain(client, statement, planning).await;
-    // Always reset, even when the explain failed: the next candidate must be judged alone.
+    let total = total_cost(client, statement, plannings).await;
+    // Always reset, even when an explain failed: the next candidate must be judged alone.
     let reset = client.batch_execute("SELECT hypopg_reset()").await;
-    let plan = plan?;
+    let total = total?;
     reset?;
-    crate::plan::total_cost(&plan).ok_or_else(|| Error::Plan("no total cost in the plan".into()))
+    Ok(total)
+}
+
+/// The planner's total cost for `statement`, summed over `plannings`.
+///
+/// # Errors
+/// The statement does not plan with one of them.
+pub async fn total_cost(
+    client: &Client,
+    statement: &str,
+    plannings: &[Planning<'_>],
+) -> Result<f64, Error> {
+    let mut total = 0.0;
+    for planning in plannings {
+        let plan = explain(client, statement, *planning).await?;
+        total += crate::plan::total_cost(&plan)
+            .ok_or_else(|| Error::Plan("no total cost in the plan".into()))?;
+    }
+    Ok(total)
 }
 
 /// A database error's own message (the driver's `Display` says only "db error").

@@ -69,6 +69,10 @@ pub struct Param {
 }
 
 /// A statement measured as slow.
+///
+/// `param_sets` holds the parameters of a few of its slow executions (distinct values, say a
+/// rare category and an outlier of a common one): costs are summed over them, so the executions
+/// the planner expects to be expensive weigh most.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SlowQuery {
@@ -82,9 +86,9 @@ pub struct SlowQuery {
     pub total_ms: f64,
     /// 95th percentile (ms).
     pub p95_ms: f64,
-    /// Parameters of one slow execution, if captured; statements without placeholders need none.
+    /// Parameters of slow executions, if captured; statements without placeholders need none.
     #[serde(skip)]
-    pub params: Option<Vec<Param>>,
+    pub param_sets: Vec<Vec<Param>>,
 }
 
 /// What counts as slow, and how demanding verification is.
@@ -281,22 +285,45 @@ async fn advise_one(
 ) -> Result<(Best, f64), String> {
     // Captured parameters when there are some; a statement without placeholders needs none;
     // otherwise (offline logs) the generic plan.
-    let mut planning = explain::Planning::Captured(query.params.as_deref().unwrap_or_default());
-    let explained = match explain::explain(client, &query.statement, planning).await {
-        Ok(plan) => plan,
-        Err(Error::Params { .. }) if query.params.is_none() => {
-            planning = explain::Planning::Generic;
-            explain::explain(client, &query.statement, planning)
-                .await
-                .map_err(|e| format!("cannot explain (generic plan): {e}"))?
-        }
-        Err(e) => return Err(format!("cannot explain: {e}")),
+    let mut plannings: Vec<explain::Planning<'_>> = if query.param_sets.is_empty() {
+        vec![explain::Planning::Captured(&[])]
+    } else {
+        query
+            .param_sets
+            .iter()
+            .map(|set| explain::Planning::Captured(set))
+            .collect()
     };
-    let generic_plan = matches!(planning, explain::Planning::Generic);
-    let cost_before = plan::total_cost(&explained)
-        .filter(|c| *c > 0.0)
-        .ok_or("the plan has no cost")?;
-    let accesses = plan::accesses(&explained);
+    let mut plans = Vec::with_capacity(plannings.len());
+    let mut generic_plan = false;
+    for planning in &plannings {
+        match explain::explain(client, &query.statement, *planning).await {
+            Ok(plan) => plans.push(plan),
+            Err(Error::Params { .. }) if query.param_sets.is_empty() => {
+                generic_plan = true;
+                break;
+            }
+            Err(e) => return Err(format!("cannot explain: {e}")),
+        }
+    }
+    if generic_plan {
+        plannings = vec![explain::Planning::Generic];
+        plans = vec![
+            explain::explain(client, &query.statement, explain::Planning::Generic)
+                .await
+                .map_err(|e| format!("cannot explain (generic plan): {e}"))?,
+        ];
+    }
+    let cost_before: f64 = plans.iter().filter_map(plan::total_cost).sum();
+    if cost_before <= 0.0 {
+        return Err("the plan has no cost".into());
+    }
+    let mut accesses: Vec<plan::Access> = Vec::new();
+    for access in plans.iter().flat_map(plan::accesses) {
+        if !accesses.contains(&access) {
+            accesses.push(access);
+        }
+    }
     if accesses.is_empty() {
         return Err("no filtered or sorted table read that an index could serve".into());
     }
@@ -309,7 +336,16 @@ async fn advise_one(
             Err(e) => return Err(format!("cannot read the catalog: {e}")),
         };
         match candidate::candidates(access, &table, options.max_candidates) {
-            Ok(list) => tried.extend(list.into_iter().map(|c| (c, table.clone()))),
+            Ok(list) => {
+                for c in list {
+                    if !tried
+                        .iter()
+                        .any(|(t, _): &(candidate::Candidate, _)| t.create_sql == c.create_sql)
+                    {
+                        tried.push((c, table.clone()));
+                    }
+                }
+            }
             Err(c) => covered.push(c.index),
         }
     }
@@ -341,7 +377,7 @@ async fn advise_one(
             client,
             &candidate.hypothetical_sql,
             &query.statement,
-            planning,
+            &plannings,
         )
         .await
         .map_err(|e| format!("HypoPG check of {} failed: {e}", candidate.name))?;

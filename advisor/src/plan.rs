@@ -22,6 +22,10 @@ pub struct Access {
     pub range: Vec<String>,
     /// Leading sort-key columns of a sort above the scan, all on this table.
     pub order: Vec<String>,
+    /// The index a filtered scan walks without any index condition: it is walked for its order
+    /// (`ORDER BY ... LIMIT`), so its key columns are the order the statement wants, although
+    /// the plan shows no sort.
+    pub order_index: Option<String>,
 }
 
 /// The estimated total cost of the top plan node.
@@ -102,12 +106,22 @@ fn walk(node: &Value, out: &mut Vec<Access>) -> Vec<Relation> {
         if let Some(filter) = node.get("Filter").and_then(Value::as_str) {
             let (equality, range) = filter_columns(filter, &rel.alias);
             if !equality.is_empty() || !range.is_empty() {
+                let walked_for_order = matches!(
+                    node.get("Node Type").and_then(Value::as_str),
+                    Some("Index Scan" | "Index Only Scan")
+                ) && node.get("Index Cond").is_none();
                 let access = access_for(out, &rel);
                 for c in equality {
                     push_unique(&mut access.equality, c);
                 }
                 for c in range {
                     push_unique(&mut access.range, c);
+                }
+                if walked_for_order {
+                    access.order_index = node
+                        .get("Index Name")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
                 }
             }
         }
@@ -501,7 +515,26 @@ mod tests {
                 equality: vec!["category".into()],
                 range: vec![],
                 order: vec!["popularity".into(), "id".into()],
+                order_index: None,
             }]
+        );
+    }
+
+    #[test]
+    fn an_index_walked_only_for_its_order_is_remembered() {
+        let plan = json!([{"Plan": {
+            "Node Type": "Limit",
+            "Plans": [{"Node Type": "Index Scan", "Index Name": "products_popular_idx",
+                       "Relation Name": "products", "Schema": "public", "Alias": "p",
+                       "Filter": "((p.category)::text = 'rare'::text)"}]
+        }}]);
+        let found = accesses(&plan);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].equality, ["category"]);
+        assert!(found[0].order.is_empty());
+        assert_eq!(
+            found[0].order_index.as_deref(),
+            Some("products_popular_idx")
         );
     }
 

@@ -82,22 +82,22 @@ async fn scratch(with_hypopg: bool) -> Scratch {
     Scratch { client, base, name }
 }
 
-fn slow(params: Option<Vec<Param>>) -> SlowQuery {
+fn slow(param_sets: Vec<Vec<Param>>) -> SlowQuery {
     SlowQuery {
         fingerprint: "f".into(),
         statement: STATEMENT.into(),
         calls: 100,
         total_ms: 1000.0,
         p95_ms: 150.0,
-        params,
+        param_sets,
     }
 }
 
-fn kind(value: &str) -> Option<Vec<Param>> {
-    Some(vec![Param {
+fn kind(value: &str) -> Vec<Vec<Param>> {
+    vec![vec![Param {
         type_oid: tokio_postgres::types::Type::TEXT.oid(),
         value: Some(value.as_bytes().to_vec()),
-    }])
+    }]]
 }
 
 fn options() -> Options {
@@ -137,7 +137,7 @@ async fn captured_parameters_lead_to_a_verified_index_on_the_filtered_column() {
 #[tokio::test]
 async fn without_captured_parameters_the_generic_plan_is_used_and_said() {
     let db = scratch(true).await;
-    let report = advise(&db.client, &[slow(None)], &options()).await;
+    let report = advise(&db.client, &[slow(vec![])], &options()).await;
     assert_eq!(report.suggestions.len(), 1, "{report:?}");
     assert!(report.suggestions[0].generic_plan);
     assert!(report.suggestions[0].verified);

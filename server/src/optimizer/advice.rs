@@ -56,8 +56,9 @@ pub struct SlowView {
     pub p95_ms: f64,
     /// Total time (ms).
     pub total_ms: f64,
-    /// Whether parameters of a slow execution were captured (needed to explain it).
-    pub params_captured: bool,
+    /// Parameter sets of slow executions captured (without any, a statement with placeholders
+    /// is explained with its generic plan).
+    pub param_sets_captured: usize,
 }
 
 /// An index the advisor built, and what measurement said about it.
@@ -292,7 +293,7 @@ impl Optimizer {
                 calls: a.calls,
                 total_ms: a.total_ms,
                 p95_ms: a.p95_ms,
-                params: advice.captures.params(&a.fingerprint),
+                param_sets: advice.captures.param_sets(&a.fingerprint),
             })
             .collect();
         client
@@ -336,7 +337,7 @@ impl Optimizer {
                     calls: q.calls,
                     p95_ms: q.p95_ms,
                     total_ms: q.total_ms,
-                    params_captured: q.params.is_some(),
+                    param_sets_captured: q.param_sets.len(),
                 })
                 .collect();
             state.view.report = report.clone();

@@ -6,9 +6,10 @@
 //! (a statement whose p95 exceeds the threshold has at least 5% of its executions there). Only
 //! then are the parameters encoded, with the prepared statement's own parameter types, into
 //! wire-format bytes that are sent back verbatim by the advisor; nothing is ever turned into SQL
-//! text. Memory is bounded: at most [`MAX_FINGERPRINTS`] statements, at most [`MAX_BYTES`] of
-//! parameters each. The values stay in memory and are never logged or shown: they can be personal
-//! data.
+//! text. Per statement the [`SETS`] slowest distinct parameter sets are kept, so that one noisy
+//! outlier of a common value cannot hide the value that is slow every time. Memory is bounded:
+//! at most [`MAX_FINGERPRINTS`] statements × [`SETS`] sets × [`MAX_BYTES`]. The values stay in
+//! memory and are never logged or shown: they can be personal data.
 
 use super::queries::{fingerprint, normalize};
 use advisor::Param;
@@ -21,10 +22,12 @@ use tokio_postgres::types::{IsNull, ToSql};
 
 /// Statements whose parameters are kept at most.
 pub const MAX_FINGERPRINTS: usize = 256;
-/// Largest encoded parameter set kept for one statement.
-pub const MAX_BYTES: usize = 16 * 1024;
-/// A kept capture is replaced by a faster execution's parameters once it is this old, so the
-/// parameters follow today's traffic rather than one outlier from long ago.
+/// Parameter sets kept per statement.
+pub const SETS: usize = 4;
+/// Largest encoded parameter set kept.
+pub const MAX_BYTES: usize = 8 * 1024;
+/// A kept set may be replaced by a faster execution's parameters once it is this old, so the
+/// sets follow today's traffic rather than outliers from long ago.
 const REFRESH_AFTER: Duration = Duration::from_secs(600);
 
 struct Captured {
@@ -39,7 +42,7 @@ struct Captured {
 /// on the rare slow execution.
 pub struct Captures {
     threshold: Option<Duration>,
-    by_fingerprint: Mutex<HashMap<String, Captured>>,
+    by_fingerprint: Mutex<HashMap<String, Vec<Captured>>>,
 }
 
 impl Captures {
@@ -79,34 +82,59 @@ impl Captures {
         let Some(encoded) = encode(statement, params) else {
             return;
         };
-        let key = fingerprint(&normalize(sql));
+        self.keep(fingerprint(&normalize(sql)), encoded, elapsed);
+    }
+
+    /// Keeps `encoded` among the statement's slowest distinct parameter sets.
+    fn keep(&self, key: String, encoded: Vec<Param>, elapsed: Duration) {
         let mut map = self
             .by_fingerprint
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let replace = match map.get(&key) {
-            Some(old) => elapsed >= old.duration || old.at.elapsed() >= REFRESH_AFTER,
-            None => map.len() < MAX_FINGERPRINTS,
+        if !map.contains_key(&key) && map.len() >= MAX_FINGERPRINTS {
+            return;
+        }
+        let sets = map.entry(key).or_default();
+        let now = Instant::now();
+        if let Some(same) = sets.iter_mut().find(|c| c.params == encoded) {
+            same.duration = same.duration.max(elapsed);
+            same.at = now;
+            return;
+        }
+        let new = Captured {
+            params: encoded,
+            duration: elapsed,
+            at: now,
         };
-        if replace {
-            map.insert(
-                key,
-                Captured {
-                    params: encoded,
-                    duration: elapsed,
-                    at: Instant::now(),
-                },
-            );
+        if sets.len() < SETS {
+            sets.push(new);
+            return;
+        }
+        // Replace the fastest set, or a stale one, if this execution is slower or it is stale.
+        let victim = sets
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, c)| (c.at.elapsed() < REFRESH_AFTER, c.duration))
+            .map(|(i, _)| i);
+        if let Some(i) = victim
+            && (elapsed >= sets[i].duration || sets[i].at.elapsed() >= REFRESH_AFTER)
+        {
+            sets[i] = new;
         }
     }
 
-    /// The kept parameters of a statement, if any.
-    pub fn params(&self, fingerprint: &str) -> Option<Vec<Param>> {
-        self.by_fingerprint
+    /// The kept parameter sets of a statement, slowest first (empty when none).
+    pub fn param_sets(&self, fingerprint: &str) -> Vec<Vec<Param>> {
+        let map = self
+            .by_fingerprint
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(fingerprint)
-            .map(|c| c.params.clone())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(sets) = map.get(fingerprint) else {
+            return Vec::new();
+        };
+        let mut sorted: Vec<&Captured> = sets.iter().collect();
+        sorted.sort_by(|a, b| b.duration.cmp(&a.duration));
+        sorted.into_iter().map(|c| c.params.clone()).collect()
     }
 }
 
@@ -160,6 +188,31 @@ mod tests {
         assert!(explainable("UPDATE inventory SET quantity = 1"));
         assert!(!explainable("INSERT INTO users VALUES ($1)"));
         assert!(!explainable("COPY products FROM STDIN"));
+    }
+
+    fn set(value: &str) -> Vec<Param> {
+        vec![Param {
+            type_oid: 25,
+            value: Some(value.as_bytes().to_vec()),
+        }]
+    }
+
+    #[test]
+    fn the_slowest_distinct_parameter_sets_are_kept_slowest_first() {
+        let captures = Captures::new(Duration::ZERO);
+        let ms = Duration::from_millis;
+        captures.keep("f".into(), set("rare"), ms(40));
+        for (i, t) in [30, 10, 12, 11].into_iter().enumerate() {
+            captures.keep("f".into(), set(&format!("common{i}")), ms(t));
+        }
+        // The same value again only updates its duration.
+        captures.keep("f".into(), set("rare"), ms(45));
+        let sets = captures.param_sets("f");
+        assert_eq!(sets.len(), SETS);
+        assert_eq!(sets[0], set("rare"));
+        assert_eq!(sets[1], set("common0"));
+        assert!(!sets.contains(&set("common1")), "the fastest was replaced");
+        assert!(captures.param_sets("unknown").is_empty());
     }
 
     #[test]
