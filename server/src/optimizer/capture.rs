@@ -133,7 +133,7 @@ impl Captures {
             return Vec::new();
         };
         let mut sorted: Vec<&Captured> = sets.iter().collect();
-        sorted.sort_by(|a, b| b.duration.cmp(&a.duration));
+        sorted.sort_by_key(|c| std::cmp::Reverse(c.duration));
         sorted.into_iter().map(|c| c.params.clone()).collect()
     }
 }
