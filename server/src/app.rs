@@ -50,13 +50,13 @@ impl Application {
     /// Database unreachable, a migration failed, or the port is taken.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         crate::migrate::run(&config).await?;
-        let db = Db::new(&config)?;
+        let optimizer = Arc::new(Optimizer::new(&config));
+        let db = Db::new(&config)?.with_captures(optimizer.advice.captures());
         let auth = Arc::new(Auth::new(&config.auth)?);
         let address = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&address)
             .await
             .with_context(|| format!("binding {address}"))?;
-        let optimizer = Arc::new(Optimizer::new(&config));
         let state = AppState {
             db,
             config: Arc::new(config),
@@ -83,6 +83,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let maintenance = tokio::spawn(maintenance(self.state.clone()));
         let sampler = self.state.optimizer.spawn_sampler();
+        let advisor = self.state.optimizer.spawn_advisor();
         let listener = self
             .state
             .optimizer
@@ -96,6 +97,9 @@ impl Application {
             .await;
         maintenance.abort();
         sampler.abort();
+        if let Some(advisor) = advisor {
+            advisor.abort();
+        }
         listener.abort();
         result.context("serving HTTP")
     }

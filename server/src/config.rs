@@ -77,6 +77,18 @@ pub struct Overrides {
     /// Bearer token for admin endpoints; admin endpoints are closed without one.
     #[arg(long, env = "ADMIN_TOKEN", global = true, hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A statement is slow when its p95 exceeds this many milliseconds.
+    #[arg(long, env = "SLOW_QUERY_P95_MS", global = true)]
+    pub slow_query_p95_ms: Option<f64>,
+    /// ...over at least this many calls.
+    #[arg(long, env = "SLOW_QUERY_MIN_CALLS", global = true)]
+    pub slow_query_min_calls: Option<u64>,
+    /// Seconds between index advisor passes (0: only when an admin asks).
+    #[arg(long, env = "ADVISOR_INTERVAL_SECS", global = true)]
+    pub advisor_interval_secs: Option<u64>,
+    /// Build verified index suggestions automatically (`true`/`false`).
+    #[arg(long, env = "AUTO_INDEX", global = true)]
+    pub auto_index: Option<bool>,
 }
 
 /// The whole configuration, as the TOML file spells it.
@@ -125,6 +137,24 @@ pub struct OptimizationConfig {
     pub anomaly_min_duration_secs: u64,
     /// Healthy seconds before auto-healing undoes its actions.
     pub recovery_secs: u64,
+    /// A statement is slow when its p95 over recent executions exceeds this (ms); executions at
+    /// least this slow have their parameters captured for the index advisor.
+    pub slow_query_p95_ms: f64,
+    /// A statement is judged slow only after this many calls.
+    pub slow_query_min_calls: u64,
+    /// Seconds between background index advisor passes; 0 runs it only on an admin's request.
+    pub advisor_interval_secs: u64,
+    /// A candidate index is suggested only when the planner's cost falls by at least this
+    /// fraction (verified with HypoPG hypothetical indexes).
+    pub index_min_cost_reduction: f64,
+    /// Build the best verified suggestion automatically. Off by default: an index changes the
+    /// schema and slows every write to its table.
+    pub auto_index: bool,
+    /// An automatically built index is kept only when the statement's measured p95 fell by at
+    /// least this factor; otherwise it is dropped again.
+    pub auto_index_min_speedup: f64,
+    /// How long an index build or drop may wait for a table lock before giving up (ms).
+    pub auto_index_lock_timeout_ms: u64,
 }
 
 /// `[features]`
@@ -178,6 +208,13 @@ impl Default for OptimizationConfig {
             anomaly_rate_threshold: 0.2,
             anomaly_min_duration_secs: 5,
             recovery_secs: 10,
+            slow_query_p95_ms: 100.0,
+            slow_query_min_calls: 20,
+            advisor_interval_secs: 300,
+            index_min_cost_reduction: 0.5,
+            auto_index: false,
+            auto_index_min_speedup: 2.0,
+            auto_index_lock_timeout_ms: 2_000,
         }
     }
 }
@@ -386,6 +423,11 @@ impl Config {
         if o.admin_token.is_some() {
             self.auth.admin_token.clone_from(&o.admin_token);
         }
+        let opt = &mut self.optimization;
+        set(&mut opt.slow_query_p95_ms, &o.slow_query_p95_ms);
+        set(&mut opt.slow_query_min_calls, &o.slow_query_min_calls);
+        set(&mut opt.advisor_interval_secs, &o.advisor_interval_secs);
+        set(&mut opt.auto_index, &o.auto_index);
     }
 
     /// Rejects settings that would make the server unsafe or useless.
@@ -410,6 +452,18 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&o.anomaly_rate_threshold) {
             bail!("optimization.anomaly_rate_threshold must be between 0 and 1");
+        }
+        if !o.slow_query_p95_ms.is_finite() || o.slow_query_p95_ms < 0.0 {
+            bail!("optimization.slow_query_p95_ms must be a non-negative number");
+        }
+        if o.slow_query_min_calls == 0 {
+            bail!("optimization.slow_query_min_calls must be at least 1");
+        }
+        if !(0.0..1.0).contains(&o.index_min_cost_reduction) {
+            bail!("optimization.index_min_cost_reduction must be at least 0 and below 1");
+        }
+        if !o.auto_index_min_speedup.is_finite() || o.auto_index_min_speedup < 1.0 {
+            bail!("optimization.auto_index_min_speedup must be at least 1");
         }
         if self.metrics.retention_hours == 0 {
             bail!("metrics.retention_hours must be at least 1");
@@ -476,6 +530,22 @@ mod tests {
         assert_eq!(config.database.host, "db.internal");
         assert_eq!(config.database.user, "postgres");
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn index_building_is_off_unless_asked_for() {
+        let mut config = Config::default();
+        assert!(!config.optimization.auto_index);
+        config.apply(&Overrides {
+            auto_index: Some(true),
+            slow_query_p95_ms: Some(50.0),
+            ..Overrides::default()
+        });
+        assert!(config.optimization.auto_index);
+        assert!((config.optimization.slow_query_p95_ms - 50.0).abs() < f64::EPSILON);
+        let from_toml: Config =
+            toml::from_str("[optimization]\nauto_index = true\n").expect("valid toml");
+        assert!(from_toml.optimization.auto_index);
     }
 
     #[test]

@@ -3,13 +3,16 @@
 //! Handlers get a [`Conn`] (or a [`Tx`] from it) instead of a raw client. Every call prepares its
 //! SQL through the per-connection statement cache, so a statement is parsed once per connection
 //! and parameters always travel separately from the SQL text: nothing a client sends can be
-//! spliced into a statement. This single path is also where query tracking hooks in.
+//! spliced into a statement. This single path is also where query tracking hooks in, and where
+//! the parameters of slow executions are captured for the index advisor.
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::optimizer::capture::Captures;
 use crate::optimizer::queries;
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -21,6 +24,7 @@ pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    captures: Arc<Captures>,
 }
 
 impl Db {
@@ -45,7 +49,17 @@ impl Db {
             .runtime(Runtime::Tokio1)
             .build()
             .context("building the database pool")?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            captures: Arc::new(Captures::off()),
+        })
+    }
+
+    /// Captures the parameters of slow executions into `captures` (for the index advisor).
+    #[must_use]
+    pub fn with_captures(mut self, captures: Arc<Captures>) -> Self {
+        self.captures = captures;
+        self
     }
 
     /// A pooled connection; waits at most the configured time, then a 503.
@@ -55,6 +69,7 @@ impl Db {
     pub async fn conn(&self) -> Result<Conn, ApiError> {
         Ok(Conn {
             inner: self.pool.get().await?,
+            captures: self.captures.clone(),
         })
     }
 
@@ -67,11 +82,13 @@ impl Db {
 /// A pooled connection.
 pub struct Conn {
     inner: deadpool_postgres::Object,
+    captures: Arc<Captures>,
 }
 
 /// A transaction on a pooled connection; rolled back if dropped without [`Tx::commit`].
 pub struct Tx<'a> {
     inner: deadpool_postgres::Transaction<'a>,
+    captures: Arc<Captures>,
 }
 
 impl Conn {
@@ -82,6 +99,7 @@ impl Conn {
     pub async fn transaction(&mut self) -> Result<Tx<'_>, tokio_postgres::Error> {
         Ok(Tx {
             inner: self.inner.transaction().await?,
+            captures: self.captures.clone(),
         })
     }
 }
@@ -101,6 +119,22 @@ impl Tx<'_> {
 macro_rules! statements {
     ($ty:ty) => {
         impl $ty {
+            /// Records a finished statement; keeps its parameters when it was slow.
+            fn done(
+                &self,
+                sql: &str,
+                statement: &tokio_postgres::Statement,
+                params: Params<'_>,
+                started: Instant,
+                rows: u64,
+            ) {
+                let elapsed = started.elapsed();
+                queries::record(sql, elapsed, rows);
+                if self.captures.wants(elapsed) {
+                    self.captures.capture(sql, statement, params, elapsed);
+                }
+            }
+
             /// Runs a statement and returns its rows.
             ///
             /// # Errors
@@ -113,7 +147,7 @@ macro_rules! statements {
                 let started = Instant::now();
                 let statement = self.inner.prepare_cached(sql).await?;
                 let rows = self.inner.query(&statement, params).await?;
-                queries::record(sql, started.elapsed(), rows.len() as u64);
+                self.done(sql, &statement, params, started, rows.len() as u64);
                 Ok(rows)
             }
 
@@ -129,7 +163,7 @@ macro_rules! statements {
                 let started = Instant::now();
                 let statement = self.inner.prepare_cached(sql).await?;
                 let row = self.inner.query_one(&statement, params).await;
-                queries::record(sql, started.elapsed(), u64::from(row.is_ok()));
+                self.done(sql, &statement, params, started, u64::from(row.is_ok()));
                 row
             }
 
@@ -145,7 +179,7 @@ macro_rules! statements {
                 let started = Instant::now();
                 let statement = self.inner.prepare_cached(sql).await?;
                 let row = self.inner.query_opt(&statement, params).await?;
-                queries::record(sql, started.elapsed(), u64::from(row.is_some()));
+                self.done(sql, &statement, params, started, u64::from(row.is_some()));
                 Ok(row)
             }
 
@@ -161,7 +195,7 @@ macro_rules! statements {
                 let started = Instant::now();
                 let statement = self.inner.prepare_cached(sql).await?;
                 let n = self.inner.execute(&statement, params).await?;
-                queries::record(sql, started.elapsed(), n);
+                self.done(sql, &statement, params, started, n);
                 Ok(n)
             }
         }

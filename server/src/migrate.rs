@@ -1,7 +1,7 @@
 //! Schema migrations, embedded from `migrations/` at build time and applied with refinery.
 //!
 //! Runs under a PostgreSQL advisory lock so several server instances starting at once do not
-//! race each other through the same migration.
+//! race each other through the same migration. Also creates the HypoPG extension when it can.
 
 use crate::config::Config;
 use anyhow::Context;
@@ -28,6 +28,16 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     let report = embedded::migrations::runner().run_async(&mut client).await;
+    // HypoPG lets the index advisor test indexes without building them. It is not a migration:
+    // a machine without the package (or a role without the right) still runs the shop, with
+    // unverified advice. Created under the same lock, so instances starting together do not
+    // race to create it.
+    if let Err(err) = client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS hypopg")
+        .await
+    {
+        tracing::warn!(error = %advisor::explain::db_message(&err), "hypopg unavailable; index advice will be unverified");
+    }
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await?;

@@ -7,11 +7,15 @@
 //! - [`cache`]: the predictive response cache for catalogue reads.
 //! - [`queries`]: per-request statement tracking.
 //! - [`telemetry`]: the request log for the trainer and the optimizer's action log.
+//! - [`capture`]: parameters of slow executions, for the index advisor.
+//! - [`advice`]: the index advisor's passes (suggest, and opt-in build, measure, drop).
 //! - [`middleware`]: the one middleware that runs all of the above for every request.
 
 pub mod admission;
+pub mod advice;
 pub mod anomaly;
 pub mod cache;
+pub mod capture;
 pub mod middleware;
 pub mod predictor;
 pub mod queries;
@@ -123,6 +127,8 @@ pub struct Optimizer {
     pub alerts: Mutex<VecDeque<Alert>>,
     /// Metrics history (bounded by `metrics.retention_hours`).
     pub history: Mutex<VecDeque<Sample>>,
+    /// The index advisor.
+    pub advice: advice::Advice,
     started: Instant,
 }
 
@@ -194,6 +200,7 @@ impl Optimizer {
             actions: Mutex::new(VecDeque::new()),
             alerts: Mutex::new(VecDeque::new()),
             history: Mutex::new(VecDeque::new()),
+            advice: advice::Advice::new(config),
             stats,
             settings,
             started: Instant::now(),

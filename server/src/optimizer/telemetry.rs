@@ -91,6 +91,15 @@ impl QueryAggregate {
         }
     }
 
+    /// The 95th percentile of the last `n` executions (at most the 512 kept), in ms.
+    fn p95_of_last(&self, n: usize) -> f64 {
+        // Oldest first: once the ring is full, `next` is the oldest slot.
+        let (newer, older) = self.recent.split_at(self.next.min(self.recent.len()));
+        let ordered: Vec<f32> = older.iter().chain(newer).copied().collect();
+        let mut last = ordered[ordered.len().saturating_sub(n)..].to_vec();
+        p95(&mut last)
+    }
+
     fn finish(&self) -> Self {
         let mut out = self.clone();
         #[allow(clippy::cast_precision_loss)]
@@ -101,17 +110,21 @@ impl QueryAggregate {
                 self.total_ms / self.calls as f64
             };
         }
-        let mut sorted = self.recent.clone();
-        sorted.sort_by(f32::total_cmp);
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
-        let idx = ((sorted.len() as f64 * 0.95).ceil() as usize).saturating_sub(1);
-        out.p95_ms = sorted.get(idx).map_or(0.0, |v| f64::from(*v));
+        out.p95_ms = p95(&mut self.recent.clone());
         out
     }
+}
+
+/// The 95th percentile (nearest rank) of `values`; 0 when empty.
+fn p95(values: &mut [f32]) -> f64 {
+    values.sort_by(f32::total_cmp);
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let idx = ((values.len() as f64 * 0.95).ceil() as usize).saturating_sub(1);
+    values.get(idx).map_or(0.0, |v| f64::from(*v))
 }
 
 /// Telemetry state shared with the request path.
@@ -179,6 +192,19 @@ impl Telemetry {
         {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Executions of `fingerprint` after its first `calls_before`, and their p95 (ms), once
+    /// there are any; counts only the last 512 executions.
+    pub fn p95_since(&self, fingerprint: &str, calls_before: u64) -> Option<(u64, f64)> {
+        let map = self
+            .queries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let agg = map.get(fingerprint)?;
+        let since = agg.calls.checked_sub(calls_before).filter(|n| *n > 0)?;
+        let n = usize::try_from(since).unwrap_or(usize::MAX);
+        Some((since, agg.p95_of_last(n)))
     }
 
     /// Statement aggregates, slowest total first.
@@ -511,5 +537,37 @@ impl ActionLog {
             line.push(b'\n');
             let _ = f.write_all(&line);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aggregate(values: impl IntoIterator<Item = f32>) -> QueryAggregate {
+        let mut agg = QueryAggregate {
+            fingerprint: String::new(),
+            statement: String::new(),
+            calls: 0,
+            total_ms: 0.0,
+            mean_ms: 0.0,
+            p95_ms: 0.0,
+            rows: 0,
+            recent: Vec::new(),
+            next: 0,
+        };
+        for v in values {
+            agg.add(v, 1);
+        }
+        agg
+    }
+
+    #[test]
+    fn p95_of_the_last_executions_ignores_older_ones_even_after_the_ring_wraps() {
+        // 600 slow executions, then 100 fast ones: the ring has wrapped.
+        let agg = aggregate((0..600).map(|_| 150.0).chain((0..100).map(|_| 15.0)));
+        assert!((agg.p95_of_last(100) - 15.0).abs() < 1e-9);
+        assert!((agg.p95_of_last(200) - 150.0).abs() < 1e-9);
+        assert!((agg.finish().p95_ms - 150.0).abs() < 1e-9);
     }
 }

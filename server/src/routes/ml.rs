@@ -1,11 +1,13 @@
 //! The optimizer's own endpoints: `/api/ml-metrics` (admin), `/api/stress-test` (admin, low
-//! priority), and `/metrics` (Prometheus text format).
+//! priority), and `/metrics` (Prometheus text format). The index advisor's trigger is in
+//! [`super::advice`].
 
 use crate::app::AppState;
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
 use crate::optimizer::admission::PriorityStats;
+use crate::optimizer::advice::AdviceView;
 use crate::optimizer::anomaly::{ANOMALY_SCORE, Action};
 use crate::optimizer::cache::Kind;
 use crate::optimizer::telemetry::QueryAggregate;
@@ -99,6 +101,10 @@ pub struct MlMetrics {
     /// Request log records written and dropped.
     #[schema(value_type = Object)]
     pub request_log: serde_json::Value,
+    /// The index advisor: slow statements, index suggestions (with their verified planner cost
+    /// reduction), statements without one and why, and indexes built automatically.
+    #[schema(value_type = Object)]
+    pub index_advice: AdviceView,
 }
 
 /// Model health, accuracy, cache, admission, anomalies, actions and history.
@@ -164,6 +170,7 @@ pub async fn ml_metrics(State(state): State<AppState>, _admin: Admin) -> Json<Ml
         queries: opt.telemetry.query_aggregates(),
         request_log: serde_json::json!({ "written": opt.telemetry.written.load(Relaxed),
             "dropped": opt.telemetry.dropped.load(Relaxed) }),
+        index_advice: opt.advice.view(),
     })
 }
 

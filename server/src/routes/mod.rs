@@ -1,6 +1,7 @@
 //! HTTP routes, one module per resource, merged here.
 
 pub mod accounts;
+pub mod advice;
 pub mod analytics;
 pub mod cart;
 pub mod checkout;
@@ -26,5 +27,6 @@ pub fn router() -> Router<AppState> {
         .merge(analytics::router())
         .merge(health::router())
         .merge(ml::router())
+        .merge(advice::router())
         .merge(openapi::router())
 }

@@ -169,6 +169,15 @@ impl TestApp {
         start(server_config(&self.db_url, &self.scratch.join("peer"), 8)).await
     }
 
+    /// Adds `n` generated products through the real seed path (`server seed --products n`).
+    pub async fn seed_products(&self, n: u64) {
+        let mut config = Config::default();
+        config.database.url = Some(self.db_url.clone());
+        server::seed::run(&config, n, 7)
+            .await
+            .expect("seed products");
+    }
+
     /// Absolute URL of a path.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)

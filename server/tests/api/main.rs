@@ -2,6 +2,7 @@
 //! All modules compile into this one binary.
 
 mod accounts;
+mod advisor;
 mod analytics;
 mod bad_input;
 mod cart;

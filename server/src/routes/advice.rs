@@ -1,0 +1,27 @@
+//! `POST /api/ml-metrics/index-advice` (admin): run an index advisor pass now and answer with
+//! its result, so operators (and tests) need not wait for the periodic pass.
+
+use crate::app::AppState;
+use crate::auth::Admin;
+use crate::error::ErrorBody;
+use crate::extract::Json;
+use crate::optimizer::advice::AdviceView;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/ml-metrics/index-advice", post(advise_now))
+}
+
+/// Runs an index advisor pass now (after any running one) and returns the advisor's view: slow
+/// statements, suggestions with their verified cost reduction, skipped statements and why, and
+/// automatically built indexes with their measured outcome. The same view is `indexAdvice` in
+/// `/api/ml-metrics`.
+#[utoipa::path(post, path = "/api/ml-metrics/index-advice", tag = "optimizer", security(("admin" = [])),
+    responses((status = 200, description = "The advisor's view after the pass (as `indexAdvice` in /api/ml-metrics)"),
+        (status = 401, body = ErrorBody)))]
+pub async fn advise_now(State(state): State<AppState>, _admin: Admin) -> Json<AdviceView> {
+    Json(state.optimizer.advise_now().await)
+}
