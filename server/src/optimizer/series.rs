@@ -119,9 +119,7 @@ struct Interval<'a> {
 fn interval<'a>(previous: Option<&Sample>, sample: &'a Sample) -> Interval<'a> {
     let counter = |pick: fn(&PriorityStats) -> u64, i: usize| {
         let now = sample.priorities.get(i).map_or(0, pick);
-        let before = previous
-            .and_then(|p| p.priorities.get(i))
-            .map_or(0, pick);
+        let before = previous.and_then(|p| p.priorities.get(i)).map_or(0, pick);
         now.saturating_sub(before)
     };
     let totals = sample.cache_totals;
@@ -145,7 +143,8 @@ fn interval<'a>(previous: Option<&Sample>, sample: &'a Sample) -> Interval<'a> {
 fn merge(bucket: &[Interval<'_>], live: bool) -> Option<Point> {
     let newest = bucket.last()?.sample;
     let n = bucket.len() as f64;
-    let mean = |pick: &dyn Fn(&Sample) -> f64| bucket.iter().map(|i| pick(i.sample)).sum::<f64>() / n;
+    let mean =
+        |pick: &dyn Fn(&Sample) -> f64| bucket.iter().map(|i| pick(i.sample)).sum::<f64>() / n;
     let secs: f64 = bucket.iter().map(|i| i.secs).sum();
     let hits: u64 = bucket.iter().map(|i| i.hits).sum();
     let lookups: u64 = bucket.iter().map(|i| i.lookups).sum();
@@ -393,9 +392,7 @@ mod tests {
 
     #[test]
     fn only_the_newest_points_are_kept_when_there_are_too_many() {
-        let samples: Vec<Sample> = (0..50)
-            .map(|i| sample(i * 10_000, 0, 0, 0, 0.0))
-            .collect();
+        let samples: Vec<Sample> = (0..50).map(|i| sample(i * 10_000, 0, 0, 0, 0.0)).collect();
         let points = downsample(&samples, None, 10_000, 20);
         assert_eq!(points.len(), 20);
         assert_eq!(points[19].ts_ms, 490_000);

@@ -2,7 +2,7 @@
 //! priority), and `/metrics` (Prometheus text format).
 
 use crate::app::AppState;
-use crate::auth::Admin;
+use crate::auth::{Admin, AdminView};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
 use crate::optimizer::admission::PriorityStats;
@@ -104,7 +104,7 @@ pub struct MlMetrics {
 /// Model health, accuracy, cache, admission, anomalies, actions and history.
 #[utoipa::path(get, path = "/api/ml-metrics", tag = "optimizer", security(("admin" = [])),
     responses((status = 200, body = MlMetrics), (status = 401, body = ErrorBody)))]
-pub async fn ml_metrics(State(state): State<AppState>, _admin: Admin) -> Json<MlMetrics> {
+pub async fn ml_metrics(State(state): State<AppState>, _admin: AdminView) -> Json<MlMetrics> {
     let opt = &state.optimizer;
     let s = &opt.settings;
     let cache = Kind::ALL

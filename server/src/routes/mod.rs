@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod analytics;
 pub mod cart;
 pub mod checkout;
+pub mod dashboard;
 pub mod health;
 pub mod ml;
 pub mod openapi;
@@ -26,5 +27,6 @@ pub fn router() -> Router<AppState> {
         .merge(analytics::router())
         .merge(health::router())
         .merge(ml::router())
+        .merge(dashboard::router())
         .merge(openapi::router())
 }

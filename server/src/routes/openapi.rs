@@ -1,7 +1,9 @@
 //! The OpenAPI 3.1 description of every endpoint, generated from the handlers' annotations.
 
 use crate::app::AppState;
-use crate::routes::{accounts, analytics, cart, checkout, health, ml, orders, products, search};
+use crate::routes::{
+    accounts, analytics, cart, checkout, dashboard, health, ml, orders, products, search,
+};
 use axum::Router;
 use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -29,6 +31,7 @@ pub fn router() -> Router<AppState> {
         analytics::analytics,
         health::healthz, health::readyz,
         ml::ml_metrics, ml::stress_test, ml::prometheus,
+        dashboard::series, dashboard::optimizer_log,
     ),
     modifiers(&Security)
 )]

@@ -6,6 +6,7 @@ mod analytics;
 mod bad_input;
 mod cart;
 mod checkout;
+mod dashboard;
 mod health;
 mod helpers;
 mod optimizer;
