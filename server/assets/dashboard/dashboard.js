@@ -11,7 +11,9 @@ const SVG = 'http://www.w3.org/2000/svg';
 const PALETTE = ['#2563eb', '#d97706', '#059669', '#7c3aed', '#db2777', '#0891b2', '#65a30d', '#9ca3af'];
 const PRIORITIES = ['critical', 'high', 'normal', 'low'];
 
+// The route the latency chart shows: the busiest until the operator picks one.
 let chosenRoute = null;
+let routePicked = false;
 let polls = 0;
 
 function el(name, attrs, parent) {
@@ -22,7 +24,7 @@ function el(name, attrs, parent) {
 }
 
 function clock(ms) {
-  return new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+  return new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23' });
 }
 
 function fmt(v) {
@@ -43,10 +45,21 @@ function pct(v) {
 //         yMax, yFormat, markers: [{t, y, color, label}], events: [{t, color, label}],
 //         bands: [{from, to}], rules: [{y, color, label}] }
 function lineChart(svg, spec) {
-  const box = svg.viewBox.baseVal;
-  const W = box.width, H = box.height;
-  const m = { l: 48, r: 10, t: 22, b: 22 };
+  // Draw at the size the chart is shown, so text stays at its CSS size on any screen.
+  const H = Number(svg.dataset.height || 220);
+  const W = Math.max(300, Math.round(svg.getBoundingClientRect().width || 800));
+  svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
   while (svg.firstChild) svg.removeChild(svg.firstChild);
+  // Legend first: it may take more than one row.
+  const legend = [];
+  let lx = 48, ly = 12;
+  for (const s of spec.series) {
+    const width = 22 + s.name.length * 6.2;
+    if (lx + width > W - 10 && lx > 48) { lx = 48; ly += 14; }
+    legend.push({ s, x: lx, y: ly });
+    lx += width;
+  }
+  const m = { l: 48, r: 10, t: ly + 12, b: 22 };
   const times = spec.times;
   let drawn = 0, max = 0;
   for (const s of spec.series) for (const v of s.values) if (v !== null && v !== undefined) { drawn++; max = Math.max(max, v); }
@@ -59,7 +72,8 @@ function lineChart(svg, spec) {
     return;
   }
   const t0 = Math.min(times[0], ...(spec.markers || []).map((k) => k.t), ...(spec.events || []).map((k) => k.t));
-  const t1 = Math.max(times[times.length - 1], t0 + 1000);
+  // At least a minute wide, so that the time labels differ while the history is short.
+  const t1 = Math.max(times[times.length - 1], t0 + 60000);
   const yMax = spec.yMax || niceMax(Math.max(max, ...(spec.rules || []).map((r) => r.y)));
   const x = (t) => m.l + ((t - t0) / (t1 - t0)) * (W - m.l - m.r);
   const y = (v) => H - m.b - (Math.min(v, yMax) / yMax) * (H - m.t - m.b);
@@ -72,9 +86,11 @@ function lineChart(svg, spec) {
     el('line', { x1: m.l, x2: W - m.r, y1: y(v), y2: y(v), class: 'axis' }, svg);
     el('text', { x: m.l - 4, y: y(v) + 4, 'text-anchor': 'end' }, svg).textContent = yFormat(v);
   }
-  for (let i = 0; i <= 4; i++) {
-    const t = t0 + ((t1 - t0) * i) / 4;
-    el('text', { x: x(t), y: H - 6, 'text-anchor': i === 0 ? 'start' : i === 4 ? 'end' : 'middle' }, svg).textContent = clock(t);
+  const ticks = W < 500 ? 2 : 4;
+  for (let i = 0; i <= ticks; i++) {
+    const t = t0 + ((t1 - t0) * i) / ticks;
+    const anchor = i === 0 ? 'start' : i === ticks ? 'end' : 'middle';
+    el('text', { x: x(t), y: H - 6, 'text-anchor': anchor }, svg).textContent = clock(t);
   }
   for (const rule of spec.rules || []) {
     el('line', { x1: m.l, x2: W - m.r, y1: y(rule.y), y2: y(rule.y), stroke: rule.color, 'stroke-dasharray': '2 3' }, svg);
@@ -107,12 +123,9 @@ function lineChart(svg, spec) {
     const dot = el('circle', { cx: x(mk.t), cy: y(mk.y), r: 4, fill: mk.color, 'data-marker': 'alert' }, svg);
     el('title', {}, dot).textContent = mk.label;
   }
-  let lx = m.l;
-  for (const s of spec.series) {
-    el('rect', { x: lx, y: 6, width: 10, height: 4, fill: s.color }, svg);
-    const label = el('text', { x: lx + 14, y: 12, class: 'legend' }, svg);
-    label.textContent = s.name;
-    lx += 22 + s.name.length * 6.2;
+  for (const { s, x: at, y: row } of legend) {
+    el('rect', { x: at, y: row - 6, width: 10, height: 4, fill: s.color }, svg);
+    el('text', { x: at + 14, y: row, class: 'legend' }, svg).textContent = s.name;
   }
 }
 
@@ -152,7 +165,7 @@ function drawSeries(series, metrics) {
   lineChart(chart('rate'), { times, series: rateSeries });
 
   const select = document.getElementById('route');
-  if (!chosenRoute || !routes.includes(chosenRoute)) chosenRoute = routes[0] || null;
+  if (!routePicked || !routes.includes(chosenRoute)) chosenRoute = routes[0] || null;
   const options = [...select.options].map((o) => o.value).join('\n');
   if (options !== routes.join('\n')) {
     select.replaceChildren(...routes.map((r) => new Option(r, r)));
@@ -201,12 +214,14 @@ function drawSeries(series, metrics) {
     t: a.tsMs, color: a.action === 'heal' ? '#dc2626' : '#059669',
     label: `${clock(a.tsMs)} ${a.action}: ${a.reason}`, short: a.action,
   }));
+  // Counts per second: points cover different spans (the live one only seconds).
+  const perSec = (key) => pts.map((p) => (p.secs > 0 ? p[key] / p.secs : null));
   lineChart(chart('actions'), {
     times, events,
     series: [
-      { name: 'served from cache', color: PALETTE[3], values: pts.map((p) => p.cacheHits) },
-      { name: 'refreshed early', color: PALETTE[5], values: pts.map((p) => p.cacheRefreshes) },
-      { name: 'shed (503)', color: '#dc2626', values: pts.map((p) => p.shed) },
+      { name: 'served from cache/s', color: PALETTE[3], values: perSec('cacheHits') },
+      { name: 'refreshed early/s', color: PALETTE[5], values: perSec('cacheRefreshes') },
+      { name: 'shed (503)/s', color: '#dc2626', values: perSec('shed') },
     ],
   });
   const list = document.getElementById('action-list');
@@ -358,7 +373,11 @@ async function poll() {
 }
 
 function start() {
-  document.getElementById('route').addEventListener('change', (e) => { chosenRoute = e.target.value; poll(); });
+  document.getElementById('route').addEventListener('change', (e) => {
+    chosenRoute = e.target.value;
+    routePicked = true;
+    poll();
+  });
   document.getElementById('window').addEventListener('change', () => poll());
   poll();
   setInterval(poll, POLL_MS);

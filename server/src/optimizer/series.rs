@@ -32,6 +32,9 @@ pub struct Point {
     pub live: bool,
     /// Samples merged into this point.
     pub samples: u32,
+    /// Seconds the point's counts cover (the live point covers only the time since the newest
+    /// stored sample), to turn counts into rates.
+    pub secs: f64,
     /// Requests per second, all routes.
     pub request_rate: f32,
     /// Mean prediction confidence (0-1) over routes with predictions.
@@ -215,6 +218,7 @@ fn merge(bucket: &[Interval<'_>], live: bool) -> Option<Point> {
         ts_ms: newest.ts_ms,
         live,
         samples: u32::try_from(bucket.len()).unwrap_or(u32::MAX),
+        secs,
         #[allow(clippy::cast_possible_truncation)]
         request_rate: mean(&|s| f64::from(s.request_rate)) as f32,
         confidence: mean(&|s| s.confidence),
@@ -365,6 +369,7 @@ mod tests {
         let points = downsample(&samples, Some(&before), 20_000, 10);
         assert_eq!(points.len(), 2);
         assert_eq!(points[0].cache_hits, 30);
+        assert!((points[0].secs - 20.0).abs() < 1e-9);
         assert_eq!(points[0].cache_hit_rate, Some(0.75));
         assert_eq!(points[1].cache_hits, 70);
         assert_eq!(points[1].cache_hit_rate, Some(70.0 / 80.0));

@@ -4,6 +4,7 @@
 mod accounts;
 mod analytics;
 mod bad_input;
+mod browser;
 mod cart;
 mod checkout;
 mod dashboard;
