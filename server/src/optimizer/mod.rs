@@ -97,6 +97,11 @@ pub struct Sample {
     pub anomaly_rate: f64,
     /// Auto-healing in force.
     pub healing: bool,
+    /// Highest anomalous share seen at any second since the previous sample: an incident
+    /// shorter than the 10-second sampling interval still shows.
+    pub anomaly_peak: f64,
+    /// Auto-healing was in force at any second since the previous sample.
+    pub healed: bool,
     /// Cache hits / (hits + misses + refreshes) since the previous sample.
     pub cache_hit_rate: f64,
     /// Cache counters since start, so rates over any span can be derived from two samples.
@@ -164,11 +169,21 @@ pub struct Optimizer {
     pub alerts: Mutex<VecDeque<Alert>>,
     /// Metrics history (bounded by `metrics.retention_hours`).
     pub history: Mutex<VecDeque<Sample>>,
+    /// The anomalous share's peak and whether healing acted, since the last stored sample.
+    /// A std mutex: written once a second by the sampler, read by dashboard polls.
+    since_sample: Mutex<Peak>,
     started: Instant,
 }
 
 const MAX_ALERTS: usize = 200;
 const MAX_ACTIONS: usize = 500;
+
+/// What happened between two history samples that a single reading would miss.
+#[derive(Debug, Clone, Copy, Default)]
+struct Peak {
+    anomaly_rate: f64,
+    healing: bool,
+}
 
 /// Appends to a bounded in-memory log, dropping the oldest entries beyond `max`.
 fn push_bounded<T>(log: &Mutex<VecDeque<T>>, item: T, max: usize) {
@@ -235,6 +250,7 @@ impl Optimizer {
             actions: Mutex::new(VecDeque::new()),
             alerts: Mutex::new(VecDeque::new()),
             history: Mutex::new(VecDeque::new()),
+            since_sample: Mutex::new(Peak::default()),
             stats,
             settings,
             started: Instant::now(),
@@ -292,8 +308,18 @@ impl Optimizer {
                 Decision::Hold => {}
             }
         }
+        let peak = {
+            let mut peak = self.peak();
+            peak.anomaly_rate = peak.anomaly_rate.max(self.healer.recent_rate());
+            peak.healing |= self.healer.is_active();
+            let seen = *peak;
+            if take_sample {
+                *peak = Peak::default();
+            }
+            seen
+        };
         if take_sample {
-            let sample = self.live_sample();
+            let sample = self.sample(self.newest_cache_totals(), peak);
             push_bounded(&self.history, sample, self.settings.history_len.max(1));
         }
     }
@@ -302,17 +328,26 @@ impl Optimizer {
     /// since the last stored sample. The dashboard appends it to the stored history so its
     /// charts move between the 10-second samples.
     pub fn live_sample(&self) -> Sample {
-        let since = self
-            .history
+        let peak = *self.peak();
+        self.sample(self.newest_cache_totals(), peak)
+    }
+
+    fn peak(&self) -> std::sync::MutexGuard<'_, Peak> {
+        self.since_sample
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn newest_cache_totals(&self) -> CacheTotals {
+        self.history
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .back()
             .map(|s| s.cache_totals)
-            .unwrap_or_default();
-        self.sample(since)
+            .unwrap_or_default()
     }
 
-    fn sample(&self, since: CacheTotals) -> Sample {
+    fn sample(&self, since: CacheTotals, peak: Peak) -> Sample {
         use std::sync::atomic::Ordering::Relaxed;
         let now = Instant::now();
         let mut weighted = 0.0;
@@ -368,6 +403,8 @@ impl Optimizer {
             },
             anomaly_rate: self.healer.recent_rate(),
             healing: self.healer.is_active(),
+            anomaly_peak: peak.anomaly_rate.max(self.healer.recent_rate()),
+            healed: peak.healing || self.healer.is_active(),
             cache_hit_rate,
             cache_totals: totals,
             routes,

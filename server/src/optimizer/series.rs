@@ -41,9 +41,9 @@ pub struct Point {
     pub confidence: f64,
     /// Cache hits / lookups in the bucket; `None` when there were no lookups.
     pub cache_hit_rate: Option<f64>,
-    /// Highest anomalous share of requests in the bucket.
+    /// Highest anomalous share of requests at any second of the bucket.
     pub anomaly_rate: f64,
-    /// Auto-healing was in force at some sample of the bucket.
+    /// Auto-healing was in force at some second of the bucket.
     pub healing: bool,
     /// Adaptive concurrency limit at the newest sample.
     pub limit: u32,
@@ -229,9 +229,9 @@ fn merge(bucket: &[Interval<'_>], live: bool) -> Option<Point> {
         },
         anomaly_rate: bucket
             .iter()
-            .map(|i| i.sample.anomaly_rate)
+            .map(|i| i.sample.anomaly_peak)
             .fold(0.0, f64::max),
-        healing: bucket.iter().any(|i| i.sample.healing),
+        healing: bucket.iter().any(|i| i.sample.healed),
         limit: newest.limit,
         in_flight: mean(&|s| f64::from(s.in_flight)),
         cache_hits: hits,
@@ -313,8 +313,10 @@ mod tests {
                 priority(Priority::Low, low_shed),
             ],
             confidence: 0.9,
-            anomaly_rate: anomaly,
+            anomaly_rate: anomaly / 2.0,
             healing: false,
+            anomaly_peak: anomaly,
+            healed: false,
             cache_hit_rate: 0.0,
             cache_totals: CacheTotals {
                 hits,

@@ -369,8 +369,17 @@ async fn browse(app: Arc<TestApp>, browser: &Client) {
         missing.is_empty(),
         "after 90 s the dashboard still lacks: {missing:#?}\npage state: {state:#}"
     );
-    let errors: Vec<_> = console(browser)
+    // A probe proves the console is really being read, so "no errors" means something.
+    browser
+        .execute("console.warn('console-probe')", vec![])
         .await
+        .expect("probe");
+    let entries = console(browser).await;
+    assert!(
+        entries.iter().any(|(_, m)| m.contains("console-probe")),
+        "the browser console cannot be read: {entries:#?}"
+    );
+    let errors: Vec<_> = entries
         .into_iter()
         .filter(|(level, _)| level == "SEVERE")
         .collect();
