@@ -101,7 +101,8 @@ pub struct MlMetrics {
     pub request_log: serde_json::Value,
 }
 
-/// Model health, accuracy, cache, admission, anomalies, actions and history.
+/// Model health, accuracy, cache, admission, anomalies, actions and history (admin token, or
+/// the dashboard's session cookie: the dashboard polls it).
 #[utoipa::path(get, path = "/api/ml-metrics", tag = "optimizer", security(("admin" = [])),
     responses((status = 200, body = MlMetrics), (status = 401, body = ErrorBody)))]
 pub async fn ml_metrics(State(state): State<AppState>, _admin: AdminView) -> Json<MlMetrics> {
