@@ -394,4 +394,46 @@ mod tests {
         assert_eq!(h1, token_hash(&t1));
         assert!(t1.len() > 40);
     }
+
+    fn with_cookie(session: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = format!("theme=dark; {DASHBOARD_COOKIE}={session}; other=1");
+        headers.insert(
+            axum::http::header::COOKIE,
+            value.parse().expect("header value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn dashboard_sessions_stay_bounded_and_the_oldest_is_dropped_first() {
+        let config = crate::config::AuthConfig {
+            admin_token: Some("an-admin-token-0123456789".into()),
+            ..Default::default()
+        };
+        let auth = Auth::new(&config).expect("auth");
+        assert!(
+            auth.open_dashboard_session("wrong-token-0123456789")
+                .is_err()
+        );
+        let first = auth
+            .open_dashboard_session("an-admin-token-0123456789")
+            .expect("session");
+        assert!(auth.has_dashboard_session(&with_cookie(&first)));
+        assert!(!auth.has_dashboard_session(&with_cookie("shop_not-a-session")));
+        let mut last = String::new();
+        for _ in 0..MAX_DASHBOARD_SESSIONS {
+            last = auth
+                .open_dashboard_session("an-admin-token-0123456789")
+                .expect("session");
+        }
+        assert_eq!(auth.sessions().len(), MAX_DASHBOARD_SESSIONS);
+        assert!(
+            !auth.has_dashboard_session(&with_cookie(&first)),
+            "the oldest session made room"
+        );
+        assert!(auth.has_dashboard_session(&with_cookie(&last)));
+        auth.close_dashboard_session(&with_cookie(&last));
+        assert!(!auth.has_dashboard_session(&with_cookie(&last)));
+    }
 }
