@@ -37,8 +37,9 @@ pub struct Point {
     pub secs: f64,
     /// Requests per second, all routes.
     pub request_rate: f32,
-    /// Mean prediction confidence (0-1) over routes with predictions.
-    pub confidence: f64,
+    /// Mean prediction confidence (0-1) over the samples in which some route had predictions;
+    /// `None` when none had (no prediction is not zero confidence).
+    pub confidence: Option<f64>,
     /// Cache hits / lookups in the bucket; `None` when there were no lookups.
     pub cache_hit_rate: Option<f64>,
     /// Highest anomalous share of requests at any second of the bucket.
@@ -221,7 +222,14 @@ fn merge(bucket: &[Interval<'_>], live: bool) -> Option<Point> {
         secs,
         #[allow(clippy::cast_possible_truncation)]
         request_rate: mean(&|s| f64::from(s.request_rate)) as f32,
-        confidence: mean(&|s| s.confidence),
+        confidence: {
+            let predicted: Vec<f64> = bucket
+                .iter()
+                .filter(|i| i.sample.routes.iter().any(|r| r.predicted_p50_ms > 0.0))
+                .map(|i| i.sample.confidence)
+                .collect();
+            (!predicted.is_empty()).then(|| predicted.iter().sum::<f64>() / predicted.len() as f64)
+        },
         cache_hit_rate: if lookups == 0 {
             None
         } else {
@@ -395,6 +403,11 @@ mod tests {
         assert!((route.p95_ms - 5.0).abs() < 1e-6);
         assert_eq!(route.predicted_p50_ms, Some(2.5));
         assert_eq!(points[0].cache_hit_rate, None, "no lookups, no hit rate");
+        assert_eq!(points[0].confidence, Some(0.9));
+        let mut idle = sample(20_000, 0, 0, 0, 0.0);
+        idle.routes.clear();
+        let points = downsample(&[idle], None, 10_000, 10);
+        assert_eq!(points[0].confidence, None, "no prediction, no confidence");
     }
 
     #[test]
