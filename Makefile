@@ -21,13 +21,13 @@ DB_URL := $${DATABASE_URL:-$$($(PG) url)}
 SERVER := $${CARGO_TARGET_DIR:-target}/release/server
 ADMIN_TOKEN_FILE := .local/admin-token
 
-.PHONY: help setup db run test fmt lint pg-start pg-stop pg-url clean-db seed-large bench ort
+.PHONY: help setup db run test test-dashboard fmt lint pg-start pg-stop pg-url clean-db seed-large bench ort
 
 help: ## List targets
 	@echo "Targets:"
 	grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
 
-setup: ## Install missing system packages (PostgreSQL 15, hypopg); check cargo
+setup: ## Install missing system packages (PostgreSQL 15, hypopg, Chromium + chromedriver); check cargo
 	@scripts/setup.sh
 
 db: ## Start the local PostgreSQL cluster (skipped when DATABASE_URL is set)
@@ -44,13 +44,16 @@ run: db ## Build and run the server: migrate, seed, serve on PORT (default 3000)
 			(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $(ADMIN_TOKEN_FILE))
 		fi
 		ADMIN_TOKEN="$$(< $(ADMIN_TOKEN_FILE))"
-		echo "admin token: $$PWD/$(ADMIN_TOKEN_FILE)"
+		token_hint="the token in $$PWD/$(ADMIN_TOKEN_FILE)"
+	else
+		token_hint="the ADMIN_TOKEN you set"
 	fi
 	DATABASE_URL="$(DB_URL)"
 	export DATABASE_URL ADMIN_TOKEN PORT="$${PORT:-3000}"
 	cargo build --release -p server
 	"$(SERVER)" migrate
 	"$(SERVER)" seed
+	echo "dashboard: http://localhost:$$PORT/dashboard (sign in with $$token_hint)"
 	exec "$(SERVER)" serve
 
 test: db ## Run all tests against the database (local cluster or DATABASE_URL)
@@ -59,6 +62,10 @@ test: db ## Run all tests against the database (local cluster or DATABASE_URL)
 	ORT_DYLIB_PATH="$$(scripts/ort.sh)"
 	export ORT_DYLIB_PATH
 	DATABASE_URL="$$url" cargo test --workspace $(TEST_ARGS)
+
+test-dashboard: db ## The dashboard tests only, with the browser test in headless Chromium (screenshot: target/dashboard.png)
+	@url="$(DB_URL)"
+	DATABASE_URL="$$url" cargo test -p server --test api -- dashboard browser $(TEST_ARGS)
 
 fmt: ## Format all Rust code
 	@cargo fmt --all

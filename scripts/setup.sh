@@ -24,7 +24,7 @@ as_root() {
 apt_updated=0
 apt_install() {
     command -v apt-get >/dev/null 2>&1 \
-        || die "apt-get not found; install by hand: $* (expected $PG_BIN/initdb and $HYPOPG_CONTROL)"
+        || die "apt-get not found; install these packages by hand: $*"
     log "installing: $*"
     # Refresh the package lists once per run: fresh images often ship without them.
     if [[ $apt_updated -eq 0 ]]; then
@@ -44,6 +44,17 @@ fi
 
 [[ -x $PG_BIN/initdb ]] || die "PostgreSQL 15 is still missing after install ($PG_BIN/initdb)"
 [[ -f $HYPOPG_CONTROL ]] || die "hypopg is still missing after install ($HYPOPG_CONTROL)"
+
+# Headless Chromium and its WebDriver for the dashboard's browser test (Debian packages; the
+# test never downloads a browser).
+chrome_missing=()
+command -v chromium >/dev/null 2>&1 || chrome_missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || chrome_missing+=(chromium-driver)
+if [[ ${#chrome_missing[@]} -gt 0 ]]; then
+    apt_install "${chrome_missing[@]}"
+fi
+command -v chromium >/dev/null 2>&1 || die "chromium is still missing after install"
+command -v chromedriver >/dev/null 2>&1 || die "chromedriver is still missing after install (package chromium-driver)"
 
 # The Rust toolchain cannot be downloaded on this machine, so only check for it.
 if ! command -v cargo >/dev/null 2>&1; then

@@ -1,7 +1,15 @@
-//! Accounts: password hashing, bearer tokens, login rate limits, and the two auth extractors.
+//! Accounts: password hashing, bearer tokens, login rate limits, dashboard sessions, and the
+//! auth extractors.
 //!
-//! Auth is an extractor, not a middleware: a handler that takes [`AuthUser`] or [`Admin`] cannot
-//! run without the right credentials, and routes that need neither pay nothing.
+//! Auth is an extractor, not a middleware: a handler that takes [`AuthUser`], [`Admin`] or
+//! [`AdminView`] cannot run without the right credentials, and routes that need none pay nothing.
+//!
+//! Dashboard sessions exist because a browser navigating to `/dashboard` cannot send an
+//! `Authorization` header: the operator enters the admin token once in a form, and the browser
+//! gets a random session id in an `HttpOnly`, `SameSite=Strict` cookie without `Max-Age`, so it
+//! lives as long as the browser session (and at most [`DASHBOARD_SESSION_TTL`]). Only read-only
+//! GET endpoints accept that cookie ([`AdminView`]); everything that changes state still needs
+//! the bearer token, so a cookie riding along on an unintended request can change nothing.
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -16,9 +24,11 @@ use base64::Engine;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
@@ -34,9 +44,20 @@ pub struct Auth {
     dummy_hash: String,
     per_email: DefaultKeyedRateLimiter<String>,
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    /// Open dashboard sessions: SHA-256 of the cookie value to its expiry. A std mutex: held
+    /// for one map operation, never across an `.await`; at most [`MAX_DASHBOARD_SESSIONS`].
+    dashboard_sessions: Mutex<HashMap<Vec<u8>, Instant>>,
     /// Lifetime of new tokens.
     pub token_ttl_hours: u32,
 }
+
+/// Name of the dashboard session cookie.
+pub const DASHBOARD_COOKIE: &str = "shop_dashboard";
+/// Longest life of a dashboard session, even if the browser stays open.
+pub const DASHBOARD_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Open dashboard sessions kept at most; the oldest is dropped beyond that, so repeated logins
+/// cannot grow memory.
+pub const MAX_DASHBOARD_SESSIONS: usize = 64;
 
 /// argon2id with the OWASP password storage parameters (m = 19 MiB, t = 2, p = 1).
 fn argon2() -> Argon2<'static> {
@@ -63,6 +84,7 @@ impl Auth {
             dummy_hash,
             per_email: RateLimiter::keyed(quota(config.login_attempts_per_minute)),
             per_ip: RateLimiter::keyed(quota(config.login_attempts_per_ip_per_minute)),
+            dashboard_sessions: Mutex::new(HashMap::new()),
             token_ttl_hours: config.token_ttl_hours,
         })
     }
@@ -173,6 +195,69 @@ impl Auth {
     pub fn has_admin_token(&self, headers: &HeaderMap) -> bool {
         bearer(headers).is_ok_and(|token| self.is_admin_token(token).is_ok())
     }
+
+    /// Exchanges the admin token for a new dashboard session id (the cookie value).
+    ///
+    /// # Errors
+    /// 401 when the token is wrong or admin access is disabled.
+    pub fn open_dashboard_session(&self, presented: &str) -> Result<String, ApiError> {
+        self.is_admin_token(presented.trim())?;
+        let (session, hash) = new_token();
+        let now = Instant::now();
+        let mut sessions = self.sessions();
+        sessions.retain(|_, expires| *expires > now);
+        while sessions.len() >= MAX_DASHBOARD_SESSIONS {
+            let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, expires)| **expires)
+                .map(|(key, _)| key.clone())
+            else {
+                break;
+            };
+            sessions.remove(&oldest);
+        }
+        sessions.insert(hash, now + DASHBOARD_SESSION_TTL);
+        Ok(session)
+    }
+
+    /// Ends the dashboard session named by the request's cookie, if any.
+    pub fn close_dashboard_session(&self, headers: &HeaderMap) {
+        if let Some(session) = cookie(headers, DASHBOARD_COOKIE) {
+            self.sessions().remove(&token_hash(session));
+        }
+    }
+
+    /// Whether the request carries the cookie of an open dashboard session.
+    pub fn has_dashboard_session(&self, headers: &HeaderMap) -> bool {
+        // Sessions can only exist while admin access is enabled, but say so explicitly.
+        if self.admin_token.is_none() {
+            return false;
+        }
+        let Some(session) = cookie(headers, DASHBOARD_COOKIE) else {
+            return false;
+        };
+        self.sessions()
+            .get(&token_hash(session))
+            .is_some_and(|expires| *expires > Instant::now())
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Instant>> {
+        self.dashboard_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The value of the cookie `name`, from any `Cookie` header of the request.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, value)| *key == name && !value.is_empty() && value.len() <= 512)
+        .map(|(_, value)| value)
 }
 
 fn hash_blocking(password: &str) -> anyhow::Result<String> {
@@ -260,6 +345,29 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
+/// Proof that the request may read admin data: the admin token as a bearer, or, on GET and
+/// HEAD only, the cookie of an open dashboard session. For read-only endpoints the dashboard
+/// polls; anything that changes state takes [`Admin`].
+#[derive(Debug, Clone, Copy)]
+pub struct AdminView;
+
+impl FromRequestParts<AppState> for AdminView {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let reads =
+            parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
+        if parts.headers.contains_key(AUTHORIZATION) || !reads {
+            state.auth.is_admin_token(bearer(&parts.headers)?)?;
+        } else if !state.auth.has_dashboard_session(&parts.headers) {
+            return Err(ApiError::Unauthorized(
+                "admin token required (Authorization: Bearer <token>, or sign in at /dashboard)",
+            ));
+        }
+        Ok(Self)
+    }
+}
+
 /// The shared handle handlers see.
 pub type SharedAuth = Arc<Auth>;
 
@@ -285,5 +393,47 @@ mod tests {
         assert_ne!(t1, t2);
         assert_eq!(h1, token_hash(&t1));
         assert!(t1.len() > 40);
+    }
+
+    fn with_cookie(session: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = format!("theme=dark; {DASHBOARD_COOKIE}={session}; other=1");
+        headers.insert(
+            axum::http::header::COOKIE,
+            value.parse().expect("header value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn dashboard_sessions_stay_bounded_and_the_oldest_is_dropped_first() {
+        let config = crate::config::AuthConfig {
+            admin_token: Some("an-admin-token-0123456789".into()),
+            ..Default::default()
+        };
+        let auth = Auth::new(&config).expect("auth");
+        assert!(
+            auth.open_dashboard_session("wrong-token-0123456789")
+                .is_err()
+        );
+        let first = auth
+            .open_dashboard_session("an-admin-token-0123456789")
+            .expect("session");
+        assert!(auth.has_dashboard_session(&with_cookie(&first)));
+        assert!(!auth.has_dashboard_session(&with_cookie("shop_not-a-session")));
+        let mut last = String::new();
+        for _ in 0..MAX_DASHBOARD_SESSIONS {
+            last = auth
+                .open_dashboard_session("an-admin-token-0123456789")
+                .expect("session");
+        }
+        assert_eq!(auth.sessions().len(), MAX_DASHBOARD_SESSIONS);
+        assert!(
+            !auth.has_dashboard_session(&with_cookie(&first)),
+            "the oldest session made room"
+        );
+        assert!(auth.has_dashboard_session(&with_cookie(&last)));
+        auth.close_dashboard_session(&with_cookie(&last));
+        assert!(!auth.has_dashboard_session(&with_cookie(&last)));
     }
 }

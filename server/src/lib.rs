@@ -7,7 +7,7 @@
 //! - [`seed`]: the seed's five products and a generated catalogue of any size.
 //! - [`auth`]: argon2id passwords, bearer tokens, login rate limits, auth extractors.
 //! - [`routes`]: one module per resource (catalogue, search, accounts, cart, checkout, orders,
-//!   analytics, health, OpenAPI).
+//!   analytics, the optimizer's metrics and dashboard, health, OpenAPI).
 //! - [`optimizer`]: the online optimizer on the request path (statistics, prediction,
 //!   admission, cache, anomaly detection, request log).
 //! - [`error`], [`extract`], [`validate`]: JSON errors and the input checks every route shares.

@@ -9,6 +9,7 @@
 //! - [`telemetry`]: the request log for the trainer and the optimizer's action log.
 //! - [`capture`]: parameters of slow executions, for the index advisor.
 //! - [`advice`]: the index advisor's passes (suggest, and opt-in build, measure, drop).
+//! - [`series`]: the history downsampled into the dashboard's time series.
 //! - [`middleware`]: the one middleware that runs all of the above for every request.
 
 pub mod admission;
@@ -19,6 +20,7 @@ pub mod capture;
 pub mod middleware;
 pub mod predictor;
 pub mod queries;
+pub mod series;
 pub mod stats;
 pub mod telemetry;
 
@@ -99,8 +101,52 @@ pub struct Sample {
     pub anomaly_rate: f64,
     /// Auto-healing in force.
     pub healing: bool,
+    /// Highest anomalous share seen at any second since the previous sample: an incident
+    /// shorter than the 10-second sampling interval still shows.
+    pub anomaly_peak: f64,
+    /// Auto-healing was in force at any second since the previous sample.
+    pub healed: bool,
     /// Cache hits / (hits + misses + refreshes) since the previous sample.
     pub cache_hit_rate: f64,
+    /// Cache counters since start, so rates over any span can be derived from two samples.
+    /// Served by the time series (`/api/ml-metrics/series`), not by `/api/ml-metrics`.
+    #[serde(skip)]
+    pub cache_totals: CacheTotals,
+    /// Rate and latency of each route that had requests in the statistics windows. Served by
+    /// the time series, not by `/api/ml-metrics`, which keeps that answer small.
+    #[serde(skip)]
+    pub routes: Vec<RouteSample>,
+}
+
+/// Cache counters since start, summed over the cached routes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheTotals {
+    /// Answers served from cache.
+    pub hits: u64,
+    /// Hits, misses and refreshes.
+    pub lookups: u64,
+    /// Entries refreshed before they expired.
+    pub refreshes: u64,
+}
+
+/// One route's numbers in a history sample. Kept compact (an index and `f32`s, 28 bytes)
+/// because a day of history holds up to 8,640 samples of up to every route.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteSample {
+    /// Index into [`ROUTES`].
+    pub route: u16,
+    /// Requests per second, recent.
+    pub rate: f32,
+    /// Actual median latency over the statistics windows (ms).
+    pub p50_ms: f32,
+    /// Actual 90th percentile (ms).
+    pub p90_ms: f32,
+    /// Actual 95th percentile (ms).
+    pub p95_ms: f32,
+    /// Mean predicted p50 of the same requests (ms), 0 when none was predicted.
+    pub predicted_p50_ms: f32,
+    /// Mean predicted p90 of the same requests (ms), 0 when none was predicted.
+    pub predicted_p90_ms: f32,
 }
 
 /// Everything the optimizer keeps.
@@ -129,11 +175,21 @@ pub struct Optimizer {
     pub history: Mutex<VecDeque<Sample>>,
     /// The index advisor.
     pub advice: advice::Advice,
+    /// The anomalous share's peak and whether healing acted, since the last stored sample.
+    /// A std mutex: written once a second by the sampler, read by dashboard polls.
+    since_sample: Mutex<Peak>,
     started: Instant,
 }
 
 const MAX_ALERTS: usize = 200;
 const MAX_ACTIONS: usize = 500;
+
+/// What happened between two history samples that a single reading would miss.
+#[derive(Debug, Clone, Copy, Default)]
+struct Peak {
+    anomaly_rate: f64,
+    healing: bool,
+}
 
 /// Appends to a bounded in-memory log, dropping the oldest entries beyond `max`.
 fn push_bounded<T>(log: &Mutex<VecDeque<T>>, item: T, max: usize) {
@@ -201,6 +257,7 @@ impl Optimizer {
             alerts: Mutex::new(VecDeque::new()),
             history: Mutex::new(VecDeque::new()),
             advice: advice::Advice::new(config),
+            since_sample: Mutex::new(Peak::default()),
             stats,
             settings,
             started: Instant::now(),
@@ -231,7 +288,7 @@ impl Optimizer {
 
     /// One second of housekeeping: rates, auto-healing decisions, and every 10 s a history
     /// sample.
-    pub fn tick(&self, elapsed: Duration, take_sample: bool, last_cache: &mut (u64, u64)) {
+    pub fn tick(&self, elapsed: Duration, take_sample: bool) {
         self.stats.sample_rates(elapsed);
         if self.settings.anomaly {
             match self.healer.tick() {
@@ -258,33 +315,86 @@ impl Optimizer {
                 Decision::Hold => {}
             }
         }
+        let peak = {
+            let mut peak = self.peak();
+            peak.anomaly_rate = peak.anomaly_rate.max(self.healer.recent_rate());
+            peak.healing |= self.healer.is_active();
+            let seen = *peak;
+            if take_sample {
+                *peak = Peak::default();
+            }
+            seen
+        };
         if take_sample {
-            let sample = self.sample(last_cache);
+            let sample = self.sample(self.newest_cache_totals(), peak);
             push_bounded(&self.history, sample, self.settings.history_len.max(1));
         }
     }
 
-    fn sample(&self, last_cache: &mut (u64, u64)) -> Sample {
+    /// The optimizer's state now, as a history sample whose cache hit rate covers the time
+    /// since the last stored sample. The dashboard appends it to the stored history so its
+    /// charts move between the 10-second samples.
+    pub fn live_sample(&self) -> Sample {
+        let peak = *self.peak();
+        self.sample(self.newest_cache_totals(), peak)
+    }
+
+    fn peak(&self) -> std::sync::MutexGuard<'_, Peak> {
+        self.since_sample
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn newest_cache_totals(&self) -> CacheTotals {
+        self.history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .back()
+            .map(|s| s.cache_totals)
+            .unwrap_or_default()
+    }
+
+    fn sample(&self, since: CacheTotals, peak: Peak) -> Sample {
         use std::sync::atomic::Ordering::Relaxed;
         let now = Instant::now();
         let mut weighted = 0.0;
         let mut weight = 0.0;
-        for r in &self.stats.routes {
+        let mut routes = Vec::new();
+        for (i, r) in self.stats.routes.iter().enumerate() {
             let snap = r.snapshot(now);
             if snap.predicted > 0 {
                 weighted += snap.coverage * f64::from(snap.predicted);
                 weight += f64::from(snap.predicted);
             }
+            if snap.window_requests > 0 {
+                #[allow(clippy::cast_possible_truncation)]
+                routes.push(RouteSample {
+                    route: u16::try_from(i).unwrap_or(0),
+                    rate: r.rate(),
+                    p50_ms: snap.p50_ms as f32,
+                    p90_ms: snap.p90_ms as f32,
+                    p95_ms: snap.p95_ms as f32,
+                    predicted_p50_ms: snap.predicted_p50_ms as f32,
+                    predicted_p90_ms: snap.predicted_p90_ms as f32,
+                });
+            }
         }
-        let (hits, total) = self.cache.counters.iter().fold((0, 0), |acc, c| {
-            let h = c.hits.load(Relaxed);
-            (
-                acc.0 + h,
-                acc.1 + h + c.misses.load(Relaxed) + c.refreshes.load(Relaxed),
-            )
-        });
-        let (dh, dt) = (hits - last_cache.0, total - last_cache.1);
-        *last_cache = (hits, total);
+        let totals = self
+            .cache
+            .counters
+            .iter()
+            .fold(CacheTotals::default(), |acc, c| {
+                let (hits, refreshes) = (c.hits.load(Relaxed), c.refreshes.load(Relaxed));
+                CacheTotals {
+                    hits: acc.hits + hits,
+                    lookups: acc.lookups + hits + c.misses.load(Relaxed) + refreshes,
+                    refreshes: acc.refreshes + refreshes,
+                }
+            });
+        let (dh, dt) = (
+            totals.hits.saturating_sub(since.hits),
+            totals.lookups.saturating_sub(since.lookups),
+        );
         #[allow(clippy::cast_precision_loss)]
         let cache_hit_rate = if dt == 0 { 0.0 } else { dh as f64 / dt as f64 };
         Sample {
@@ -300,7 +410,11 @@ impl Optimizer {
             },
             anomaly_rate: self.healer.recent_rate(),
             healing: self.healer.is_active(),
+            anomaly_peak: peak.anomaly_rate.max(self.healer.recent_rate()),
+            healed: peak.healing || self.healer.is_active(),
             cache_hit_rate,
+            cache_totals: totals,
+            routes,
         }
     }
 
@@ -312,11 +426,10 @@ impl Optimizer {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last = Instant::now();
             let mut n: u64 = 0;
-            let mut last_cache = (0, 0);
             loop {
                 tick.tick().await;
                 let now = Instant::now();
-                optimizer.tick(now - last, n % 10 == 9, &mut last_cache);
+                optimizer.tick(now - last, n % 10 == 9);
                 last = now;
                 n += 1;
             }

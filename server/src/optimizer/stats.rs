@@ -51,6 +51,10 @@ struct Window {
     covered: u32,
     /// Sum of |ln(actual) - ln(predicted p50)| over predicted requests.
     abs_log_error: f64,
+    /// Sums of the predicted p50 and p90 (ms) over predicted requests, so the dashboard can
+    /// set what was predicted beside what happened.
+    predicted_p50_sum: f64,
+    predicted_p90_sum: f64,
     errors: u32,
 }
 
@@ -62,6 +66,8 @@ impl Default for Window {
             predicted: 0,
             covered: 0,
             abs_log_error: 0.0,
+            predicted_p50_sum: 0.0,
+            predicted_p90_sum: 0.0,
             errors: 0,
         }
     }
@@ -135,6 +141,8 @@ pub struct RouteSnapshot {
     pub p50_ms: f64,
     /// 90th percentile latency (ms), 0 when unknown.
     pub p90_ms: f64,
+    /// 95th percentile latency (ms), 0 when unknown.
+    pub p95_ms: f64,
     /// 99th percentile latency (ms), 0 when unknown.
     pub p99_ms: f64,
     /// EWMA of ln(latency ms).
@@ -143,12 +151,18 @@ pub struct RouteSnapshot {
     pub ewma_log_sd: f64,
     /// Samples ever seen.
     pub samples: u64,
+    /// Requests in the windows.
+    pub window_requests: u32,
     /// Requests in the windows that had a prediction.
     pub predicted: u32,
     /// Share of those at or under their predicted p90 (the calibration).
     pub coverage: f64,
     /// Mean |ln actual - ln predicted p50| in the windows.
     pub mae_log: f64,
+    /// Mean predicted p50 (ms) of the requests in the windows, 0 when none was predicted.
+    pub predicted_p50_ms: f64,
+    /// Mean predicted p90 (ms) of the requests in the windows, 0 when none was predicted.
+    pub predicted_p90_ms: f64,
     /// Server errors in the windows.
     pub errors: u32,
 }
@@ -218,6 +232,8 @@ impl RouteStats {
                 w.covered += 1;
             }
             w.abs_log_error += (log - p50.ln()).abs();
+            w.predicted_p50_sum += p50;
+            w.predicted_p90_sum += p90;
         }
         if s.samples == 0 {
             s.ewma_mean = log;
@@ -275,13 +291,22 @@ impl RouteState {
         };
         let predicted = s.current.predicted + s.previous.predicted;
         let covered = s.current.covered + s.previous.covered;
+        let mean = |sum: f64| {
+            if predicted == 0 {
+                0.0
+            } else {
+                sum / f64::from(predicted)
+            }
+        };
         RouteSnapshot {
             p50_ms: s.quantile(0.5).unwrap_or_else(|| from_ewma(0.0)),
             p90_ms: s.quantile(0.9).unwrap_or_else(|| from_ewma(1.2816)),
+            p95_ms: s.quantile(0.95).unwrap_or_else(|| from_ewma(1.6449)),
             p99_ms: s.quantile(0.99).unwrap_or_else(|| from_ewma(2.3263)),
             ewma_log_mean: s.ewma_mean,
             ewma_log_sd: sd,
             samples: s.samples,
+            window_requests: s.current.total + s.previous.total,
             predicted,
             coverage: if predicted == 0 {
                 0.0
@@ -293,6 +318,8 @@ impl RouteState {
             } else {
                 (s.current.abs_log_error + s.previous.abs_log_error) / f64::from(predicted)
             },
+            predicted_p50_ms: mean(s.current.predicted_p50_sum + s.previous.predicted_p50_sum),
+            predicted_p90_ms: mean(s.current.predicted_p90_sum + s.previous.predicted_p90_sum),
             errors: s.current.errors + s.previous.errors,
         }
     }
@@ -365,6 +392,21 @@ mod tests {
         let snap = stats.snapshot(now);
         assert!((snap.p50_ms - 5.0).abs() < 0.7, "p50 {}", snap.p50_ms);
         assert!((snap.p90_ms - 9.0).abs() < 1.2, "p90 {}", snap.p90_ms);
+        assert!((snap.p95_ms - 9.5).abs() < 1.2, "p95 {}", snap.p95_ms);
+    }
+
+    #[test]
+    fn snapshot_reports_the_mean_prediction_beside_the_actual_quantiles() {
+        let stats = RouteStats::new(Instant::now());
+        let now = Instant::now();
+        for i in 0..40 {
+            let predicted = if i % 2 == 0 { (4.0, 8.0) } else { (6.0, 12.0) };
+            stats.record(5.0, Some(predicted), false, now);
+        }
+        stats.record(5.0, None, false, now);
+        let snap = stats.snapshot(now);
+        assert!((snap.predicted_p50_ms - 5.0).abs() < 1e-9);
+        assert!((snap.predicted_p90_ms - 10.0).abs() < 1e-9);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! [`super::advice`].
 
 use crate::app::AppState;
-use crate::auth::Admin;
+use crate::auth::{Admin, AdminView};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
 use crate::optimizer::admission::PriorityStats;
@@ -107,10 +107,11 @@ pub struct MlMetrics {
     pub index_advice: AdviceView,
 }
 
-/// Model health, accuracy, cache, admission, anomalies, actions and history.
+/// Model health, accuracy, cache, admission, anomalies, actions and history (admin token, or
+/// the dashboard's session cookie: the dashboard polls it).
 #[utoipa::path(get, path = "/api/ml-metrics", tag = "optimizer", security(("admin" = [])),
     responses((status = 200, body = MlMetrics), (status = 401, body = ErrorBody)))]
-pub async fn ml_metrics(State(state): State<AppState>, _admin: Admin) -> Json<MlMetrics> {
+pub async fn ml_metrics(State(state): State<AppState>, _admin: AdminView) -> Json<MlMetrics> {
     let opt = &state.optimizer;
     let s = &opt.settings;
     let cache = Kind::ALL

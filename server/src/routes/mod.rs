@@ -5,6 +5,7 @@ pub mod advice;
 pub mod analytics;
 pub mod cart;
 pub mod checkout;
+pub mod dashboard;
 pub mod health;
 pub mod ml;
 pub mod openapi;
@@ -28,5 +29,6 @@ pub fn router() -> Router<AppState> {
         .merge(health::router())
         .merge(ml::router())
         .merge(advice::router())
+        .merge(dashboard::router())
         .merge(openapi::router())
 }
