@@ -67,6 +67,16 @@ pub enum Command {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+        /// Also advise indexes for the slow statements, against this database (the one the
+        /// logs came from): EXPLAIN with generic plans, verified with HypoPG when installed.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// A statement is slow when its p95 exceeds this (ms)...
+        #[arg(long, default_value_t = 100.0)]
+        slow_ms: f64,
+        /// ...over at least this many calls.
+        #[arg(long, default_value_t = 20)]
+        min_calls: u64,
     },
     /// Write `rows` records drawn from real logs, with times stretched to follow on, to measure
     /// training at scale.
@@ -106,9 +116,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let outcome = train::train(&opts)?;
             print!("{}", summary(&outcome));
         }
-        Command::Report { logs, json } => {
+        Command::Report {
+            logs,
+            json,
+            database_url,
+            slow_ms,
+            min_calls,
+        } => {
             let logs = logs::load(&logs)?;
-            let report = report::build(&logs)?;
+            let mut report = report::build(&logs)?;
+            if let Some(url) = database_url {
+                let options = advisor::Options {
+                    slow_p95_ms: slow_ms,
+                    min_calls,
+                    ..advisor::Options::default()
+                };
+                report.index_advice = Some(report::advise(&report, &url, &options)?);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

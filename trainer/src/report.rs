@@ -58,6 +58,50 @@ pub struct Report {
     pub routes: Vec<RouteLine>,
     /// Statements, highest p95 first.
     pub queries: Vec<QueryLine>,
+    /// Index advice for the slow statements, when a database was given.
+    pub index_advice: Option<advisor::Report>,
+}
+
+/// Runs the index advisor on the report's slow statements against the database at `url`.
+/// Offline logs carry no parameter values, so the plans are generic ones (`genericPlan`).
+///
+/// # Errors
+/// The database cannot be reached.
+pub fn advise(
+    report: &Report,
+    url: &str,
+    options: &advisor::Options,
+) -> anyhow::Result<advisor::Report> {
+    use anyhow::Context as _;
+    let slow: Vec<advisor::SlowQuery> = report
+        .queries
+        .iter()
+        .filter(|q| options.is_slow(q.p95_ms, q.calls))
+        .filter_map(|q| {
+            Some(advisor::SlowQuery {
+                fingerprint: q.fingerprint.clone(),
+                statement: q.statement.clone()?,
+                calls: q.calls,
+                total_ms: q.total_ms,
+                p95_ms: q.p95_ms,
+                param_sets: Vec::new(),
+            })
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .context("connecting to the database for index advice")?;
+        let connection = tokio::spawn(connection);
+        let advice = advisor::advise(&client, &slow, options).await;
+        drop(client);
+        let _ = connection.await;
+        Ok(advice)
+    })
 }
 
 fn f64s(df: &DataFrame, name: &str) -> PolarsResult<Vec<f64>> {
@@ -196,6 +240,7 @@ pub fn build(logs: &Logs) -> PolarsResult<Report> {
         window_ms: [ts.min().unwrap_or(0), ts.max().unwrap_or(0)],
         routes: route_lines,
         queries: query_lines,
+        index_advice: None,
     })
 }
 
@@ -247,6 +292,32 @@ pub fn render(report: &Report) -> String {
             "{:<16} {:>8} {:>11.1} {:>9.3} {:>9.3} {:>9.1}  {text}",
             q.fingerprint, q.calls, q.total_ms, q.mean_ms, q.p95_ms, q.mean_rows
         );
+    }
+    if let Some(advice) = &report.index_advice {
+        let _ = writeln!(
+            out,
+            "\nindex advice (generic plans: offline logs carry no parameter values)"
+        );
+        if let Some(note) = &advice.hypopg_note {
+            let _ = writeln!(out, "  HypoPG unavailable, suggestions unverified: {note}");
+        }
+        if advice.suggestions.is_empty() {
+            let _ = writeln!(out, "  no suggestion");
+        }
+        for s in &advice.suggestions {
+            let reduction = s.cost_reduction.map_or_else(
+                || "unverified".to_owned(),
+                |r| format!("planner cost -{:.1}%", 100.0 * r),
+            );
+            let _ = writeln!(
+                out,
+                "  {} ({reduction}, statement {})",
+                s.create_sql, s.fingerprint
+            );
+        }
+        for s in &advice.skipped {
+            let _ = writeln!(out, "  skipped {}: {}", s.fingerprint, s.reason);
+        }
     }
     out
 }
