@@ -296,3 +296,46 @@ async fn replacing_the_files_hot_swaps_without_a_failed_request() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn live_drift_retires_the_model_until_a_good_one_is_loaded() {
+    use server::optimizer::model::{Models, Stale};
+    use server::optimizer::predictor::{Prediction, Source};
+    require_runtime();
+    let dir = std::env::temp_dir().join(format!("shop-models-{}", uuid::Uuid::new_v4().simple()));
+    install(&repo().join("models"), &dir);
+    let config = server::config::ModelsConfig {
+        dir: dir.clone(),
+        max_age_hours: 0.0,
+        drift_factor: 2.0,
+        ..server::config::ModelsConfig::default()
+    };
+    let models = Models::new(&config);
+    models.poll();
+    assert_eq!(models.stale(), None);
+    // The model keeps predicting 1 ms for requests that take a second.
+    let prediction = Prediction {
+        p50_ms: 1.0,
+        p90_ms: 2.0,
+        confidence: 0.9,
+        source: Source::Onnx,
+        stale: None,
+    };
+    for _ in 0..600 {
+        models.observe(1, &prediction, 1000.0);
+    }
+    assert_eq!(models.stale(), Some(Stale::Drift));
+    let events = models.take_events();
+    assert!(
+        events
+            .iter()
+            .any(|(a, r)| *a == "model-stale" && r.starts_with("drift")),
+        "{events:?}"
+    );
+    // A new manifest (here the same models, rewritten) is checked and loaded: serving again.
+    let text = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest");
+    std::fs::write(dir.join("manifest.json"), format!("{text}\n")).expect("rewrite");
+    models.poll();
+    assert_eq!(models.stale(), None);
+    let _ = std::fs::remove_dir_all(dir);
+}
