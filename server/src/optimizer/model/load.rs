@@ -179,13 +179,15 @@ fn probe(manifest: &Manifest, latency: &Pool, anomaly: &Pool) -> Result<(), Load
         let worst = (log_latency[0] - p.log_latency[0])
             .abs()
             .max((log_latency[1] - p.log_latency[1]).abs());
-        if !(worst <= PROBE_TOLERANCE) {
+        // NaN must fail too (`f32::max` would skip it), hence the explicit finiteness check.
+        if !log_latency.iter().all(|v| v.is_finite()) || worst.is_nan() || worst > PROBE_TOLERANCE {
             return Err(LoadError::Probe(format!(
                 "probe {i}: latency model answered {log_latency:?}, the manifest expects {:?}",
                 p.log_latency
             )));
         }
-        if !((score[0] - p.anomaly_score).abs() <= PROBE_TOLERANCE) {
+        let off = (score[0] - p.anomaly_score).abs();
+        if off.is_nan() || off > PROBE_TOLERANCE {
             return Err(LoadError::Probe(format!(
                 "probe {i}: anomaly model answered {}, the manifest expects {}",
                 score[0], p.anomaly_score
@@ -250,7 +252,7 @@ pub fn load(
     }
     #[allow(clippy::cast_possible_truncation)]
     let threshold = manifest.anomaly_threshold as f32;
-    if !(threshold > 0.0 && threshold < 1.0) {
+    if threshold.is_nan() || threshold <= 0.0 || threshold >= 1.0 {
         return Err(LoadError::Manifest {
             path: dir.join(MANIFEST_FILE),
             message: format!("anomaly_threshold {threshold} is not between 0 and 1"),
