@@ -112,7 +112,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Input limits.
     pub limits: LimitsConfig,
-    /// Minutes between background retraining runs (0 = never; used once models exist).
+    /// Minutes between background retraining runs on the request logs (0 = never); a new model
+    /// is adopted only when it beats the serving one on the most recent requests.
     pub training_interval: u64,
     /// Confidence (0-1) a prediction needs before the optimizer acts on it (refresh-ahead,
     /// predicted-cost shedding); below it the optimizer falls back to conservative defaults.
