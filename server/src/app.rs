@@ -84,6 +84,10 @@ impl Application {
         let maintenance = tokio::spawn(maintenance(self.state.clone()));
         let sampler = self.state.optimizer.spawn_sampler();
         let advisor = self.state.optimizer.spawn_advisor();
+        let models = self.state.optimizer.spawn_models(
+            self.state.config.training_interval,
+            self.state.config.telemetry.log_dir.clone(),
+        );
         let listener = self
             .state
             .optimizer
@@ -99,6 +103,9 @@ impl Application {
         sampler.abort();
         if let Some(advisor) = advisor {
             advisor.abort();
+        }
+        if let Some(models) = models {
+            models.abort();
         }
         listener.abort();
         result.context("serving HTTP")

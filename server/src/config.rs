@@ -89,6 +89,15 @@ pub struct Overrides {
     /// Build verified index suggestions automatically (`true`/`false`).
     #[arg(long, env = "AUTO_INDEX", global = true)]
     pub auto_index: Option<bool>,
+    /// Folder with the trained models and their manifest.
+    #[arg(long, env = "MODELS_DIR", global = true)]
+    pub models_dir: Option<PathBuf>,
+    /// A model older than this many hours is stale (0: no limit).
+    #[arg(long, env = "MODEL_MAX_AGE_HOURS", global = true)]
+    pub model_max_age_hours: Option<f64>,
+    /// Minutes between background retraining runs (0: never).
+    #[arg(long, env = "TRAINING_INTERVAL", global = true)]
+    pub training_interval: Option<u64>,
 }
 
 /// The whole configuration, as the TOML file spells it.
@@ -103,7 +112,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Input limits.
     pub limits: LimitsConfig,
-    /// Minutes between background retraining runs (0 = never; used once models exist).
+    /// Minutes between background retraining runs on the request logs (0 = never); a new model
+    /// is adopted only when it beats the serving one on the most recent requests.
     pub training_interval: u64,
     /// Confidence (0-1) a prediction needs before the optimizer acts on it (refresh-ahead,
     /// predicted-cost shedding); below it the optimizer falls back to conservative defaults.
@@ -116,6 +126,47 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[telemetry]`: the request log the trainer learns from.
     pub telemetry: TelemetryConfig,
+    /// `[models]`: the ONNX models that predict latency and score anomalies.
+    pub models: ModelsConfig,
+}
+
+/// `[models]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Folder holding `manifest.json` and the model files it names; watched for new versions.
+    pub dir: PathBuf,
+    /// The ONNX Runtime library (`libonnxruntime.so.1.31.1`); unset: `ORT_DYLIB_PATH`. Missing
+    /// or broken: a warning, and online statistics answer.
+    pub ort_library: Option<PathBuf>,
+    /// A model trained longer ago than this (hours) is stale; 0 means no limit.
+    pub max_age_hours: f64,
+    /// Live drift: the model is stale when the mean error of ln latency over its recent
+    /// predictions exceeds this multiple of its holdout error (0 turns the check off).
+    pub drift_factor: f64,
+    /// How often the manifest is checked for a new version (ms).
+    pub reload_interval_ms: u64,
+    /// Sessions per model (0: one per CPU core). A request never waits for a busy session.
+    pub sessions: usize,
+    /// The trainer binary for `training_interval`; unset: `trainer` next to the server binary.
+    pub trainer: Option<PathBuf>,
+    /// Longest a background training run may take before it is killed (s).
+    pub training_timeout_secs: u64,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            dir: "models".into(),
+            ort_library: None,
+            max_age_hours: 24.0 * 7.0,
+            drift_factor: 2.0,
+            reload_interval_ms: 2_000,
+            sessions: 0,
+            trainer: None,
+            training_timeout_secs: 600,
+        }
+    }
 }
 
 /// `[optimization]`
@@ -376,6 +427,7 @@ impl Default for Config {
             features: FeaturesConfig::default(),
             metrics: MetricsConfig::default(),
             telemetry: TelemetryConfig::default(),
+            models: ModelsConfig::default(),
         }
     }
 }
@@ -428,6 +480,9 @@ impl Config {
         set(&mut opt.slow_query_min_calls, &o.slow_query_min_calls);
         set(&mut opt.advisor_interval_secs, &o.advisor_interval_secs);
         set(&mut opt.auto_index, &o.auto_index);
+        set(&mut self.models.dir, &o.models_dir);
+        set(&mut self.models.max_age_hours, &o.model_max_age_hours);
+        set(&mut self.training_interval, &o.training_interval);
     }
 
     /// Rejects settings that would make the server unsafe or useless.
@@ -467,6 +522,16 @@ impl Config {
         }
         if self.metrics.retention_hours == 0 {
             bail!("metrics.retention_hours must be at least 1");
+        }
+        let m = &self.models;
+        if !m.max_age_hours.is_finite() || m.max_age_hours < 0.0 {
+            bail!("models.max_age_hours must be a non-negative number");
+        }
+        if !m.drift_factor.is_finite() || (m.drift_factor != 0.0 && m.drift_factor < 1.0) {
+            bail!("models.drift_factor must be 0 (off) or at least 1");
+        }
+        if m.reload_interval_ms == 0 || m.training_timeout_secs == 0 {
+            bail!("models.reload_interval_ms and models.training_timeout_secs must be positive");
         }
         if self.telemetry.channel_capacity == 0 {
             bail!("telemetry.channel_capacity must be positive");

@@ -33,7 +33,7 @@ pub const CONFIDENCE: HeaderName = HeaderName::from_static("x-ml-prediction-conf
 pub const APPLIED: HeaderName = HeaderName::from_static("x-optimization-applied");
 /// Anomaly score 0-1.
 pub const ANOMALY: HeaderName = HeaderName::from_static("x-anomaly-score");
-/// `onnx`, `online` or `off`.
+/// `onnx`, `online` (with `; stale=<reason>` when the model could not answer) or `off`.
 pub const SOURCE: HeaderName = HeaderName::from_static("x-ml-source");
 /// Predicted median latency (ms).
 pub const PREDICTED: HeaderName = HeaderName::from_static("x-ml-predicted-latency-ms");
@@ -224,7 +224,7 @@ fn set_headers(
     headers.insert(CONFIDENCE, HeaderValue::from(confidence));
     headers.insert(APPLIED, HeaderValue::from_static(applied));
     headers.insert(ANOMALY, two_decimals(score.min(1.0)));
-    headers.insert(SOURCE, HeaderValue::from_static(prediction.source.as_str()));
+    headers.insert(SOURCE, HeaderValue::from_static(prediction.header()));
     headers.insert(PREDICTED, two_decimals(prediction.p50_ms));
 }
 
@@ -427,6 +427,7 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
         .then(|| (f64::from(prediction.p50_ms), f64::from(prediction.p90_ms)));
     if !shed {
         route_stats.record(latency_ms, predicted, status >= 500, Instant::now());
+        opt.models.observe(route, &prediction, latency_ms);
     }
     let db: Duration = queries.iter().map(|q| q.duration).sum();
     #[allow(clippy::cast_possible_truncation)]
@@ -546,6 +547,7 @@ mod tests {
             p90_ms: 40.0,
             confidence: 0.9,
             source: Source::Online,
+            stale: None,
         };
         let unsure = Prediction {
             confidence: 0.1,

@@ -2,6 +2,8 @@
 //!
 //! - [`stats`]: per-route streaming statistics (the always-on fallback and baseline).
 //! - [`predictor`]: the `Predictor` trait and its online implementation.
+//! - [`model`]: the ONNX models (latency, anomaly) with hot reload, staleness checks and the
+//!   online fallback; background retraining.
 //! - [`anomaly`]: the `AnomalyScorer` trait, its online implementation, and auto-healing.
 //! - [`admission`]: priorities, the adaptive concurrency limit, load shedding.
 //! - [`cache`]: the predictive response cache for catalogue reads.
@@ -18,6 +20,7 @@ pub mod anomaly;
 pub mod cache;
 pub mod capture;
 pub mod middleware;
+pub mod model;
 pub mod predictor;
 pub mod queries;
 pub mod series;
@@ -26,10 +29,11 @@ pub mod telemetry;
 
 use crate::config::Config;
 use admission::{Admission, Priority, PriorityStats};
-use anomaly::{Action, AnomalyScorer, Decision, Healer, OnlineScorer};
+use anomaly::{Action, AnomalyScorer, Decision, Healer};
 use cache::ResponseCache;
 use contract::routes::{ROUTES, route_label};
-use predictor::{OnlinePredictor, Predictor};
+use model::{ModelPredictor, ModelScorer, Models};
+use predictor::Predictor;
 use serde::Serialize;
 use stats::Stats;
 use std::collections::VecDeque;
@@ -157,6 +161,8 @@ pub struct Optimizer {
     pub stats: Arc<Stats>,
     predictor: Box<dyn Predictor>,
     scorer: Box<dyn AnomalyScorer>,
+    /// The ONNX models and their health (the predictor and scorer ask them first).
+    pub models: Arc<Models>,
     /// Admission control.
     pub admission: Admission,
     /// Response cache.
@@ -210,7 +216,9 @@ pub fn unix_ms() -> i64 {
 }
 
 impl Optimizer {
-    /// Builds the optimizer from configuration and starts its log writer thread.
+    /// Builds the optimizer from configuration, starts its log writer thread, and loads the
+    /// models (blocking: reads the model files once at start-up; a missing or bad model only
+    /// means online statistics answer).
     pub fn new(config: &Config) -> Self {
         let f = &config.features;
         let o = &config.optimization;
@@ -238,9 +246,14 @@ impl Optimizer {
         } else {
             Telemetry::disabled()
         };
+        let models = Arc::new(Models::new(&config.models));
+        if settings.prediction || settings.anomaly {
+            models.poll();
+        }
         Self {
-            predictor: Box::new(OnlinePredictor::new(stats.clone())),
-            scorer: Box::new(OnlineScorer::new(stats.clone())),
+            predictor: Box::new(ModelPredictor::new(models.clone(), stats.clone())),
+            scorer: Box::new(ModelScorer::new(models.clone(), stats.clone())),
+            models,
             admission: Admission::new(o.min_concurrency, o.max_concurrency)
                 .with_db_slots(u32::try_from(config.database.pool_size).unwrap_or(u32::MAX)),
             // Half the memory budget for cached responses; the rest is headroom for the
@@ -290,6 +303,9 @@ impl Optimizer {
     /// sample.
     pub fn tick(&self, elapsed: Duration, take_sample: bool) {
         self.stats.sample_rates(elapsed);
+        for (action, reason) in self.models.take_events() {
+            self.record_action(action, reason, self.healer.recent_rate());
+        }
         if self.settings.anomaly {
             match self.healer.tick() {
                 Decision::Heal { rate } => {
@@ -416,6 +432,19 @@ impl Optimizer {
             cache_totals: totals,
             routes,
         }
+    }
+
+    /// Starts the model watcher (hot reload, age checks, `training_interval`), unless neither
+    /// prediction nor anomaly scoring is on.
+    pub fn spawn_models(
+        self: &Arc<Self>,
+        training_interval_minutes: u64,
+        log_dir: std::path::PathBuf,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        (self.settings.prediction || self.settings.anomaly).then(|| {
+            self.models
+                .spawn_watcher(training_interval_minutes, log_dir)
+        })
     }
 
     /// Starts the once-a-second housekeeping task.

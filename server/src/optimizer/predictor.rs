@@ -1,10 +1,11 @@
 //! Latency prediction: the [`Predictor`] trait and its online-statistics implementation.
 //!
-//! The ONNX model (a later issue) implements the same trait; the optimizer asks whichever is
-//! healthy. Predictions come with a confidence that is measured, not assumed: the share of this
+//! The ONNX model ([`super::model::ModelPredictor`]) implements the same trait and falls back
+//! to this one whenever the model should not be trusted. Predictions come with a confidence that is measured, not assumed: the share of this
 //! route's recent requests whose actual latency fell inside the predicted band (at or under the
 //! predicted p90). A route with too little history has confidence 0.
 
+use super::model::Stale;
 use super::stats::Stats;
 use contract::FeatureVector;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ pub enum Source {
 }
 
 impl Source {
-    /// Header and log spelling.
+    /// Log spelling (the header adds the stale reason, see [`Prediction::header`]).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Onnx => "onnx",
@@ -43,6 +44,8 @@ pub struct Prediction {
     pub confidence: f32,
     /// Who predicted.
     pub source: Source,
+    /// Why the model did not answer, when online statistics did in its place.
+    pub stale: Option<Stale>,
 }
 
 impl Prediction {
@@ -52,7 +55,17 @@ impl Prediction {
         p90_ms: 0.0,
         confidence: 0.0,
         source: Source::Off,
+        stale: None,
     };
+
+    /// The `x-ml-source` value: `onnx`, `off`, `online`, or `online; stale=<reason>` when the
+    /// online statistics answered because the model could not.
+    pub fn header(&self) -> &'static str {
+        match (self.source, self.stale) {
+            (Source::Online, Some(stale)) => stale.header(),
+            (source, _) => source.as_str(),
+        }
+    }
 
     /// Whether there is a usable estimate.
     pub fn is_known(&self) -> bool {
@@ -101,6 +114,7 @@ impl Predictor for OnlinePredictor {
             p90_ms: snap.p90_ms as f32,
             confidence: confidence as f32,
             source: Source::Online,
+            stale: None,
         }
     }
 }

@@ -39,8 +39,12 @@ pub fn router() -> Router<AppState> {
 pub struct ModelHealth {
     /// `onnx`, `online` or `off`.
     pub source: String,
-    /// Why that source (e.g. "no model loaded").
+    /// Why that source (e.g. "no model found: online statistics answer").
     pub reason: String,
+    /// The loaded model (version, holdout and live error), its counters, refusals and
+    /// background retraining.
+    #[schema(value_type = Object)]
+    pub onnx: crate::optimizer::model::ModelView,
 }
 
 /// Cache numbers for one route.
@@ -138,19 +142,18 @@ pub async fn ml_metrics(State(state): State<AppState>, _admin: AdminView) -> Jso
             }
         })
         .collect();
-    let (source, reason) = if s.prediction {
-        (
-            "online",
-            "no ONNX model loaded yet: online statistics answer",
-        )
-    } else {
-        ("off", "performance prediction is switched off")
+    let onnx = opt.models.view();
+    let (source, reason) = match (s.prediction, onnx.stale) {
+        (false, _) => ("off", "performance prediction is switched off"),
+        (true, None) => ("onnx", "the ONNX model answers"),
+        (true, Some(stale)) => ("online", stale.describe()),
     };
     Json(MlMetrics {
         uptime_secs: opt.uptime().as_secs(),
         model: ModelHealth {
             source: source.to_owned(),
             reason: reason.to_owned(),
+            onnx,
         },
         features: serde_json::json!({
             "performancePrediction": s.prediction, "anomalyDetection": s.anomaly,

@@ -11,6 +11,7 @@ mod checkout;
 mod dashboard;
 mod health;
 mod helpers;
+mod models;
 mod optimizer;
 mod orders;
 mod products;

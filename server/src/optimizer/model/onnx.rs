@@ -1,0 +1,209 @@
+//! ONNX Runtime on the request path: the process-wide environment and small pools of sessions.
+//!
+//! The library is loaded at run time (`ort`'s `load-dynamic`) from the configured path or
+//! `ORT_DYLIB_PATH`. `ort` panics when the file is missing, so the path is checked first and
+//! the initialisation runs under `catch_unwind`; any failure is remembered and reported, and the
+//! server stays on online statistics.
+//!
+//! A [`Pool`] holds a few sessions of one model, each behind its own `std::sync::Mutex` together
+//! with a reused input tensor and a preallocated output (`Session::run` takes `&mut self`). A
+//! request takes the first session it can `try_lock`; it never waits: when every session is
+//! busy it answers from online statistics instead (counted as `busy`). A std mutex, not a tokio
+//! one, because it is held for a few microseconds of CPU work and never across an `.await`.
+
+use ort::environment::Environment;
+use ort::memory::Allocator;
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
+use ort::value::Tensor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, TryLockError};
+
+/// The environment variable naming the ONNX Runtime library when the configuration does not.
+pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+
+/// The process-wide environment, or why there is none. ONNX Runtime allows one environment per
+/// process and a library can be loaded once, so the first caller's path wins.
+static RUNTIME: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// The library path: the configured one, else `ORT_DYLIB_PATH`.
+pub fn library_path(configured: Option<&Path>) -> Option<PathBuf> {
+    configured
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(DYLIB_ENV).map(PathBuf::from))
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
+/// The ONNX Runtime environment, initialised on first use from `library`.
+///
+/// # Errors
+/// No library configured, the file is missing, or ONNX Runtime refused to start; the message
+/// says which.
+pub fn runtime(library: Option<&Path>) -> Result<&'static Environment, String> {
+    RUNTIME
+        .get_or_init(|| {
+            let path = library_path(library).ok_or_else(|| {
+                format!("no ONNX Runtime library configured ([models] ort_library or {DYLIB_ENV})")
+            })?;
+            if !path.is_file() {
+                return Err(format!(
+                    "ONNX Runtime library {} does not exist (run scripts/ort.sh)",
+                    path.display()
+                ));
+            }
+            // `ort` may panic inside the loader on a broken library; a model is optional, so
+            // that must not take the server down.
+            let built = std::panic::catch_unwind(|| {
+                ort::init_from(&path)
+                    .map_err(|e| e.to_string())?
+                    .with_name("shop")
+                    .with_telemetry(false)
+                    .build()
+                    .map_err(|e| e.to_string())
+            });
+            match built {
+                Ok(Ok(env)) => Ok(env),
+                Ok(Err(e)) => Err(format!("ONNX Runtime {}: {e}", path.display())),
+                Err(_) => Err(format!("ONNX Runtime {} panicked on load", path.display())),
+            }
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Why a pooled run gave no answer.
+#[derive(Debug)]
+pub enum RunError {
+    /// Every session was busy with another request.
+    Busy,
+    /// ONNX Runtime failed.
+    Failed(String),
+}
+
+/// One session with its reused input and preallocated output.
+struct Runner {
+    session: Session,
+    input: Tensor<f32>,
+    options: RunOptions<HasSelectedOutputs>,
+}
+
+impl Runner {
+    fn run(&mut self, row: &[f32], out: &mut [f32]) -> ort::Result<()> {
+        let (_, data) = self.input.extract_tensor_mut();
+        data.copy_from_slice(row);
+        // Unnamed inputs (an array, no allocation); the model has exactly one.
+        let outputs = self
+            .session
+            .run_with_options(ort::inputs![&self.input], &self.options)?;
+        let (_, values) = outputs[0].try_extract_tensor::<f32>()?;
+        if values.len() != out.len() {
+            return Err(ort::Error::new(format!(
+                "model answered {} values, expected {}",
+                values.len(),
+                out.len()
+            )));
+        }
+        out.copy_from_slice(values);
+        Ok(())
+    }
+}
+
+/// Sessions of one model for single-row inference.
+pub struct Pool {
+    runners: Box<[Mutex<Runner>]>,
+    next: AtomicUsize,
+    width: usize,
+    outputs: usize,
+}
+
+impl Pool {
+    /// Builds `sessions` sessions of the model in `bytes`, taking rows of `width` floats and
+    /// answering `outputs` floats: one intra- and inter-op thread each, no spinning (a spinning
+    /// thread pool would burn the cores the requests need).
+    ///
+    /// # Errors
+    /// ONNX Runtime refused the model or the options.
+    pub fn new(
+        env: &Environment,
+        bytes: &[u8],
+        sessions: usize,
+        width: usize,
+        outputs: usize,
+    ) -> ort::Result<Self> {
+        let mut runners = Vec::with_capacity(sessions.max(1));
+        for _ in 0..sessions.max(1) {
+            let session = Session::builder(env)?
+                .with_intra_threads(1)?
+                .with_inter_threads(1)?
+                .with_intra_op_spinning(false)?
+                .with_inter_op_spinning(false)?
+                .commit_from_memory(bytes)?;
+            let output_name = session
+                .outputs()
+                .first()
+                .map(|o| o.name().to_owned())
+                .ok_or_else(|| ort::Error::new("model has no output"))?;
+            let input = Tensor::<f32>::new(&Allocator::default(), [1_usize, width])?;
+            let output = Tensor::<f32>::new(&Allocator::default(), [1_usize, outputs])?;
+            let options = RunOptions::new()?.with_outputs(
+                OutputSelector::no_default()
+                    .with(output_name.clone())
+                    .preallocate(output_name, output),
+            );
+            runners.push(Mutex::new(Runner {
+                session,
+                input,
+                options,
+            }));
+        }
+        Ok(Self {
+            runners: runners.into_boxed_slice(),
+            next: AtomicUsize::new(0),
+            width,
+            outputs,
+        })
+    }
+
+    /// Floats per input row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Floats per answer.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// A metadata value of the model (from the first session).
+    pub fn metadata(&self, key: &str) -> Option<String> {
+        let runner = self.runners.first()?;
+        let runner = runner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        runner.session.metadata().ok()?.custom(key)
+    }
+
+    /// Runs one row through the first free session, never waiting for a busy one.
+    ///
+    /// # Errors
+    /// [`RunError::Busy`] when all sessions are in use, [`RunError::Failed`] when ONNX Runtime
+    /// fails.
+    pub fn run(&self, row: &[f32], out: &mut [f32]) -> Result<(), RunError> {
+        debug_assert_eq!(row.len(), self.width);
+        let n = self.runners.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let mut runner = match self.runners[(start + i) % n].try_lock() {
+                Ok(guard) => guard,
+                // A panic while holding it cannot leave the session half-run in a way that
+                // matters: the next run overwrites input and output.
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => continue,
+            };
+            return runner
+                .run(row, out)
+                .map_err(|e| RunError::Failed(e.to_string()));
+        }
+        Err(RunError::Busy)
+    }
+}

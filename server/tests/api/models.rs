@@ -1,0 +1,341 @@
+//! The trained ONNX models on the request path, with the real ONNX Runtime (`ORT_DYLIB_PATH`,
+//! set by `make test`): a good model answers, a foreign, aged or corrupt one does not, and a new
+//! version is swapped in under load without a failed request.
+
+use crate::helpers::{ADMIN, TestApp, spawn_app_with};
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn require_runtime() {
+    let path = std::env::var("ORT_DYLIB_PATH").unwrap_or_default();
+    assert!(
+        Path::new(&path).is_file(),
+        "ORT_DYLIB_PATH must name the ONNX Runtime library (got {path:?}); run `make test`, \
+         or export ORT_DYLIB_PATH=$(scripts/ort.sh)"
+    );
+}
+
+fn manifest(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest");
+    serde_json::from_str(&text).expect("manifest json")
+}
+
+/// Copies a model folder's files, the manifest last and through a rename, as the trainer does.
+fn install(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("model folder");
+    let m = manifest(from);
+    for key in ["latency_model", "anomaly_model"] {
+        let file = m[key]["file"].as_str().expect("file name");
+        std::fs::copy(from.join(file), to.join(file)).expect("copy model");
+    }
+    let tmp = to.join(".manifest.json.tmp");
+    std::fs::copy(from.join("manifest.json"), &tmp).expect("copy manifest");
+    std::fs::rename(&tmp, to.join("manifest.json")).expect("rename manifest");
+}
+
+/// A second, newer model version, trained once per test run on the committed sample.
+fn fresh_version() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sample = repo().join("data/sample").to_string_lossy().into_owned();
+        let out = dir.path().to_path_buf();
+        // On a thread of its own: polars must not run inside the test's tokio runtime.
+        std::thread::spawn(move || {
+            trainer::train::train(&trainer::train::Options::new(sample, out))
+                .expect("training on the committed sample");
+        })
+        .join()
+        .expect("training thread");
+        dir
+    })
+    .path()
+}
+
+/// A server whose model folder starts as a copy of the committed models.
+async fn app_with_models(adjust: impl FnOnce(&Path, &mut server::Config)) -> (TestApp, PathBuf) {
+    require_runtime();
+    let dir = std::env::temp_dir().join(format!("shop-models-{}", uuid::Uuid::new_v4().simple()));
+    install(&repo().join("models"), &dir);
+    let models = dir.clone();
+    let app = spawn_app_with(move |config| {
+        config.models.dir.clone_from(&models);
+        // The committed models are as old as the commit; only the ageing test limits age.
+        config.models.max_age_hours = 0.0;
+        config.models.reload_interval_ms = 100;
+        adjust(&models, config);
+    })
+    .await;
+    (app, dir)
+}
+
+fn source(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-ml-source")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-ml-source")
+        .to_owned()
+}
+
+async fn metrics(app: &TestApp) -> Value {
+    app.get_as(ADMIN, "/api/ml-metrics")
+        .await
+        .json()
+        .await
+        .expect("metrics json")
+}
+
+/// Polls `/api/ml-metrics` until `done` holds (or 10 s pass) and returns the last answer.
+async fn metrics_until(app: &TestApp, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics(app).await;
+        if done(&m) || Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn actions(m: &Value, action: &str) -> Vec<String> {
+    m["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter(|a| a["action"] == action)
+        .map(|a| a["reason"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_trained_model_answers_requests() {
+    let (app, dir) = app_with_models(|_, _| {}).await;
+    let version = manifest(&dir)["version"].as_u64().expect("version");
+    let id = app.product_id("Laptop Pro").await;
+    for _ in 0..20 {
+        let response = app.get(&format!("/api/products/{id}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(source(&response), "onnx");
+        let predicted: f32 = response.headers()["x-ml-predicted-latency-ms"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("number");
+        assert!(predicted > 0.0, "the model predicts a positive latency");
+        let confidence: u32 = response.headers()["x-ml-prediction-confidence"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("integer");
+        assert!(confidence > 0, "calibrated from the manifest's holdout");
+    }
+    let m = metrics(&app).await;
+    assert_eq!(m["model"]["source"], "onnx");
+    assert_eq!(m["model"]["onnx"]["version"], version);
+    assert!(m["model"]["onnx"]["predictions"].as_u64() >= Some(20));
+    assert!(m["model"]["onnx"]["scores"].as_u64() >= Some(20));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_model_with_another_fingerprint_is_refused_and_online_answers() {
+    let (app, dir) = app_with_models(|dir, _| {
+        let mut m = manifest(dir);
+        m["schema_fingerprint"] = Value::from("0123456789abcdef");
+        std::fs::write(dir.join("manifest.json"), m.to_string()).expect("rewrite manifest");
+    })
+    .await;
+    let response = app.get("/api/products").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(source(&response), "online; stale=fingerprint");
+    let m = metrics_until(&app, |m| !actions(m, "model-rejected").is_empty()).await;
+    assert_eq!(m["model"]["source"], "online");
+    assert_eq!(m["model"]["onnx"]["stale"], "fingerprint");
+    assert!(m["model"]["onnx"]["version"].is_null(), "nothing loaded");
+    let refusals = actions(&m, "model-rejected");
+    assert!(
+        refusals.iter().any(|r| r.contains("fingerprint")),
+        "the optimizer log says why: {refusals:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn an_aged_model_falls_back_to_online_statistics() {
+    let (app, dir) = app_with_models(|_, config| {
+        // A few milliseconds: the committed model is older than that.
+        config.models.max_age_hours = 1e-6;
+    })
+    .await;
+    let response = app.get("/api/products").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(source(&response), "online; stale=aged");
+    let m = metrics_until(&app, |m| !actions(m, "model-stale").is_empty()).await;
+    assert_eq!(m["model"]["onnx"]["stale"], "aged");
+    assert!(
+        m["model"]["onnx"]["version"].is_u64(),
+        "loaded, but not trusted"
+    );
+    assert!(
+        actions(&m, "model-stale")
+            .iter()
+            .any(|r| r.starts_with("aged"))
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_corrupt_model_is_refused_while_the_old_one_keeps_serving() {
+    let (app, dir) = app_with_models(|_, _| {}).await;
+    let old = manifest(&dir);
+    // A newer version whose files are garbage of exactly the announced size.
+    let mut bad = old.clone();
+    let garbage = b"this is not an ONNX model".repeat(40);
+    for (key, file) in [
+        ("latency_model", "latency-9999999999999.onnx"),
+        ("anomaly_model", "anomaly-9999999999999.onnx"),
+    ] {
+        std::fs::write(dir.join(file), &garbage).expect("write garbage");
+        bad[key]["file"] = Value::from(file);
+        bad[key]["bytes"] = Value::from(garbage.len());
+    }
+    bad["version"] = Value::from(9_999_999_999_999_u64);
+    std::fs::write(dir.join(".manifest.json.tmp"), bad.to_string()).expect("write manifest");
+    std::fs::rename(dir.join(".manifest.json.tmp"), dir.join("manifest.json")).expect("rename");
+
+    let m = metrics_until(&app, |m| {
+        m["model"]["onnx"]["rejections"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(m["model"]["onnx"]["rejections"].as_u64() >= Some(1), "{m}");
+    assert_eq!(m["model"]["onnx"]["version"], old["version"]);
+    assert_eq!(m["model"]["source"], "onnx");
+    let response = app.get("/api/products").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(source(&response), "onnx", "the old model keeps serving");
+    let m = metrics_until(&app, |m| !actions(m, "model-rejected").is_empty()).await;
+    let refusals = actions(&m, "model-rejected");
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r.contains("latency-9999999999999.onnx")),
+        "{refusals:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn replacing_the_files_hot_swaps_without_a_failed_request() {
+    let fresh = fresh_version();
+    let (app, dir) = app_with_models(|_, config| {
+        // A debug-build server under this load is far slower than the one the sample was
+        // captured from: the drift check would (rightly) retire the model mid-test.
+        config.models.drift_factor = 0.0;
+    })
+    .await;
+    let old_version = manifest(&dir)["version"].as_u64().expect("version");
+    let new_version = manifest(fresh)["version"].as_u64().expect("version");
+    assert_ne!(old_version, new_version);
+    let id = app.product_id("Laptop Pro").await;
+
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let failures = std::sync::Arc::new(AtomicU64::new(0));
+    let served = std::sync::Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (client, url) = (app.client.clone(), app.url(&format!("/api/products/{id}")));
+        let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(&url).send().await {
+                    Ok(r)
+                        if r.status() == StatusCode::OK
+                            && r.headers().contains_key("x-ml-source") =>
+                    {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    install(fresh, &dir);
+    let m = metrics_until(&app, |m| m["model"]["onnx"]["version"] == new_version).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    assert_eq!(m["model"]["onnx"]["version"], new_version, "{m}");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "no request failed during the swap"
+    );
+    assert!(served.load(Ordering::Relaxed) > 50, "the load kept going");
+    let response = app.get(&format!("/api/products/{id}")).await;
+    assert_eq!(source(&response), "onnx");
+    let m = metrics_until(&app, |m| !actions(m, "model-loaded").is_empty()).await;
+    assert!(
+        actions(&m, "model-loaded")
+            .iter()
+            .any(|r| r.contains(&new_version.to_string())),
+        "the optimizer log records the swap"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn live_drift_retires_the_model_until_a_good_one_is_loaded() {
+    use server::optimizer::model::{Models, Stale};
+    use server::optimizer::predictor::{Prediction, Source};
+    require_runtime();
+    let dir = std::env::temp_dir().join(format!("shop-models-{}", uuid::Uuid::new_v4().simple()));
+    install(&repo().join("models"), &dir);
+    let config = server::config::ModelsConfig {
+        dir: dir.clone(),
+        max_age_hours: 0.0,
+        drift_factor: 2.0,
+        ..server::config::ModelsConfig::default()
+    };
+    let models = Models::new(&config);
+    models.poll();
+    assert_eq!(models.stale(), None);
+    // The model keeps predicting 1 ms for requests that take a second.
+    let prediction = Prediction {
+        p50_ms: 1.0,
+        p90_ms: 2.0,
+        confidence: 0.9,
+        source: Source::Onnx,
+        stale: None,
+    };
+    for _ in 0..600 {
+        models.observe(1, &prediction, 1000.0);
+    }
+    assert_eq!(models.stale(), Some(Stale::Drift));
+    let events = models.take_events();
+    assert!(
+        events
+            .iter()
+            .any(|(a, r)| *a == "model-stale" && r.starts_with("drift")),
+        "{events:?}"
+    );
+    // A new manifest (here the same models, rewritten) is checked and loaded: serving again.
+    let text = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest");
+    std::fs::write(dir.join("manifest.json"), format!("{text}\n")).expect("rewrite");
+    models.poll();
+    assert_eq!(models.stale(), None);
+    let _ = std::fs::remove_dir_all(dir);
+}
