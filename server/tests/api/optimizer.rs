@@ -450,8 +450,9 @@ async fn auto_healing_acts_on_a_sustained_spike_and_undoes_itself() {
     );
     assert!(!metrics["alerts"].as_array().expect("alerts").is_empty());
 
-    // Healthy traffic afterwards: healing is undone by itself.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Healthy traffic afterwards: healing is undone by itself. Generous: on a loaded machine
+    // (tests run in parallel) even health checks can look anomalous for a while.
+    let deadline = Instant::now() + Duration::from_secs(45);
     let mut undone = false;
     while Instant::now() < deadline && !undone {
         for _ in 0..10 {
