@@ -159,6 +159,27 @@ pub fn parse(line: &str, path: &Path, line_no: usize) -> Result<RequestRecord, L
     })
 }
 
+/// Calls `each(line_no, record)` for every non-empty line of one log file, in order.
+///
+/// # Errors
+/// The file cannot be read, a line is not a record, or `each` fails.
+pub fn for_each_record(
+    path: &Path,
+    mut each: impl FnMut(usize, RequestRecord) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
+    for (index, line) in open(path)?.lines().enumerate() {
+        let line = line.map_err(|error| LoadError::Io {
+            path: path.to_owned(),
+            error,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        each(index + 1, parse(&line, path, index + 1)?)?;
+    }
+    Ok(())
+}
+
 /// Column builders, filled one record at a time.
 #[derive(Default)]
 struct Columns {
@@ -267,23 +288,14 @@ pub fn load(spec: &str) -> Result<Logs, LoadError> {
     let mut dropped = BTreeMap::new();
     let mut read = 0_u64;
     for path in &files {
-        for (index, line) in open(path)?.lines().enumerate() {
-            let line_no = index + 1;
-            let line = line.map_err(|error| LoadError::Io {
-                path: path.clone(),
-                error,
-            })?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let record = parse(&line, path, line_no)?;
+        for_each_record(path, |line_no, record| {
             read += 1;
             if record.schema != expected {
                 return Err(LoadError::Schema {
                     path: path.clone(),
                     line: line_no,
                     found: record.schema,
-                    expected,
+                    expected: expected.clone(),
                 });
             }
             for q in &record.queries {
@@ -293,12 +305,13 @@ pub fn load(spec: &str) -> Result<Logs, LoadError> {
                         .or_insert_with(|| text.clone());
                 }
             }
-            if !plausible(&record) {
+            if plausible(&record) {
+                columns.push(record);
+            } else {
                 *dropped.entry("implausible_values".to_owned()).or_insert(0) += 1;
-                continue;
             }
-            columns.push(record);
-        }
+            Ok(())
+        })?;
     }
     if read == 0 {
         return Err(LoadError::Empty(spec.to_owned()));

@@ -2,11 +2,11 @@
 //! them out at the capture's average rate, so a 1,000,000-row training run can be measured
 //! without an hour of load testing. Only the timestamps change; every record is a real one.
 
-use crate::logs::{LoadError, find_files, open, parse};
+use crate::logs::{find_files, for_each_record};
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 /// Writes `rows` records drawn from the logs at `spec` to `out`; returns how many were written.
@@ -16,17 +16,10 @@ use std::path::Path;
 pub fn resample(spec: &str, rows: usize, out: &Path, seed: u64) -> anyhow::Result<usize> {
     let mut records = Vec::new();
     for path in find_files(spec)? {
-        for (index, line) in open(&path)?.lines().enumerate() {
-            let line = line.map_err(|error| LoadError::Io {
-                path: path.clone(),
-                error,
-            })?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let record = parse(&line, &path, index + 1)?;
+        for_each_record(&path, |_, record| {
             records.push(record);
-        }
+            Ok(())
+        })?;
     }
     anyhow::ensure!(!records.is_empty(), "no records in {spec}");
     records.sort_by_key(|r| r.ts_ms);

@@ -6,7 +6,6 @@
 use contract::{ANOMALY_INPUT_COUNT, FEATURE_COUNT, RequestRecord};
 use ort::session::Session;
 use ort::value::Tensor;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {
@@ -21,9 +20,11 @@ fn sample() -> String {
 fn records(n: usize) -> Vec<RequestRecord> {
     let mut all = Vec::new();
     for path in trainer::logs::find_files(&sample()).expect("sample logs") {
-        for line in trainer::logs::open(&path).expect("open").lines() {
-            all.push(serde_json::from_str::<RequestRecord>(&line.expect("line")).expect("record"));
-        }
+        trainer::logs::for_each_record(&path, |_, record| {
+            all.push(record);
+            Ok(())
+        })
+        .expect("sample records");
     }
     let step = (all.len() / n).max(1);
     all.into_iter().step_by(step).take(n).collect()
