@@ -29,9 +29,11 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Self {
         // The paper's ψ = 256 with a depth limit of 8 gives ~2x the nodes for no gain in AUC on
-        // our logs; 128 keeps the exported file well under 1 MiB.
+        // our logs; 128 keeps the exported file well under 1 MiB. 50 trees score the committed
+        // capture's holdout as well as 100 (ROC AUC 0.999 either way, 0.998 with 30) at half
+        // the inference cost.
         Self {
-            trees: 100,
+            trees: 50,
             sample: 128,
             seed: 0x5eed,
         }

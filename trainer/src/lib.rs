@@ -53,11 +53,14 @@ pub enum Command {
         #[arg(long, default_value_t = 0.2)]
         holdout: f64,
         /// Boosting rounds (trees) per quantile of the latency model.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = gbdt::Params::default().trees)]
         trees: usize,
         /// Depth of each latency tree.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = gbdt::Params::default().max_depth)]
         depth: usize,
+        /// Trees of the anomaly model (isolation forest).
+        #[arg(long, default_value_t = iforest::Params::default().trees)]
+        anomaly_trees: usize,
     },
     /// Summarize what the logs say, per route and per query fingerprint, slowest first.
     Report {
@@ -108,11 +111,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             holdout,
             trees,
             depth,
+            anomaly_trees,
         } => {
             let mut opts = train::Options::new(logs, out);
             opts.holdout = holdout;
             opts.gbdt.trees = trees;
             opts.gbdt.max_depth = depth;
+            opts.iforest.trees = anomaly_trees;
             let outcome = train::train(&opts)?;
             print!("{}", summary(&outcome));
         }
