@@ -9,6 +9,24 @@ use std::collections::BTreeMap;
 /// File name of the manifest inside a model folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// Removes exported model files (`latency-*.onnx`, `anomaly-*.onnx`) in `dir` other than
+/// `keep`: whoever installs a new manifest keeps its files and the previous manifest's (a server
+/// may still be loading those), and older exports go. Errors are ignored: a file left behind
+/// costs disk space, not correctness.
+pub fn prune_model_files(dir: &std::path::Path, keep: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = (name.starts_with("latency-") || name.starts_with("anomaly-"))
+            && name.ends_with(".onnx");
+        if ours && !keep.contains(&name.as_str()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Metadata about the exported models.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {

@@ -434,23 +434,15 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
     write_atomically(&opts.out, MANIFEST_FILE, &json)?;
     // Keep the files of the new and the previous manifest (a server may still be loading the
     // previous ones); older exports go.
-    let keep: BTreeSet<String> = previous
-        .into_iter()
+    let keep: Vec<&str> = previous
+        .iter()
+        .map(String::as_str)
         .chain([
-            manifest.latency_model.file.clone(),
-            manifest.anomaly_model.file.clone(),
+            manifest.latency_model.file.as_str(),
+            manifest.anomaly_model.file.as_str(),
         ])
         .collect();
-    if let Ok(entries) = std::fs::read_dir(&opts.out) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let ours = (name.starts_with("latency-") || name.starts_with("anomaly-"))
-                && name.ends_with(".onnx");
-            if ours && !keep.contains(&name) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
+    contract::manifest::prune_model_files(&opts.out, &keep);
     Ok(Outcome {
         path: opts.out.join(MANIFEST_FILE),
         manifest,

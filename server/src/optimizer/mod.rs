@@ -447,6 +447,20 @@ impl Optimizer {
         })
     }
 
+    /// Trains on the request logs in `log_dir` now, as `training_interval` does, and adopts the
+    /// result if it predicts the most recent requests better; the status after the run, or
+    /// `None` when a run is already in progress.
+    pub async fn retrain_now(
+        self: &Arc<Self>,
+        log_dir: std::path::PathBuf,
+    ) -> Option<model::retrain::RetrainStatus> {
+        let models = self.models.clone();
+        tokio::task::spawn_blocking(move || model::retrain::run(&models, &log_dir))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Starts the once-a-second housekeeping task.
     pub fn spawn_sampler(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let optimizer = self.clone();

@@ -11,6 +11,7 @@ pub mod ml;
 pub mod openapi;
 pub mod orders;
 pub mod products;
+pub mod retrain;
 pub mod search;
 
 use crate::app::AppState;
@@ -29,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .merge(health::router())
         .merge(ml::router())
         .merge(advice::router())
+        .merge(retrain::router())
         .merge(dashboard::router())
         .merge(openapi::router())
 }

@@ -2,7 +2,8 @@
 
 use crate::app::AppState;
 use crate::routes::{
-    accounts, advice, analytics, cart, checkout, dashboard, health, ml, orders, products, search,
+    accounts, advice, analytics, cart, checkout, dashboard, health, ml, orders, products, retrain,
+    search,
 };
 use axum::Router;
 use axum::routing::get;
@@ -32,6 +33,7 @@ pub fn router() -> Router<AppState> {
         health::healthz, health::readyz,
         ml::ml_metrics, ml::stress_test, ml::prometheus,
         advice::advise_now,
+        retrain::retrain_now,
         dashboard::series, dashboard::optimizer_log,
     ),
     modifiers(&Security)

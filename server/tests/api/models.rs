@@ -339,3 +339,146 @@ async fn live_drift_retires_the_model_until_a_good_one_is_loaded() {
     assert_eq!(models.stale(), None);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The trainer binary the server runs to retrain: `cargo test --workspace` (what `make test`
+/// runs) builds it beside this test's binary, for the trainer's own CLI tests.
+fn trainer_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile folder")
+        .join("trainer");
+    assert!(
+        path.is_file(),
+        "no trainer binary at {}; run `make test` (cargo test --workspace), or `cargo build -p \
+         trainer` first",
+        path.display()
+    );
+    path
+}
+
+/// Writes the committed sample's records as one plain NDJSON request log in `logs`, as the
+/// server's telemetry would have.
+fn seed_request_logs(logs: &Path) {
+    use std::io::{BufRead, Write};
+    std::fs::create_dir_all(logs).expect("log folder");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(logs.join("requests-1-1.ndjson")).expect("log file"),
+    );
+    let sample = repo().join("data/sample").to_string_lossy().into_owned();
+    for file in trainer::logs::find_files(&sample).expect("sample logs") {
+        for line in trainer::logs::open(&file).expect("open sample").lines() {
+            writeln!(out, "{}", line.expect("sample line")).expect("write log");
+        }
+    }
+    out.flush().expect("flush log");
+}
+
+#[tokio::test]
+async fn retraining_adopts_a_better_model_and_keeps_the_serving_one_otherwise() {
+    let (app, dir) = app_with_models(|dir, config| {
+        // The serving model is a weak one: a single split per quantile.
+        let weak = dir.join("weak");
+        let sample = repo().join("data/sample").to_string_lossy().into_owned();
+        let out = weak.clone();
+        std::thread::spawn(move || {
+            let mut options = trainer::train::Options::new(sample, out);
+            options.gbdt.trees = 1;
+            options.gbdt.max_depth = 1;
+            options.iforest.trees = 5;
+            trainer::train::train(&options).expect("training the weak model");
+        })
+        .join()
+        .expect("training thread");
+        install(&weak, dir);
+        // The server's request logs are the sample; no new ones, so both runs see the same data.
+        seed_request_logs(&config.telemetry.log_dir);
+        config.telemetry.enabled = false;
+        config.models.trainer = Some(trainer_binary());
+    })
+    .await;
+    let weak_version = manifest(&dir)["version"].as_u64().expect("version");
+
+    let anonymous = app
+        .post_json(None, "/api/ml-metrics/retrain", &serde_json::json!({}))
+        .await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+    let first = app
+        .post_json(
+            Some(ADMIN),
+            "/api/ml-metrics/retrain",
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let status: Value = first.json().await.expect("status json");
+    let outcome = status["lastOutcome"].as_str().expect("outcome").to_owned();
+    assert!(outcome.starts_with("adopted version"), "{status}");
+    assert_eq!(status["adopted"], 1, "{status}");
+    let adopted = manifest(&dir)["version"].as_u64().expect("version");
+    assert_ne!(adopted, weak_version, "the new manifest is installed");
+    assert!(outcome.contains(&adopted.to_string()), "{outcome}");
+    // Old exports are pruned: the adopted files and the weak ones (still serving until the
+    // watcher switches) stay, the committed ones the folder started with go.
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("model folder")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".onnx"))
+        .collect();
+    files.sort();
+    let mut expected: Vec<String> = [adopted, weak_version]
+        .iter()
+        .flat_map(|v| [format!("anomaly-{v}.onnx"), format!("latency-{v}.onnx")])
+        .collect();
+    expected.sort();
+    assert_eq!(files, expected);
+
+    // The watcher loads it, and it answers requests.
+    let m = metrics_until(&app, |m| m["model"]["onnx"]["version"] == adopted).await;
+    assert_eq!(m["model"]["onnx"]["version"], adopted, "{}", m["model"]);
+    assert_eq!(m["model"]["onnx"]["retrain"]["adopted"], 1);
+    assert_eq!(source(&app.get("/api/products").await), "onnx");
+    let m = metrics_until(&app, |m| !actions(m, "retrain").is_empty()).await;
+    assert!(
+        actions(&m, "retrain")
+            .iter()
+            .any(|r| r.starts_with("adopted version")),
+        "the optimizer log has the verdict: {:?}",
+        actions(&m, "retrain")
+    );
+
+    // Same logs, same trainer: the candidate is no better than what serves, so it is not
+    // adopted. Two runs asked for at once: one runs, the other is told one is in progress.
+    let empty = serde_json::json!({});
+    let (a, b) = tokio::join!(
+        app.post_json(Some(ADMIN), "/api/ml-metrics/retrain", &empty),
+        app.post_json(Some(ADMIN), "/api/ml-metrics/retrain", &empty),
+    );
+    let mut statuses = [a.status(), b.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT]);
+    let (ran, refused) = if a.status() == StatusCode::OK {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let refused: Value = refused.json().await.expect("error json");
+    assert_eq!(
+        refused["error"]["code"], "training_in_progress",
+        "{refused}"
+    );
+    let status: Value = ran.json().await.expect("status json");
+    assert_eq!(status["runs"], 2, "{status}");
+    assert_eq!(status["adopted"], 1, "{status}");
+    let outcome = status["lastOutcome"].as_str().expect("outcome");
+    assert!(outcome.starts_with("not adopted"), "{status}");
+    assert_eq!(
+        manifest(&dir)["version"],
+        adopted,
+        "the serving model stays"
+    );
+    assert_eq!(source(&app.get("/api/products").await), "onnx");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -180,6 +180,8 @@ pub struct Models {
     status: Mutex<Status>,
     /// Optimizer actions waiting for the once-a-second sampler to log them.
     events: Mutex<Vec<(&'static str, String)>>,
+    /// A background training run is in progress (one at a time).
+    retraining: std::sync::atomic::AtomicBool,
 }
 
 impl Models {
@@ -200,6 +202,7 @@ impl Models {
             counters: Counters::default(),
             status: Mutex::new(Status::default()),
             events: Mutex::new(Vec::new()),
+            retraining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -533,23 +536,19 @@ impl Models {
             let training = (training_interval_minutes > 0)
                 .then(|| std::time::Duration::from_secs(training_interval_minutes * 60));
             let mut last_training = Instant::now();
-            let mut trainer: Option<tokio::task::JoinHandle<()>> = None;
             loop {
                 tick.tick().await;
                 let polled = models.clone();
                 let _ = tokio::task::spawn_blocking(move || polled.poll()).await;
                 if let Some(every) = training
                     && last_training.elapsed() >= every
-                    && trainer
-                        .as_ref()
-                        .is_none_or(tokio::task::JoinHandle::is_finished)
+                    && !models.retraining.load(Relaxed)
                 {
                     last_training = Instant::now();
                     let (m, logs) = (models.clone(), log_dir.clone());
-                    // One run at a time, bounded by training_timeout_secs.
-                    trainer = Some(tokio::task::spawn_blocking(move || {
-                        retrain::run(&m, &logs);
-                    }));
+                    // In the background, bounded by training_timeout_secs; `retrain::run`
+                    // refuses to start a second run beside an admin-triggered one.
+                    drop(tokio::task::spawn_blocking(move || retrain::run(&m, &logs)));
                 }
             }
         })
@@ -594,6 +593,11 @@ impl Models {
                 .map(|(ts, m)| serde_json::json!({ "tsMs": ts, "reason": m })),
             retrain: status.retrain.clone(),
         }
+    }
+
+    /// What background training has done so far.
+    pub fn retrain_status(&self) -> retrain::RetrainStatus {
+        self.status().retrain.clone()
     }
 
     pub(crate) fn set_retrain(&self, update: impl FnOnce(&mut retrain::RetrainStatus)) {

@@ -17,6 +17,7 @@ use serde::Serialize;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The last background training run.
@@ -36,8 +37,24 @@ pub struct RetrainStatus {
 /// Most recent logged requests compared on.
 const MAX_COMPARE_ROWS: usize = 5_000;
 
-/// One background training run, start to finish (blocking).
-pub fn run(models: &Models, log_dir: &Path) {
+/// One training run, start to finish (blocking), and the status after it; `None` without
+/// running when another run is in progress.
+pub fn run(models: &Models, log_dir: &Path) -> Option<RetrainStatus> {
+    if models
+        .retraining
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return None;
+    }
+    // Cleared however the run ends, a panic included.
+    struct Running<'a>(&'a AtomicBool);
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+        }
+    }
+    let _running = Running(&models.retraining);
     models.set_retrain(|s| s.runs += 1);
     let outcome = match attempt(models, log_dir) {
         Ok(message) => message,
@@ -49,6 +66,7 @@ pub fn run(models: &Models, log_dir: &Path) {
         s.last_ms = Some(super::super::unix_ms());
         s.last_outcome = Some(outcome);
     });
+    Some(models.retrain_status())
 }
 
 fn trainer_path(models: &Models) -> Result<PathBuf, String> {
@@ -152,7 +170,18 @@ fn train_and_compare(
     if !verdict {
         return Err(compared);
     }
+    let serving = models.current();
     install(out, &models.config().dir, &candidate)?;
+    // The new files and the serving ones stay (the watcher has not switched yet).
+    let mut keep = vec![
+        candidate.manifest.latency_model.file.as_str(),
+        candidate.manifest.anomaly_model.file.as_str(),
+    ];
+    if let Some(serving) = &serving {
+        keep.push(&serving.manifest.latency_model.file);
+        keep.push(&serving.manifest.anomaly_model.file);
+    }
+    contract::manifest::prune_model_files(&models.config().dir, &keep);
     models.set_retrain(|s| s.adopted += 1);
     Ok(format!(
         "adopted version {} ({compared}); the watcher loads it",
