@@ -9,6 +9,15 @@ use std::collections::BTreeMap;
 /// File name of the manifest inside a model folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// Input of both ONNX models: `[N, width]` floats.
+pub const MODEL_INPUT: &str = "features";
+/// Output of the latency model: `[N, 2]`, ln(latency ms) at p50 and p90.
+pub const LATENCY_OUTPUT: &str = "log_latency";
+/// Output of the anomaly model: `[N, 1]`, the natural log of the anomaly score (0-1, so at
+/// most 0). The exponential is the reader's: one more graph node costs ~0.7 µs per ONNX Runtime
+/// call, an `exp` in Rust a few nanoseconds.
+pub const ANOMALY_OUTPUT: &str = "log_score";
+
 /// Removes exported model files (`latency-*.onnx`, `anomaly-*.onnx`) in `dir` other than
 /// `keep`: whoever installs a new manifest keeps its files and the previous manifest's (a server
 /// may still be loading those), and older exports go. Errors are ignored: a file left behind

@@ -9,7 +9,8 @@
 //!
 //! Operators: `TreeEnsembleRegressor` from `ai.onnx.ml` opset 3, which ONNX Runtime 1.31 accepts
 //! (its opset-5 successor `TreeEnsemble` would work too; `TreeEnsembleRegressor` at opset 5 is
-//! rejected), and `Exp` from the default domain for the anomaly score.
+//! rejected). Both graphs are that one node: the anomaly model answers ln(score) and the reader
+//! takes the exponential ([`contract::manifest::ANOMALY_OUTPUT`]).
 
 use crate::forest::{Forest, Node};
 use prost::Message;
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 
 /// ONNX IR version written (ONNX 1.13); ONNX Runtime 1.31 reads up to 11.
 const IR_VERSION: i64 = 8;
-/// Default-domain opset (for `Exp`).
+/// Default-domain opset (imported for completeness; no default-domain operator is used).
 const ONNX_OPSET: i64 = 17;
 /// `ai.onnx.ml` opset (for `TreeEnsembleRegressor`).
 const ML_OPSET: i64 = 3;
@@ -398,12 +399,7 @@ fn model(info: &ModelInfo<'_>, graph: GraphProto) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// Input name of both models.
-pub const INPUT: &str = "features";
-/// Output of the latency model: `[N, 2]`, ln(latency ms) at p50 and p90.
-pub const LATENCY_OUTPUT: &str = "log_latency";
-/// Output of the anomaly model: `[N, 1]`, score in 0-1.
-pub const ANOMALY_OUTPUT: &str = "score";
+pub use contract::manifest::{ANOMALY_OUTPUT, LATENCY_OUTPUT, MODEL_INPUT as INPUT};
 
 /// The latency model: `features [N, width]` to `log_latency [N, 2]` (p50, p90).
 pub fn latency_model(p50: &Forest, p90: &Forest, width: usize, info: &ModelInfo<'_>) -> Vec<u8> {
@@ -416,19 +412,11 @@ pub fn latency_model(p50: &Forest, p90: &Forest, width: usize, info: &ModelInfo<
     model(info, graph)
 }
 
-/// The anomaly model: `features [N, width]` to `score [N, 1]` = exp(sum of leaves). The forest's
-/// leaves hold the isolation forest's scaled path lengths, so the sum is the exponent.
+/// The anomaly model: `features [N, width]` to `log_score [N, 1]` = the sum of leaves, whose
+/// exponential is the isolation forest's score (the leaves hold its scaled path lengths).
 pub fn anomaly_model(forest: &Forest, width: usize, info: &ModelInfo<'_>) -> Vec<u8> {
-    let exp = NodeProto {
-        input: vec!["exponent".to_owned()],
-        output: vec![ANOMALY_OUTPUT.to_owned()],
-        name: Some("score".to_owned()),
-        op_type: Some("Exp".to_owned()),
-        domain: Some(String::new()),
-        attribute: Vec::new(),
-    };
     let graph = GraphProto {
-        node: vec![tree_ensemble(&[forest], INPUT, "exponent"), exp],
+        node: vec![tree_ensemble(&[forest], INPUT, ANOMALY_OUTPUT)],
         name: Some(info.kind.to_owned()),
         input: vec![matrix(INPUT, width)],
         output: vec![matrix(ANOMALY_OUTPUT, 1)],
@@ -489,6 +477,7 @@ mod tests {
             .find(|a| a.name.as_deref() == Some("nodes_modes"))
             .expect("modes");
         assert_eq!(modes.strings.len(), 3);
-        assert_eq!(graph.node[1].op_type.as_deref(), Some("Exp"));
+        assert_eq!(graph.node.len(), 1, "the exponential is the reader's");
+        assert_eq!(graph.output[0].name.as_deref(), Some(ANOMALY_OUTPUT));
     }
 }

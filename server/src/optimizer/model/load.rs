@@ -8,7 +8,7 @@
 
 use super::onnx::{Pool, RunError};
 use crate::optimizer::stats::ROUTE_COUNT;
-use contract::manifest::{MANIFEST_FILE, Manifest};
+use contract::manifest::{ANOMALY_OUTPUT, LATENCY_OUTPUT, MANIFEST_FILE, Manifest};
 use contract::routes::route_label;
 use contract::{ANOMALY_INPUT_COUNT, FEATURE_COUNT};
 use ort::environment::Environment;
@@ -174,8 +174,9 @@ fn probe(manifest: &Manifest, latency: &Pool, anomaly: &Pool) -> Result<(), Load
         }
         let mut log_latency = [0.0_f32; 2];
         run(latency, &p.input[..FEATURE_COUNT], &mut log_latency)?;
-        let mut score = [0.0_f32; 1];
-        run(anomaly, &p.input, &mut score)?;
+        let mut log_score = [0.0_f32; 1];
+        run(anomaly, &p.input, &mut log_score)?;
+        let score = log_score[0].exp();
         let worst = (log_latency[0] - p.log_latency[0])
             .abs()
             .max((log_latency[1] - p.log_latency[1]).abs());
@@ -186,11 +187,11 @@ fn probe(manifest: &Manifest, latency: &Pool, anomaly: &Pool) -> Result<(), Load
                 p.log_latency
             )));
         }
-        let off = (score[0] - p.anomaly_score).abs();
+        let off = (score - p.anomaly_score).abs();
         if off.is_nan() || off > PROBE_TOLERANCE {
             return Err(LoadError::Probe(format!(
-                "probe {i}: anomaly model answered {}, the manifest expects {}",
-                score[0], p.anomaly_score
+                "probe {i}: anomaly model answered {score}, the manifest expects {}",
+                p.anomaly_score
             )));
         }
     }
@@ -215,18 +216,22 @@ pub fn load(
         });
     }
     let env = env.map_err(LoadError::Runtime)?;
-    let session = |file: &contract::manifest::ModelFile, width: usize, outputs: usize| {
+    let session = |file: &contract::manifest::ModelFile, width: usize, output: (&str, usize)| {
         let bytes = read_model(dir, file)?;
         let pool =
-            Pool::new(env, &bytes, sessions, width, outputs).map_err(|e| LoadError::File {
+            Pool::new(env, &bytes, sessions, width, output).map_err(|e| LoadError::File {
                 file: file.file.clone(),
                 message: e.to_string(),
             })?;
         check_metadata(&pool, &file.file, &manifest)?;
         Ok::<_, LoadError>(pool)
     };
-    let latency = session(&manifest.latency_model, FEATURE_COUNT, 2)?;
-    let anomaly = session(&manifest.anomaly_model, ANOMALY_INPUT_COUNT, 1)?;
+    let latency = session(&manifest.latency_model, FEATURE_COUNT, (LATENCY_OUTPUT, 2))?;
+    let anomaly = session(
+        &manifest.anomaly_model,
+        ANOMALY_INPUT_COUNT,
+        (ANOMALY_OUTPUT, 1),
+    )?;
     probe(&manifest, &latency, &anomaly)?;
 
     #[allow(clippy::cast_possible_truncation)]

@@ -366,13 +366,14 @@ impl Models {
         };
         #[allow(clippy::cast_possible_truncation)]
         let input = contract::anomaly_input(features, outcome.latency_ms as f32, outcome.status);
-        let mut out = [0.0_f32; 1];
-        self.run(&set.anomaly, &input, &mut out)?;
-        if !out[0].is_finite() {
+        let mut log_score = [0.0_f32; 1];
+        self.run(&set.anomaly, &input, &mut log_score)?;
+        let score = log_score[0].exp();
+        if !score.is_finite() {
             return Err(self.failed("non-finite anomaly score"));
         }
         self.counters.scores.fetch_add(1, Relaxed);
-        Ok(rescale(out[0], set.threshold))
+        Ok(rescale(score.min(1.0), set.threshold))
     }
 
     /// Records a finished request's actual latency against the model's prediction, and marks

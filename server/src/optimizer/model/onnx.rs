@@ -118,17 +118,18 @@ pub struct Pool {
 
 impl Pool {
     /// Builds `sessions` sessions of the model in `bytes`, taking rows of `width` floats and
-    /// answering `outputs` floats: one intra- and inter-op thread each, no spinning (a spinning
-    /// thread pool would burn the cores the requests need).
+    /// answering `outputs` floats in its output `output_name`: one intra- and inter-op thread
+    /// each, no spinning (a spinning thread pool would burn the cores the requests need).
     ///
     /// # Errors
-    /// ONNX Runtime refused the model or the options.
+    /// ONNX Runtime refused the model or the options, or the model's output is not
+    /// `output_name` (a model from another contract).
     pub fn new(
         env: &Environment,
         bytes: &[u8],
         sessions: usize,
         width: usize,
-        outputs: usize,
+        (output_name, outputs): (&str, usize),
     ) -> ort::Result<Self> {
         let mut runners = Vec::with_capacity(sessions.max(1));
         for _ in 0..sessions.max(1) {
@@ -138,11 +139,13 @@ impl Pool {
                 .with_intra_op_spinning(false)?
                 .with_inter_op_spinning(false)?
                 .commit_from_memory(bytes)?;
-            let output_name = session
-                .outputs()
-                .first()
-                .map(|o| o.name().to_owned())
-                .ok_or_else(|| ort::Error::new("model has no output"))?;
+            let found = session.outputs().first().map(|o| o.name().to_owned());
+            if found.as_deref() != Some(output_name) {
+                return Err(ort::Error::new(format!(
+                    "the model answers {found:?}, expected the output {output_name:?}"
+                )));
+            }
+            let output_name = output_name.to_owned();
             let input = Tensor::<f32>::new(&Allocator::default(), [1_usize, width])?;
             let output = Tensor::<f32>::new(&Allocator::default(), [1_usize, outputs])?;
             let options = RunOptions::new()?.with_outputs(
