@@ -61,6 +61,9 @@ pub enum Command {
         /// Trees of the anomaly model (isolation forest).
         #[arg(long, default_value_t = iforest::Params::default().trees)]
         anomaly_trees: usize,
+        /// Rows each isolation tree is grown on (ψ; the depth limit is log2 of it).
+        #[arg(long, default_value_t = iforest::Params::default().sample)]
+        anomaly_sample: usize,
     },
     /// Summarize what the logs say, per route and per query fingerprint, slowest first.
     Report {
@@ -112,12 +115,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             trees,
             depth,
             anomaly_trees,
+            anomaly_sample,
         } => {
             let mut opts = train::Options::new(logs, out);
             opts.holdout = holdout;
             opts.gbdt.trees = trees;
             opts.gbdt.max_depth = depth;
             opts.iforest.trees = anomaly_trees;
+            opts.iforest.sample = anomaly_sample;
             let outcome = train::train(&opts)?;
             print!("{}", summary(&outcome));
         }
