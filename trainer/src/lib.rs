@@ -58,6 +58,9 @@ pub enum Command {
         /// Depth of each latency tree.
         #[arg(long, default_value_t = gbdt::Params::default().max_depth)]
         depth: usize,
+        /// Shrinkage of each latency tree's leaves.
+        #[arg(long, default_value_t = gbdt::Params::default().learning_rate)]
+        learning_rate: f32,
         /// Trees of the anomaly model (isolation forest).
         #[arg(long, default_value_t = iforest::Params::default().trees)]
         anomaly_trees: usize,
@@ -114,6 +117,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             holdout,
             trees,
             depth,
+            learning_rate,
             anomaly_trees,
             anomaly_sample,
         } => {
@@ -121,6 +125,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             opts.holdout = holdout;
             opts.gbdt.trees = trees;
             opts.gbdt.max_depth = depth;
+            opts.gbdt.learning_rate = learning_rate;
             opts.iforest.trees = anomaly_trees;
             opts.iforest.sample = anomaly_sample;
             let outcome = train::train(&opts)?;
