@@ -9,7 +9,7 @@
 #![allow(missing_docs)]
 
 use contract::{ANOMALY_INPUT_COUNT, FEATURE_COUNT, FeatureVector, RequestRecord};
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Bencher, Criterion, criterion_group, criterion_main};
 use server::config::ModelsConfig;
 use server::optimizer::anomaly::Outcome;
 use server::optimizer::model::Models;
@@ -52,6 +52,22 @@ fn models() -> Models {
         "the committed models must load (is ORT_DYLIB_PATH set?)"
     );
     models
+}
+
+/// Times `call` with the caches cold, as under load when PostgreSQL, the kernel's network stack
+/// and the load generator share the cores: `scratch` (16 MiB) is written before each timed call
+/// (not timed), evicting the model and the runtime from L1/L2 and most of L3.
+fn cold<T>(b: &mut Bencher<'_>, scratch: &mut [u8], mut call: impl FnMut() -> T) {
+    b.iter_batched(
+        || {
+            for line in scratch.chunks_mut(64) {
+                line[0] = line[0].wrapping_add(1);
+            }
+            black_box(&mut *scratch);
+        },
+        |()| black_box(call()),
+        BatchSize::PerIteration,
+    );
 }
 
 fn bench(c: &mut Criterion) {
@@ -98,41 +114,24 @@ fn bench(c: &mut Criterion) {
             black_box(out1)
         });
     });
-    // The same calls with the caches cold, as under load when PostgreSQL, the kernel's network
-    // stack and the load generator share the cores: 16 MiB are written before each timed call
-    // (not timed), evicting the model and the runtime from L1/L2 and most of L3.
     let mut scratch = vec![0_u8; 16 << 20];
-    let thrash = |scratch: &mut Vec<u8>| {
-        for chunk in scratch.chunks_mut(64) {
-            chunk[0] = chunk[0].wrapping_add(1);
-        }
-        black_box(&scratch);
-    };
     group.bench_function("ort_latency_row_cold", |b| {
-        b.iter_batched(
-            || thrash(&mut scratch),
-            |()| {
-                i = (i + 1) % features.len();
-                set.latency
-                    .run(black_box(&features[i][..FEATURE_COUNT]), &mut out2)
-                    .expect("run");
-                black_box(out2)
-            },
-            BatchSize::PerIteration,
-        );
+        cold(b, &mut scratch, || {
+            i = (i + 1) % features.len();
+            set.latency
+                .run(black_box(&features[i][..FEATURE_COUNT]), &mut out2)
+                .expect("run");
+            black_box(out2)
+        });
     });
     group.bench_function("ort_anomaly_row_cold", |b| {
-        b.iter_batched(
-            || thrash(&mut scratch),
-            |()| {
-                i = (i + 1) % inputs.len();
-                set.anomaly
-                    .run(black_box(&inputs[i]), &mut out1)
-                    .expect("run");
-                black_box(out1)
-            },
-            BatchSize::PerIteration,
-        );
+        cold(b, &mut scratch, || {
+            i = (i + 1) % inputs.len();
+            set.anomaly
+                .run(black_box(&inputs[i]), &mut out1)
+                .expect("run");
+            black_box(out1)
+        });
     });
     group.bench_function("model_predict", |b| {
         b.iter(|| {
@@ -189,28 +188,20 @@ fn bench(c: &mut Criterion) {
         });
     });
     group.bench_function("native_latency_row_cold", |b| {
-        b.iter_batched(
-            || thrash(&mut scratch),
-            |()| {
-                i = (i + 1) % features.len();
-                let x = black_box(&features[i]);
-                black_box([outcome.latency[0].eval(x), outcome.latency[1].eval(x)])
-            },
-            BatchSize::PerIteration,
-        );
+        cold(b, &mut scratch, || {
+            i = (i + 1) % features.len();
+            let x = black_box(&features[i]);
+            black_box([outcome.latency[0].eval(x), outcome.latency[1].eval(x)])
+        });
     });
     group.bench_function("native_anomaly_row_cold", |b| {
-        b.iter_batched(
-            || thrash(&mut scratch),
-            |()| {
-                i = (i + 1) % inputs.len();
-                black_box(trainer::iforest::score(
-                    &outcome.anomaly,
-                    black_box(&inputs[i]),
-                ))
-            },
-            BatchSize::PerIteration,
-        );
+        cold(b, &mut scratch, || {
+            i = (i + 1) % inputs.len();
+            black_box(trainer::iforest::score(
+                &outcome.anomaly,
+                black_box(&inputs[i]),
+            ))
+        });
     });
     group.bench_function("native_anomaly_row", |b| {
         b.iter(|| {
