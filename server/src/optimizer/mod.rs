@@ -449,16 +449,16 @@ impl Optimizer {
 
     /// Trains on the request logs in `log_dir` now, as `training_interval` does, and adopts the
     /// result if it predicts the most recent requests better; the status after the run, or
-    /// `None` when a run is already in progress.
+    /// `Ok(None)` when a run is already in progress.
+    ///
+    /// # Errors
+    /// The training thread panicked (the trainer itself runs as a child process).
     pub async fn retrain_now(
         self: &Arc<Self>,
         log_dir: std::path::PathBuf,
-    ) -> Option<model::retrain::RetrainStatus> {
+    ) -> anyhow::Result<Option<model::retrain::RetrainStatus>> {
         let models = self.models.clone();
-        tokio::task::spawn_blocking(move || model::retrain::run(&models, &log_dir))
-            .await
-            .ok()
-            .flatten()
+        Ok(tokio::task::spawn_blocking(move || model::retrain::run(&models, &log_dir)).await?)
     }
 
     /// Starts the once-a-second housekeeping task.

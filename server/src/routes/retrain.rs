@@ -30,7 +30,7 @@ pub async fn retrain_now(
     state
         .optimizer
         .retrain_now(state.config.telemetry.log_dir.clone())
-        .await
+        .await?
         .map(Json)
         .ok_or(ApiError::Conflict {
             code: "training_in_progress",
