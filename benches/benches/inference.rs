@@ -77,6 +77,15 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|r| contract::anomaly_input(&r.features, r.latency_ms, r.status))
         .collect();
+    // The finished requests as the scorers see them (served, so the model is asked).
+    let outcomes: Vec<Outcome> = rows
+        .iter()
+        .map(|r| Outcome {
+            latency_ms: f64::from(r.latency_ms),
+            status: 200,
+            shed: false,
+        })
+        .collect();
     let models = models();
     let set = models.current().expect("loaded");
     let stats = Stats::default();
@@ -143,12 +152,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("model_score", |b| {
         b.iter(|| {
             i = (i + 1) % rows.len();
-            let outcome = Outcome {
-                latency_ms: f64::from(rows[i].latency_ms),
-                status: 200,
-                shed: false,
-            };
-            black_box(models.score(black_box(&features[i]), &outcome))
+            black_box(models.score(black_box(&features[i]), &outcomes[i]))
         });
     });
     let stats = std::sync::Arc::new(stats);
@@ -165,12 +169,11 @@ fn bench(c: &mut Criterion) {
         use server::optimizer::anomaly::AnomalyScorer;
         b.iter(|| {
             i = (i + 1) % rows.len();
-            let outcome = Outcome {
-                latency_ms: f64::from(rows[i].latency_ms),
-                status: 200,
-                shed: false,
-            };
-            black_box(scorer.score(features[i][0] as usize, black_box(&features[i]), &outcome))
+            black_box(scorer.score(
+                features[i][0] as usize,
+                black_box(&features[i]),
+                &outcomes[i],
+            ))
         });
     });
 

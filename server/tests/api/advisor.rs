@@ -48,19 +48,11 @@ async fn browse(app: &TestApp, n: u64) {
     }
 }
 
-async fn metrics(app: &TestApp) -> Value {
-    app.get_as(ADMIN, "/api/ml-metrics")
-        .await
-        .json()
-        .await
-        .expect("metrics json")
-}
-
 /// Waits until the request log writer has counted `calls` executions of the category listing.
 async fn wait_for_calls(app: &TestApp, calls: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let m = metrics(app).await;
+        let m = app.ml_metrics().await;
         let counted = m["queries"]
             .as_array()
             .expect("queries")
@@ -152,7 +144,7 @@ async fn slow_category_filter_gets_a_verified_category_index_suggestion_and_noth
     );
 
     // Suggested in the metrics and the optimizer log, but not built: auto_index is off.
-    let m = metrics(&app).await;
+    let m = app.ml_metrics().await;
     assert_eq!(m["indexAdvice"]["autoIndex"], false);
     assert_eq!(
         m["indexAdvice"]["suggestions"][0]["createSql"],

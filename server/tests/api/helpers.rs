@@ -55,6 +55,15 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A response header as text; panics when it is missing or not ASCII.
+pub fn header<'a>(response: &'a Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("missing header {name}"))
+}
+
 /// A test server's configuration: loopback, any free port, the test admin token, and logs in
 /// the test's scratch folder.
 fn server_config(db_url: &str, scratch: &std::path::Path, pool_size: usize) -> Config {
@@ -200,6 +209,15 @@ impl TestApp {
             .send()
             .await
             .expect("request")
+    }
+
+    /// `GET /api/ml-metrics` as the admin, parsed.
+    pub async fn ml_metrics(&self) -> Value {
+        self.get_as(ADMIN, "/api/ml-metrics")
+            .await
+            .json()
+            .await
+            .expect("ml-metrics json")
     }
 
     /// POST JSON with an optional bearer token.

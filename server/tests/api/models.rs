@@ -2,7 +2,7 @@
 //! set by `make test`): a good model answers, a foreign, aged or corrupt one does not, and a new
 //! version is swapped in under load without a failed request.
 
-use crate::helpers::{ADMIN, TestApp, spawn_app_with};
+use crate::helpers::{ADMIN, TestApp, header, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -77,28 +77,11 @@ async fn app_with_models(adjust: impl FnOnce(&Path, &mut server::Config)) -> (Te
     (app, dir)
 }
 
-fn source(response: &reqwest::Response) -> String {
-    response
-        .headers()
-        .get("x-ml-source")
-        .and_then(|v| v.to_str().ok())
-        .expect("x-ml-source")
-        .to_owned()
-}
-
-async fn metrics(app: &TestApp) -> Value {
-    app.get_as(ADMIN, "/api/ml-metrics")
-        .await
-        .json()
-        .await
-        .expect("metrics json")
-}
-
 /// Polls `/api/ml-metrics` until `done` holds (or 10 s pass) and returns the last answer.
 async fn metrics_until(app: &TestApp, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let m = metrics(app).await;
+        let m = app.ml_metrics().await;
         if done(&m) || Instant::now() > deadline {
             return m;
         }
@@ -124,21 +107,17 @@ async fn a_trained_model_answers_requests() {
     for _ in 0..20 {
         let response = app.get(&format!("/api/products/{id}")).await;
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(source(&response), "onnx");
-        let predicted: f32 = response.headers()["x-ml-predicted-latency-ms"]
-            .to_str()
-            .expect("ascii")
+        assert_eq!(header(&response, "x-ml-source"), "onnx");
+        let predicted: f32 = header(&response, "x-ml-predicted-latency-ms")
             .parse()
             .expect("number");
         assert!(predicted > 0.0, "the model predicts a positive latency");
-        let confidence: u32 = response.headers()["x-ml-prediction-confidence"]
-            .to_str()
-            .expect("ascii")
+        let confidence: u32 = header(&response, "x-ml-prediction-confidence")
             .parse()
             .expect("integer");
         assert!(confidence > 0, "calibrated from the manifest's holdout");
     }
-    let m = metrics(&app).await;
+    let m = app.ml_metrics().await;
     assert_eq!(m["model"]["source"], "onnx");
     assert_eq!(m["model"]["onnx"]["version"], version);
     assert!(m["model"]["onnx"]["predictions"].as_u64() >= Some(20));
@@ -156,7 +135,10 @@ async fn a_model_with_another_fingerprint_is_refused_and_online_answers() {
     .await;
     let response = app.get("/api/products").await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(source(&response), "online; stale=fingerprint");
+    assert_eq!(
+        header(&response, "x-ml-source"),
+        "online; stale=fingerprint"
+    );
     let m = metrics_until(&app, |m| !actions(m, "model-rejected").is_empty()).await;
     assert_eq!(m["model"]["source"], "online");
     assert_eq!(m["model"]["onnx"]["stale"], "fingerprint");
@@ -178,7 +160,7 @@ async fn an_aged_model_falls_back_to_online_statistics() {
     .await;
     let response = app.get("/api/products").await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(source(&response), "online; stale=aged");
+    assert_eq!(header(&response, "x-ml-source"), "online; stale=aged");
     let m = metrics_until(&app, |m| !actions(m, "model-stale").is_empty()).await;
     assert_eq!(m["model"]["onnx"]["stale"], "aged");
     assert!(
@@ -221,7 +203,11 @@ async fn a_corrupt_model_is_refused_while_the_old_one_keeps_serving() {
     assert_eq!(m["model"]["source"], "onnx");
     let response = app.get("/api/products").await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(source(&response), "onnx", "the old model keeps serving");
+    assert_eq!(
+        header(&response, "x-ml-source"),
+        "onnx",
+        "the old model keeps serving"
+    );
     let m = metrics_until(&app, |m| !actions(m, "model-rejected").is_empty()).await;
     let refusals = actions(&m, "model-rejected");
     assert!(
@@ -286,7 +272,7 @@ async fn replacing_the_files_hot_swaps_without_a_failed_request() {
     );
     assert!(served.load(Ordering::Relaxed) > 50, "the load kept going");
     let response = app.get(&format!("/api/products/{id}")).await;
-    assert_eq!(source(&response), "onnx");
+    assert_eq!(header(&response, "x-ml-source"), "onnx");
     let m = metrics_until(&app, |m| !actions(m, "model-loaded").is_empty()).await;
     assert!(
         actions(&m, "model-loaded")
@@ -439,7 +425,10 @@ async fn retraining_adopts_a_better_model_and_keeps_the_serving_one_otherwise() 
     let m = metrics_until(&app, |m| m["model"]["onnx"]["version"] == adopted).await;
     assert_eq!(m["model"]["onnx"]["version"], adopted, "{}", m["model"]);
     assert_eq!(m["model"]["onnx"]["retrain"]["adopted"], 1);
-    assert_eq!(source(&app.get("/api/products").await), "onnx");
+    assert_eq!(
+        header(&app.get("/api/products").await, "x-ml-source"),
+        "onnx"
+    );
     let m = metrics_until(&app, |m| !actions(m, "retrain").is_empty()).await;
     assert!(
         actions(&m, "retrain")
@@ -479,6 +468,9 @@ async fn retraining_adopts_a_better_model_and_keeps_the_serving_one_otherwise() 
         adopted,
         "the serving model stays"
     );
-    assert_eq!(source(&app.get("/api/products").await), "onnx");
+    assert_eq!(
+        header(&app.get("/api/products").await, "x-ml-source"),
+        "onnx"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

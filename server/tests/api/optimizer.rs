@@ -1,20 +1,12 @@
 //! The online optimizer seen from outside: headers, shedding, caching, the request log, and
 //! auto-healing.
 
-use crate::helpers::{ADMIN, checkout_body, fixed_limit, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN, checkout_body, fixed_limit, header, spawn_app, spawn_app_with};
 use contract::RequestRecord;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_else(|| panic!("missing header {name}"))
-}
 
 #[tokio::test]
 async fn every_response_carries_ml_headers_in_range() {
@@ -79,12 +71,7 @@ async fn with_every_feature_off_only_the_headers_remain() {
         assert_eq!(header(&response, "x-optimization-applied"), "none");
         assert_eq!(header(&response, "x-ml-prediction-confidence"), "0");
     }
-    let metrics: Value = app
-        .get_as(ADMIN, "/api/ml-metrics")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let metrics: Value = app.ml_metrics().await;
     assert_eq!(metrics["routes"], json!([]), "no statistics are kept");
     assert!(
         !app.scratch.join("data/logs").exists(),
@@ -140,12 +127,7 @@ async fn low_priority_is_shed_before_checkout_under_saturation() {
         "one low-priority request still runs"
     );
 
-    let metrics: Value = app
-        .get_as(ADMIN, "/api/ml-metrics")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let metrics: Value = app.ml_metrics().await;
     let low = metrics["admission"]
         .as_array()
         .expect("admission")
@@ -300,12 +282,7 @@ async fn a_hundred_concurrent_misses_fill_the_cache_once() {
         fills, 1,
         "one request computes, 99 wait for it: {applied:?}"
     );
-    let metrics: Value = app
-        .get_as(ADMIN, "/api/ml-metrics")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let metrics: Value = app.ml_metrics().await;
     let search = metrics["cache"]
         .as_array()
         .expect("cache")
@@ -424,23 +401,13 @@ async fn auto_healing_acts_on_a_sustained_spike_and_undoes_itself() {
         });
     }
     if !throttled {
-        let metrics: Value = app
-            .get_as(ADMIN, "/api/ml-metrics")
-            .await
-            .json()
-            .await
-            .expect("json");
+        let metrics: Value = app.ml_metrics().await;
         panic!(
             "auto-healing never throttled the stress test: anomaly {} routes {} history {}",
             metrics["anomaly"], metrics["routes"], metrics["history"]
         );
     }
-    let metrics: Value = app
-        .get_as(ADMIN, "/api/ml-metrics")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let metrics: Value = app.ml_metrics().await;
     assert!(
         metrics["actions"]
             .as_array()
@@ -459,12 +426,7 @@ async fn auto_healing_acts_on_a_sustained_spike_and_undoes_itself() {
             app.get("/healthz").await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let metrics: Value = app
-            .get_as(ADMIN, "/api/ml-metrics")
-            .await
-            .json()
-            .await
-            .expect("json");
+        let metrics: Value = app.ml_metrics().await;
         undone = metrics["actions"]
             .as_array()
             .expect("actions")
@@ -506,12 +468,7 @@ async fn prometheus_metrics_and_ml_metrics_are_served() {
     // Statement aggregates come from the log writer thread, which drains every 50 ms.
     let deadline = Instant::now() + Duration::from_secs(5);
     let metrics: Value = loop {
-        let metrics: Value = app
-            .get_as(ADMIN, "/api/ml-metrics")
-            .await
-            .json()
-            .await
-            .expect("json");
+        let metrics: Value = app.ml_metrics().await;
         let seen = metrics["queries"]
             .as_array()
             .expect("queries")
