@@ -6,7 +6,7 @@
 //! row embedded in the manifest they answer what the trainer's own evaluation answered. All of
 //! it runs off the request path (on a blocking thread), before the swap.
 
-use super::onnx::{Pool, RunError};
+use super::onnx::Pool;
 use crate::optimizer::stats::ROUTE_COUNT;
 use contract::manifest::{ANOMALY_OUTPUT, LATENCY_OUTPUT, MANIFEST_FILE, Manifest};
 use contract::routes::route_label;
@@ -155,15 +155,9 @@ fn probe(manifest: &Manifest, latency: &Pool, anomaly: &Pool) -> Result<(), Load
     if manifest.probes.is_empty() {
         return Err(LoadError::Probe("the manifest has no probe rows".into()));
     }
+    // Nothing else uses a candidate yet, so its sessions are never busy.
     let run = |pool: &Pool, row: &[f32], out: &mut [f32]| {
-        // Nothing else uses a candidate yet, so a busy session is impossible; loop anyway.
-        loop {
-            match pool.run(row, out) {
-                Ok(()) => return Ok(()),
-                Err(RunError::Busy) => std::thread::yield_now(),
-                Err(RunError::Failed(e)) => return Err(LoadError::Probe(e)),
-            }
-        }
+        pool.run_waiting(row, out).map_err(LoadError::Probe)
     };
     for (i, p) in manifest.probes.iter().enumerate() {
         if p.input.len() != ANOMALY_INPUT_COUNT {

@@ -217,4 +217,19 @@ impl Pool {
         }
         Err(RunError::Busy)
     }
+
+    /// Runs one row, yielding the thread until a session is free: for work off the request
+    /// path (probe checks, comparing models) that must not fall back to online statistics.
+    ///
+    /// # Errors
+    /// ONNX Runtime failed.
+    pub fn run_waiting(&self, row: &[f32], out: &mut [f32]) -> Result<(), String> {
+        loop {
+            match self.run(row, out) {
+                Ok(()) => return Ok(()),
+                Err(RunError::Busy) => std::thread::yield_now(),
+                Err(RunError::Failed(e)) => return Err(e),
+            }
+        }
+    }
 }

@@ -10,7 +10,6 @@
 
 use super::Models;
 use super::load::{self, ModelSet};
-use super::onnx::RunError;
 use contract::manifest::MANIFEST_FILE;
 use contract::{FEATURE_COUNT, RequestRecord};
 use serde::Serialize;
@@ -235,13 +234,8 @@ fn mae(set: &ModelSet, rows: &[(contract::FeatureVector, f32)]) -> Result<f64, S
     let mut sum = 0.0;
     let mut out = [0.0_f32; 2];
     for (features, latency) in rows {
-        loop {
-            match set.latency.run(&features[..FEATURE_COUNT], &mut out) {
-                Ok(()) => break,
-                Err(RunError::Busy) => std::thread::yield_now(),
-                Err(RunError::Failed(e)) => return Err(e),
-            }
-        }
+        set.latency
+            .run_waiting(&features[..FEATURE_COUNT], &mut out)?;
         sum += f64::from((latency.max(0.001).ln() - out[0]).abs());
     }
     #[allow(clippy::cast_precision_loss)]
