@@ -16,12 +16,20 @@
 # (built when missing, or always with LOADTEST_BUILD=1), migrate, seed --products, then
 # `server serve` on 127.0.0.1:PORT, waiting up to 30 s for /readyz.
 #
+# SHOP_CONFIGS="off=benches/k6/configs/off.toml onnx=benches/k6/configs/onnx.toml" starts one
+# server per entry instead (ports PORT, PORT+1, ...; request logs in SUMMARY_DIR/logs-<name>),
+# all on the same database, and hands them to the scripts as TARGETS="off=http://...,onnx=...":
+# benches/k6/overhead-ab.js loads them side by side in one run. The CPU seconds each server spent
+# during a script go to SUMMARY_DIR/<script>-cpu.txt.
+#
 # Environment:
 #   BASE_URL       test this server instead of starting one (needs ADMIN_TOKEN or .local/admin-token)
 #   PORT           port of the server started here (default 3000)
 #   PRODUCTS       generated products to seed (default 10000; the seed adds 5 more)
 #   ADMIN_TOKEN    admin token (default: .local/admin-token, generated when missing)
 #   DATABASE_URL   use this database instead of the local cluster
+#   SHOP_CONFIG    configuration file of the single server started here
+#   SHOP_CONFIGS   several servers, see above
 #   SUMMARY_DIR    where k6 summaries, the server log and the server's CPU seconds
 #                  (server-cpu-seconds.txt) go (default target/k6)
 #   K6_ARGS        extra arguments for every `k6 run`, e.g. K6_ARGS='-e VUS=10 -e DURATION=10s'
@@ -88,41 +96,58 @@ http_ok() { # url
     curl --silent --fail --max-time 2 --output /dev/null "$1"
 }
 
-SERVER_PID=
-stop_server() {
-    [[ -n $SERVER_PID ]] || return 0
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        # CPU time the server used (user + system, start-up included), for CPU per request:
-        # steadier than throughput when k6 and PostgreSQL share the cores.
-        local ticks
-        ticks=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat" 2>/dev/null || echo 0)
-        awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f\n", t / hz}' \
-            >"$SUMMARY_DIR/server-cpu-seconds.txt"
-        log "server used $(< "$SUMMARY_DIR/server-cpu-seconds.txt") s of CPU"
-        log "stopping server (pid $SERVER_PID)"
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        # Graceful shutdown drains in-flight requests; give it 10 s, then kill.
-        for _ in $(seq 1 100); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$SERVER_PID" 2>/dev/null; then
-            log "server did not stop within 10 s; killing it"
-            kill -KILL "$SERVER_PID" 2>/dev/null || true
-        fi
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=
+# The servers started here: pid, name (empty for the single server) and port, by index.
+SERVER_PIDS=()
+SERVER_NAMES=()
+SERVER_PORTS=()
+
+cpu_ticks() { # pid -> user + system clock ticks so far
+    awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
-start_server() {
-    if ! [[ $PORT =~ ^[1-9][0-9]{0,4}$ ]] || ((PORT > 65535)); then
-        die "PORT must be a TCP port number, got '$PORT'"
+stop_server() { # index
+    local pid=${SERVER_PIDS[$1]} name=${SERVER_NAMES[$1]}
+    [[ -n $pid ]] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        # CPU time the server used (user + system, start-up included), for CPU per request:
+        # steadier than throughput when k6 and PostgreSQL share the cores.
+        local file=$SUMMARY_DIR/server-cpu-seconds${name:+-$name}.txt
+        awk -v t="$(cpu_ticks "$pid")" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f\n", t / hz}' >"$file"
+        log "server ${name:+$name }used $(< "$file") s of CPU"
+        log "stopping server ${name:+$name }(pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        # Graceful shutdown drains in-flight requests; give it 10 s, then kill.
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "server did not stop within 10 s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
     fi
+    wait "$pid" 2>/dev/null || true
+    SERVER_PIDS[$1]=
+}
+
+stop_servers() {
+    local i
+    for i in "${!SERVER_PIDS[@]}"; do
+        stop_server "$i"
+    done
+}
+
+check_port() {
+    if ! [[ $1 =~ ^[1-9][0-9]{0,4}$ ]] || (($1 > 65535)); then
+        die "PORT must be a TCP port number, got '$1'"
+    fi
+    if port_in_use "$1"; then
+        die "something already listens on 127.0.0.1:$1; stop it, choose another PORT, or test it with BASE_URL"
+    fi
+}
+
+prepare_database() {
     [[ $PRODUCTS =~ ^[0-9]+$ ]] || die "PRODUCTS must be a number, got '$PRODUCTS'"
-    if port_in_use "$PORT"; then
-        die "something already listens on 127.0.0.1:$PORT; stop it, choose another PORT, or test it with BASE_URL"
-    fi
     if [[ -z ${DATABASE_URL:-} ]]; then
         scripts/pg.sh start
         DATABASE_URL=$(scripts/pg.sh url)
@@ -135,19 +160,30 @@ start_server() {
     "$SERVER" migrate
     log "seeding $PRODUCTS generated products (idempotent)"
     "$SERVER" seed --products "$PRODUCTS"
+}
 
+start_server() { # name (empty: the single server) port [config]
+    local name=$1 port=$2 config=${3:-${SHOP_CONFIG:-}}
     mkdir -p "$SUMMARY_DIR"
-    local server_log=$SUMMARY_DIR/server-$PORT.log
-    log "starting server on 127.0.0.1:$PORT (log: $server_log)"
-    HOST=127.0.0.1 PORT=$PORT "$SERVER" serve >"$server_log" 2>&1 &
-    SERVER_PID=$!
-    BASE_URL=http://127.0.0.1:$PORT
+    local server_log=$SUMMARY_DIR/server-$port.log
+    log "starting server ${name:+$name }on 127.0.0.1:$port (log: $server_log)"
+    if [[ -n $name ]]; then
+        # Each its own request log folder: two writers must not share a file.
+        HOST=127.0.0.1 PORT=$port SHOP_CONFIG=$config LOG_DIR=$SUMMARY_DIR/logs-$name \
+            "$SERVER" serve >"$server_log" 2>&1 &
+    else
+        HOST=127.0.0.1 PORT=$port "$SERVER" serve >"$server_log" 2>&1 &
+    fi
+    local pid=$!
+    SERVER_PIDS+=("$pid")
+    SERVER_NAMES+=("$name")
+    SERVER_PORTS+=("$port")
 
     local deadline=$((SECONDS + READY_TIMEOUT))
-    until http_ok "$BASE_URL/readyz"; do
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    until http_ok "http://127.0.0.1:$port/readyz"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
             tail -n 20 "$server_log" >&2 || true
-            SERVER_PID=
+            SERVER_PIDS[-1]=
             die "the server exited during start-up (log above)"
         fi
         if ((SECONDS >= deadline)); then
@@ -156,7 +192,49 @@ start_server() {
         fi
         sleep 0.2
     done
-    log "server ready (pid $SERVER_PID)"
+    log "server ${name:+$name }ready (pid $pid)"
+}
+
+# SHOP_CONFIGS="name=file.toml ...": one server per entry on PORT, PORT+1, ...; the k6 scripts
+# get them as TARGETS="name=url,...".
+start_servers() {
+    prepare_database
+    if [[ -z ${SHOP_CONFIGS:-} ]]; then
+        check_port "$PORT"
+        start_server "" "$PORT"
+        BASE_URL=http://127.0.0.1:$PORT
+        return
+    fi
+    local entries=() entry name config port=$PORT targets=()
+    read -r -a entries <<<"$SHOP_CONFIGS"
+    for entry in "${entries[@]}"; do
+        name=${entry%%=*}
+        config=${entry#*=}
+        [[ $entry == *=* && $name =~ ^[a-z0-9-]+$ ]] || die "SHOP_CONFIGS entries look like name=file.toml (name: a-z, 0-9, -), got '$entry'"
+        [[ -f $config ]] || die "no such configuration file: $config"
+        check_port "$port"
+        start_server "$name" "$port" "$config"
+        targets+=("$name=http://127.0.0.1:$port")
+        port=$((port + 1))
+    done
+    BASE_URL=${targets[0]#*=}
+    TARGETS=$(IFS=,; printf '%s' "${targets[*]}")
+    export TARGETS
+}
+
+# CPU seconds each server spent during one k6 run: SUMMARY_DIR/<script>-cpu.txt, "name seconds"
+# per line (only with SHOP_CONFIGS).
+record_cpu() { # script before-ticks...
+    local script=$1 i hz
+    shift
+    hz=$(getconf CLK_TCK)
+    local before=("$@")
+    for i in "${!SERVER_PIDS[@]}"; do
+        [[ -n ${SERVER_PIDS[$i]} ]] || continue
+        awk -v n="${SERVER_NAMES[$i]}" -v t="$(( $(cpu_ticks "${SERVER_PIDS[$i]}") - before[i] ))" -v hz="$hz" \
+            'BEGIN {printf "%s %.2f\n", n, t / hz}'
+    done >"$SUMMARY_DIR/$script-cpu.txt"
+    log "server CPU seconds during $script: $(tr '\n' ' ' <"$SUMMARY_DIR/$script-cpu.txt")"
 }
 
 resolve_script() { # name -> path
@@ -193,7 +271,7 @@ main() {
     read -r -a k6_args <<<"${K6_ARGS:-}"
 
     ensure_k6
-    trap stop_server EXIT
+    trap stop_servers EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
     ensure_admin_token
@@ -208,15 +286,20 @@ main() {
         http_ok "$BASE_URL/readyz" || die "$BASE_URL/readyz does not answer 200"
         log "testing $BASE_URL"
     else
-        start_server
+        start_servers
         own_server=1
     fi
     mkdir -p "$SUMMARY_DIR"
 
     local failed=() status
+    local before=() i died
     for s in "${scripts[@]}"; do
         log "k6 run $s"
         status=0
+        before=()
+        for i in "${!SERVER_PIDS[@]}"; do
+            before+=("$(cpu_ticks "${SERVER_PIDS[$i]:-0}")")
+        done
         # The catalogue size the scripts' Zipf ranks span: the generated products plus the seed's 5.
         if ((own_server)); then
             PRODUCTS=$((PRODUCTS + 5)) BASE_URL=$BASE_URL ADMIN_TOKEN=$ADMIN_TOKEN SUMMARY_DIR=$SUMMARY_DIR \
@@ -233,9 +316,18 @@ main() {
             esac
             failed+=("$s")
         fi
-        if ((own_server)) && ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            log "the server died during $s; see $SUMMARY_DIR/server-$PORT.log"
-            SERVER_PID=
+        if [[ -n ${SHOP_CONFIGS:-} ]] && ((own_server)); then
+            record_cpu "$(basename "$s" .js)" "${before[@]}"
+        fi
+        died=0
+        for i in "${!SERVER_PIDS[@]}"; do
+            if [[ -n ${SERVER_PIDS[$i]} ]] && ! kill -0 "${SERVER_PIDS[$i]}" 2>/dev/null; then
+                log "a server died during $s; see $SUMMARY_DIR/server-${SERVER_PORTS[$i]}.log"
+                SERVER_PIDS[i]=
+                died=1
+            fi
+        done
+        if ((died)); then
             failed+=("(server)")
             break
         fi

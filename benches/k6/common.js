@@ -75,9 +75,10 @@ export function isCacheHit(res) {
 
 /**
  * Registers `count` users with unique e-mails (tag `run` keeps runs apart), `batchSize` at
- * a time. Returns their tokens; throws when fewer than `minimum` succeeded.
+ * a time, on the server at `baseUrl`. Returns their tokens; throws when fewer than `minimum`
+ * succeeded.
  */
-export function registerUsers(http, runId, count, minimum, batchSize = 10) {
+export function registerUsers(http, runId, count, minimum, batchSize = 10, baseUrl = BASE_URL) {
   const tokens = [];
   const failures = {};
   for (let start = 0; start < count; start += batchSize) {
@@ -85,7 +86,7 @@ export function registerUsers(http, runId, count, minimum, batchSize = 10) {
     for (let i = start; i < Math.min(count, start + batchSize); i++) {
       batch.push({
         method: 'POST',
-        url: `${BASE_URL}/api/auth/register`,
+        url: `${baseUrl}/api/auth/register`,
         body: JSON.stringify({
           email: `k6-${runId}-${i}@loadtest.example`,
           password: `k6-pass-${runId}-${i}`,

@@ -98,6 +98,9 @@ pub struct Overrides {
     /// Minutes between background retraining runs (0: never).
     #[arg(long, env = "TRAINING_INTERVAL", global = true)]
     pub training_interval: Option<u64>,
+    /// Folder for request logs (`telemetry.log_dir`): two servers on one machine need two.
+    #[arg(long, env = "LOG_DIR", global = true)]
+    pub log_dir: Option<PathBuf>,
 }
 
 /// The whole configuration, as the TOML file spells it.
@@ -483,6 +486,7 @@ impl Config {
         set(&mut self.models.dir, &o.models_dir);
         set(&mut self.models.max_age_hours, &o.model_max_age_hours);
         set(&mut self.training_interval, &o.training_interval);
+        set(&mut self.telemetry.log_dir, &o.log_dir);
     }
 
     /// Rejects settings that would make the server unsafe or useless.
