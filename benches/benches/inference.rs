@@ -10,6 +10,7 @@
 
 use contract::{ANOMALY_INPUT_COUNT, FEATURE_COUNT, FeatureVector, RequestRecord};
 use criterion::{BatchSize, Bencher, Criterion, criterion_group, criterion_main};
+use futures::FutureExt;
 use server::config::ModelsConfig;
 use server::optimizer::anomaly::Outcome;
 use server::optimizer::model::Models;
@@ -146,13 +147,22 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % features.len();
             let route = features[i][0] as usize;
-            black_box(models.predict(route, black_box(&features[i]), &stats))
+            // Alone (not joined with other requests' rows), so it answers on the first poll.
+            black_box(
+                models
+                    .predict(route, black_box(&features[i]), &stats, false)
+                    .now_or_never(),
+            )
         });
     });
     group.bench_function("model_score", |b| {
         b.iter(|| {
             i = (i + 1) % rows.len();
-            black_box(models.score(black_box(&features[i]), &outcomes[i]))
+            black_box(
+                models
+                    .score(black_box(&features[i]), &outcomes[i], false)
+                    .now_or_never(),
+            )
         });
     });
     let stats = std::sync::Arc::new(stats);

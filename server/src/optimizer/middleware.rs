@@ -328,8 +328,11 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
         cached,
         (arrived, arrived_ms),
     );
+    // With other requests in flight, the model runs are shared with theirs (one ONNX Runtime
+    // call per batch instead of per request); alone, a request runs its row directly.
+    let join = opt.stats.in_flight.load(Ordering::Relaxed) > 1;
     let prediction = if settings.prediction {
-        opt.predictor.predict(route, &features)
+        opt.predictor.predict(route, &features, join).await
     } else {
         Prediction::NONE
     };
@@ -417,7 +420,8 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
         shed,
     };
     let score = if settings.anomaly {
-        opt.scorer.score(route, &features, &outcome)
+        let join = opt.stats.in_flight.load(Ordering::Relaxed) > 1;
+        opt.scorer.score(route, &features, &outcome, join).await
     } else {
         0.0
     };

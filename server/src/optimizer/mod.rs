@@ -29,11 +29,10 @@ pub mod telemetry;
 
 use crate::config::Config;
 use admission::{Admission, Priority, PriorityStats};
-use anomaly::{Action, AnomalyScorer, Decision, Healer};
+use anomaly::{Action, Decision, Healer};
 use cache::ResponseCache;
 use contract::routes::{ROUTES, route_label};
 use model::{ModelPredictor, ModelScorer, Models};
-use predictor::Predictor;
 use serde::Serialize;
 use stats::Stats;
 use std::collections::VecDeque;
@@ -159,8 +158,8 @@ pub struct Optimizer {
     pub settings: Settings,
     /// Per-route statistics.
     pub stats: Arc<Stats>,
-    predictor: Box<dyn Predictor>,
-    scorer: Box<dyn AnomalyScorer>,
+    predictor: ModelPredictor,
+    scorer: ModelScorer,
     /// The ONNX models and their health (the predictor and scorer ask them first).
     pub models: Arc<Models>,
     /// Admission control.
@@ -251,8 +250,8 @@ impl Optimizer {
             models.poll();
         }
         Self {
-            predictor: Box::new(ModelPredictor::new(models.clone(), stats.clone())),
-            scorer: Box::new(ModelScorer::new(models.clone(), stats.clone())),
+            predictor: ModelPredictor::new(models.clone(), stats.clone()),
+            scorer: ModelScorer::new(models.clone(), stats.clone()),
             models,
             admission: Admission::new(o.min_concurrency, o.max_concurrency)
                 .with_db_slots(u32::try_from(config.database.pool_size).unwrap_or(u32::MAX)),

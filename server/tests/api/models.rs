@@ -474,3 +474,74 @@ async fn retraining_adopts_a_better_model_and_keeps_the_serving_one_otherwise() 
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The committed latency model in a pool of one session, and the manifest's probe rows.
+fn latency_pool() -> (server::optimizer::model::onnx::Pool, Vec<Vec<f32>>) {
+    use server::optimizer::model::{load, onnx};
+    require_runtime();
+    let dir = repo().join("models");
+    let (manifest, _) = load::read_manifest(&dir).expect("committed manifest");
+    let bytes = std::fs::read(dir.join(&manifest.latency_model.file)).expect("latency model");
+    let env = onnx::runtime(None).expect("ONNX Runtime");
+    let output = (contract::manifest::LATENCY_OUTPUT, 2);
+    let pool =
+        onnx::Pool::new(env, &bytes, 1, contract::FEATURE_COUNT, output).expect("latency pool");
+    let rows = manifest
+        .probes
+        .iter()
+        .map(|p| p.input[..contract::FEATURE_COUNT].to_vec())
+        .collect();
+    (pool, rows)
+}
+
+fn alone(pool: &server::optimizer::model::onnx::Pool, row: &[f32]) -> [f32; 2] {
+    let mut out = [0.0; 2];
+    pool.run(row, &mut out).expect("run");
+    out
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_one_model_run_and_each_gets_its_own_answer() {
+    let (pool, rows) = latency_pool();
+    assert!(
+        rows.len() >= 8,
+        "the manifest has {} probe rows",
+        rows.len()
+    );
+    let expected: Vec<[f32; 2]> = rows.iter().map(|r| alone(&pool, r)).collect();
+    let before = pool.calls();
+    let answers = futures::future::join_all(rows.iter().map(|row| pool.run_joined(row))).await;
+    assert_eq!(
+        pool.calls() - before,
+        1,
+        "one ONNX Runtime call for all rows"
+    );
+    for (i, (answer, expected)) in answers.into_iter().zip(&expected).enumerate() {
+        let answer = answer.expect("joined run");
+        assert!(
+            (answer[0] - expected[0]).abs() < 1e-5 && (answer[1] - expected[1]).abs() < 1e-5,
+            "row {i}: joined {answer:?}, alone {expected:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_that_goes_away_still_answers_the_requests_that_joined_its_run() {
+    let (pool, rows) = latency_pool();
+    let expected = alone(&pool, &rows[1]);
+    // The first request opens a batch and yields; the second joins it; then the first is
+    // dropped (its client hung up) before running the batch.
+    let mut first = Box::pin(pool.run_joined(&rows[0]));
+    assert!(futures::poll!(&mut first).is_pending());
+    let mut second = Box::pin(pool.run_joined(&rows[1]));
+    assert!(futures::poll!(&mut second).is_pending());
+    drop(first);
+    let answer = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the joined request was answered")
+        .expect("joined run");
+    assert!(
+        (answer[0] - expected[0]).abs() < 1e-5,
+        "{answer:?} vs {expected:?}"
+    );
+}

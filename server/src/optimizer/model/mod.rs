@@ -294,11 +294,12 @@ impl Models {
         }
     }
 
-    fn run(&self, pool: &onnx::Pool, row: &[f32], out: &mut [f32]) -> Result<(), Stale> {
-        match pool.run(row, out) {
-            Ok(()) => {
+    /// What a run's outcome means for the model's health.
+    fn ran<T>(&self, result: Result<T, onnx::RunError>) -> Result<T, Stale> {
+        match result {
+            Ok(answer) => {
                 self.succeeded();
-                Ok(())
+                Ok(answer)
             }
             Err(onnx::RunError::Busy) => {
                 self.counters.busy.fetch_add(1, Relaxed);
@@ -308,23 +309,42 @@ impl Models {
         }
     }
 
+    /// One row through `pool`, alone or (`join`) in a run shared with concurrent requests.
+    async fn infer(
+        &self,
+        pool: &onnx::Pool,
+        row: &[f32],
+        join: bool,
+    ) -> Result<[f32; onnx::MAX_OUTPUTS], Stale> {
+        if join {
+            self.ran(pool.run_joined(row).await)
+        } else {
+            let mut out = [0.0; onnx::MAX_OUTPUTS];
+            self.ran(pool.run(row, &mut out[..pool.outputs()]))?;
+            Ok(out)
+        }
+    }
+
+    /// The serving set as an owned handle (held across an `.await`).
+    fn serving_set(&self) -> Result<Arc<ModelSet>, Stale> {
+        self.serving()?.as_ref().cloned().ok_or(Stale::NoModel)
+    }
+
     /// The model's latency prediction for one request, with a confidence of the route's live
-    /// p90 coverage once enough predictions have been checked, else the holdout's.
+    /// p90 coverage once enough predictions have been checked, else the holdout's. With `join`
+    /// the row shares a run with concurrent requests ([`onnx::Pool::run_joined`]).
     ///
     /// # Errors
     /// Why the model cannot answer.
-    pub fn predict(
+    pub async fn predict(
         &self,
         route: usize,
         features: &FeatureVector,
         stats: &Stats,
+        join: bool,
     ) -> Result<Prediction, Stale> {
-        let set = self.serving()?;
-        let Some(set) = set.as_ref() else {
-            return Err(Stale::NoModel);
-        };
-        let mut out = [0.0_f32; 2];
-        self.run(&set.latency, features, &mut out)?;
+        let set = self.serving_set()?;
+        let out = self.infer(&set.latency, features, join).await?;
         let (p50, p90) = (out[0].exp(), out[0].max(out[1]).exp());
         if !(p50.is_finite() && p90.is_finite()) {
             return Err(self.failed("non-finite prediction"));
@@ -350,24 +370,26 @@ impl Models {
     /// The model's anomaly score for a finished request, rescaled so that the manifest's
     /// threshold lands on the server's [`ANOMALY_SCORE`] (linear on each side of it, so the
     /// order of scores is kept). Server errors score 1 and shed requests 0 by rule, as online.
+    /// `join` as for [`Models::predict`].
     ///
     /// # Errors
     /// Why the model cannot answer.
-    pub fn score(&self, features: &FeatureVector, outcome: &Outcome) -> Result<f32, Stale> {
+    pub async fn score(
+        &self,
+        features: &FeatureVector,
+        outcome: &Outcome,
+        join: bool,
+    ) -> Result<f32, Stale> {
         if outcome.shed {
             return Ok(0.0);
         }
         if outcome.status >= 500 {
             return Ok(1.0);
         }
-        let set = self.serving()?;
-        let Some(set) = set.as_ref() else {
-            return Err(Stale::NoModel);
-        };
+        let set = self.serving_set()?;
         #[allow(clippy::cast_possible_truncation)]
         let input = contract::anomaly_input(features, outcome.latency_ms as f32, outcome.status);
-        let mut log_score = [0.0_f32; 1];
-        self.run(&set.anomaly, &input, &mut log_score)?;
+        let log_score = self.infer(&set.anomaly, &input, join).await?;
         let score = log_score[0].exp();
         if !score.is_finite() {
             return Err(self.failed("non-finite anomaly score"));
@@ -583,6 +605,7 @@ impl Models {
             max_age_hours: self.config.max_age_hours,
             predictions: self.counters.predictions.load(Relaxed),
             scores: self.counters.scores.load(Relaxed),
+            runtime_calls: set.as_ref().map(|s| (s.latency.calls(), s.anomaly.calls())),
             fallbacks: self.counters.fallbacks.load(Relaxed),
             busy: self.counters.busy.load(Relaxed),
             errors: self.counters.errors.load(Relaxed),
@@ -655,6 +678,10 @@ pub struct ModelView {
     pub predictions: u64,
     /// Anomaly scores by the model.
     pub scores: u64,
+    /// ONNX Runtime calls the serving models made since they were loaded, latency and anomaly
+    /// (probe checks included); fewer than predictions and scores when concurrent requests
+    /// shared calls.
+    pub runtime_calls: Option<(u64, u64)>,
     /// Requests the online statistics answered instead.
     pub fallbacks: u64,
     /// Of those, because every session was busy.
@@ -689,9 +716,15 @@ impl ModelPredictor {
     }
 }
 
-impl Predictor for ModelPredictor {
-    fn predict(&self, route: usize, features: &FeatureVector) -> Prediction {
-        match self.models.predict(route, features, &self.stats) {
+impl ModelPredictor {
+    /// The model's prediction, else the online one with the reason; `join` as for
+    /// [`Models::predict`].
+    pub async fn predict(&self, route: usize, features: &FeatureVector, join: bool) -> Prediction {
+        match self
+            .models
+            .predict(route, features, &self.stats, join)
+            .await
+        {
             Ok(prediction) => prediction,
             Err(stale) => {
                 if stale != Stale::Busy {
@@ -722,17 +755,26 @@ impl ModelScorer {
     }
 }
 
-impl AnomalyScorer for ModelScorer {
-    fn score(&self, route: usize, features: &FeatureVector, outcome: &Outcome) -> f32 {
-        self.models
-            .score(features, outcome)
-            .unwrap_or_else(|_| self.online.score(route, features, outcome))
+impl ModelScorer {
+    /// The model's score, else the online one; `join` as for [`Models::predict`].
+    pub async fn score(
+        &self,
+        route: usize,
+        features: &FeatureVector,
+        outcome: &Outcome,
+        join: bool,
+    ) -> f32 {
+        match self.models.score(features, outcome, join).await {
+            Ok(score) => score,
+            Err(_) => self.online.score(route, features, outcome),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
 
     #[test]
     fn rescaling_puts_the_threshold_on_the_servers_anomaly_score() {
@@ -762,7 +804,10 @@ mod tests {
         assert_eq!(models.stale(), Some(Stale::NoModel));
         let stats = Stats::default();
         assert_eq!(
-            models.predict(1, &[0.0; contract::FEATURE_COUNT], &stats),
+            models
+                .predict(1, &[0.0; contract::FEATURE_COUNT], &stats, false)
+                .now_or_never()
+                .expect("answers without waiting"),
             Err(Stale::NoModel)
         );
     }
