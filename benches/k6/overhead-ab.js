@@ -70,7 +70,7 @@ function derive(data) {
   const count = (name) => data.metrics[`http_reqs{target:${name}}`].values.count;
   const base = count(TARGETS[0][0]);
   for (const [name] of TARGETS) {
-    derived[`${name} requests`] = count(name);
+    derived[`${name} requests`] = String(count(name));
     derived[`${name} / ${TARGETS[0][0]}`] = base ? `${((100 * count(name)) / base).toFixed(1)}%` : '-';
   }
   return derived;
