@@ -162,18 +162,17 @@ prepare_database() {
     "$SERVER" seed --products "$PRODUCTS"
 }
 
-start_server() { # name (empty: the single server) port [config]
-    local name=$1 port=$2 config=${3:-${SHOP_CONFIG:-}}
+start_server() { # name (empty: the single server, SHOP_CONFIG from the environment) port [config]
+    local name=$1 port=$2 config=${3:-}
     mkdir -p "$SUMMARY_DIR"
     local server_log=$SUMMARY_DIR/server-$port.log
     log "starting server ${name:+$name }on 127.0.0.1:$port (log: $server_log)"
+    local vars=(HOST=127.0.0.1 "PORT=$port")
     if [[ -n $name ]]; then
         # Each its own request log folder: two writers must not share a file.
-        HOST=127.0.0.1 PORT=$port SHOP_CONFIG=$config LOG_DIR=$SUMMARY_DIR/logs-$name \
-            "$SERVER" serve >"$server_log" 2>&1 &
-    else
-        HOST=127.0.0.1 PORT=$port "$SERVER" serve >"$server_log" 2>&1 &
+        vars+=("SHOP_CONFIG=$config" "LOG_DIR=$SUMMARY_DIR/logs-$name")
     fi
+    env "${vars[@]}" "$SERVER" serve >"$server_log" 2>&1 &
     local pid=$!
     SERVER_PIDS+=("$pid")
     SERVER_NAMES+=("$name")

@@ -139,6 +139,13 @@ fn features(
     ]
 }
 
+/// Whether requests other than this one are in flight: then its model runs are shared with
+/// theirs (one ONNX Runtime call per batch instead of per request); alone, a request runs its
+/// row directly.
+fn others_in_flight(opt: &Optimizer) -> bool {
+    opt.stats.in_flight.load(Ordering::Relaxed) > 1
+}
+
 /// The priority a request runs at: the route's default, lowered (never raised) by `x-priority`
 /// unless the admin token is present.
 fn priority_of(state: &AppState, route: usize, request: &Request) -> Priority {
@@ -328,11 +335,10 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
         cached,
         (arrived, arrived_ms),
     );
-    // With other requests in flight, the model runs are shared with theirs (one ONNX Runtime
-    // call per batch instead of per request); alone, a request runs its row directly.
-    let join = opt.stats.in_flight.load(Ordering::Relaxed) > 1;
     let prediction = if settings.prediction {
-        opt.predictor.predict(route, &features, join).await
+        opt.predictor
+            .predict(route, &features, others_in_flight(&opt))
+            .await
     } else {
         Prediction::NONE
     };
@@ -420,8 +426,9 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
         shed,
     };
     let score = if settings.anomaly {
-        let join = opt.stats.in_flight.load(Ordering::Relaxed) > 1;
-        opt.scorer.score(route, &features, &outcome, join).await
+        opt.scorer
+            .score(route, &features, &outcome, others_in_flight(&opt))
+            .await
     } else {
         0.0
     };

@@ -714,9 +714,7 @@ impl ModelPredictor {
             stats,
         }
     }
-}
 
-impl ModelPredictor {
     /// The model's prediction, else the online one with the reason; `join` as for
     /// [`Models::predict`].
     pub async fn predict(&self, route: usize, features: &FeatureVector, join: bool) -> Prediction {
@@ -753,9 +751,7 @@ impl ModelScorer {
             online: OnlineScorer::new(stats),
         }
     }
-}
 
-impl ModelScorer {
     /// The model's score, else the online one; `join` as for [`Models::predict`].
     pub async fn score(
         &self,

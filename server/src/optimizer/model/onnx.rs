@@ -22,7 +22,7 @@ use ort::memory::Allocator;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
 use ort::value::Tensor;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, TryLockError};
 use tokio::sync::oneshot;
 
@@ -177,14 +177,14 @@ thread_local! {
     static THREAD: usize = THREADS.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Sessions of one model for single-row inference.
+/// Sessions of one model, answering one row per call or the rows of concurrent requests in one.
 pub struct Pool {
     runners: Box<[Mutex<Runner>]>,
     width: usize,
     outputs: usize,
     waiting: Mutex<Waiting>,
     /// ONNX Runtime calls made (a joined run counts once).
-    calls: std::sync::atomic::AtomicU64,
+    calls: AtomicU64,
 }
 
 impl Pool {
@@ -202,6 +202,11 @@ impl Pool {
         width: usize,
         (output_name, outputs): (&str, usize),
     ) -> ort::Result<Self> {
+        if outputs > MAX_OUTPUTS {
+            return Err(ort::Error::new(format!(
+                "{outputs} outputs per row, at most {MAX_OUTPUTS} supported"
+            )));
+        }
         let mut runners = Vec::with_capacity(sessions.max(1));
         for _ in 0..sessions.max(1) {
             let session = Session::builder(env)?
@@ -224,17 +229,12 @@ impl Pool {
                 shapes,
             }));
         }
-        if outputs > MAX_OUTPUTS {
-            return Err(ort::Error::new(format!(
-                "{outputs} outputs per row, at most {MAX_OUTPUTS} supported"
-            )));
-        }
         Ok(Self {
             runners: runners.into_boxed_slice(),
             width,
             outputs,
             waiting: Mutex::new(Waiting::default()),
-            calls: std::sync::atomic::AtomicU64::new(0),
+            calls: AtomicU64::new(0),
         })
     }
 
