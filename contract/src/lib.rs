@@ -5,12 +5,15 @@
 //! - [`routes`]: the route templates the server knows, in a fixed order (a feature).
 //! - [`log`]: the request and query log records the server writes and the trainer reads.
 //! - [`manifest`]: the model manifest the trainer writes and the server checks.
+//! - [`onnx`]: the ONNX messages the trainer writes models with, and [`onnx::Splits`], which
+//!   reads a tree model's thresholds back (the server keeps answers per cell of them).
 //!
-//! It depends on serde only.
+//! It depends on serde and prost only.
 
 pub mod features;
 pub mod log;
 pub mod manifest;
+pub mod onnx;
 pub mod routes;
 
 pub use features::{

@@ -151,6 +151,9 @@ pub struct ModelsConfig {
     pub reload_interval_ms: u64,
     /// Sessions per model (0: one per CPU core). A request never waits for a busy session.
     pub sessions: usize,
+    /// Answers kept per model, one per cell of its thresholds (rows on the same side of every
+    /// threshold get the same answer, so a kept one is exact); 0: every row runs ONNX Runtime.
+    pub memo_cells: usize,
     /// The trainer binary for `training_interval`; unset: `trainer` next to the server binary.
     pub trainer: Option<PathBuf>,
     /// Longest a background training run may take before it is killed (s).
@@ -166,6 +169,7 @@ impl Default for ModelsConfig {
             drift_factor: 2.0,
             reload_interval_ms: 2_000,
             sessions: 0,
+            memo_cells: 4096,
             trainer: None,
             training_timeout_secs: 600,
         }

@@ -9,6 +9,14 @@
 //! average path length of an unsuccessful search in a binary tree of `ψ` samples. Each leaf stores
 //! `-(ln 2 / c(ψ)) · (depth + c(size)) / trees`, so the forest's sum is the score's natural log:
 //! the exported graph is the trees alone, and the server takes the exponential.
+//!
+//! Split thresholds come from a small per-feature grid (quantiles and even steps, `Params::grid`)
+//! rather than from any value: a split drawn uniformly in the node's range, as in the paper, is
+//! moved to the nearest grid value inside that range. Scores barely change (holdout ROC AUC 0.995
+//! with the default grid vs 0.998 without, on the committed capture's 29 labelled anomalies), but
+//! a forest with few distinct thresholds answers the same for most neighbouring requests: the
+//! server keeps the answers ONNX Runtime gave per cell of the threshold grid and, under steady
+//! load, reuses them for ~98% of requests instead of ~24% (README, "Answers kept per cell").
 
 use crate::forest::{Forest, Node, Tree};
 use rand::seq::index::sample;
@@ -24,6 +32,10 @@ pub struct Params {
     pub sample: usize,
     /// Random seed, for reproducible models.
     pub seed: u64,
+    /// Splits use at most about `2 * grid` thresholds per feature: its `grid`-quantiles and
+    /// `grid` even steps over its range, computed on all training rows (0: any value). See
+    /// [`fit`].
+    pub grid: usize,
 }
 
 impl Default for Params {
@@ -38,6 +50,7 @@ impl Default for Params {
             trees: 30,
             sample: 128,
             seed: 0x5eed,
+            grid: 8,
         }
     }
 }
@@ -58,6 +71,8 @@ pub fn average_path(n: usize) -> f64 {
 
 struct Grower<'a> {
     rows: &'a [Vec<f32>],
+    /// Per feature, the sorted thresholds a split may use (`None`: any value).
+    grid: Option<&'a [Vec<f32>]>,
     width: usize,
     max_depth: usize,
     leaf_scale: f64,
@@ -79,7 +94,7 @@ impl Grower<'_> {
         let mut candidates = Vec::with_capacity(self.width);
         for f in 0..self.width {
             let (lo, hi) = range(self.rows, idx, f);
-            if lo < hi {
+            if lo < hi && self.grid.is_none_or(|g| !inside(&g[f], lo, hi).is_empty()) {
                 candidates.push((f, lo, hi));
             }
         }
@@ -96,6 +111,9 @@ impl Grower<'_> {
             threshold = lo.next_up();
         }
         threshold = threshold.min(hi);
+        if let Some(grid) = self.grid {
+            threshold = nearest(inside(&grid[feature], lo, hi), threshold);
+        }
         let split = partition(self.rows, idx, feature, threshold);
         self.nodes.push(Node::Leaf { value: 0.0 }); // replaced below, once the children exist
         let (left_idx, right_idx) = idx.split_at_mut(split);
@@ -109,6 +127,50 @@ impl Grower<'_> {
         };
         at
     }
+}
+
+/// The cuts `c` with `lo < c <= hi`: each leaves rows on both sides of an `x < c` split.
+fn inside(cuts: &[f32], lo: f32, hi: f32) -> &[f32] {
+    &cuts[cuts.partition_point(|&c| c <= lo)..cuts.partition_point(|&c| c <= hi)]
+}
+
+/// The cut nearest to `t` in a non-empty sorted slice.
+fn nearest(cuts: &[f32], t: f32) -> f32 {
+    let at = cuts.partition_point(|&c| c < t).min(cuts.len() - 1);
+    match at.checked_sub(1).map(|below| cuts[below]) {
+        Some(below) if t - below < cuts[at] - t => below,
+        _ => cuts[at],
+    }
+}
+
+/// Per feature, the thresholds splits may use: the `steps`-quantiles of its values and `steps`
+/// even steps from its minimum to its maximum (the maximum included, so a split can still cut
+/// off the largest values), sorted, without duplicates and without the minimum (no row is below
+/// it).
+fn grid(rows: &[Vec<f32>], width: usize, steps: usize) -> Vec<Vec<f32>> {
+    (0..width)
+        .map(|f| {
+            let mut values: Vec<f32> = rows
+                .iter()
+                .map(|r| r[f])
+                .filter(|v| v.is_finite())
+                .collect();
+            values.sort_by(f32::total_cmp);
+            let (Some(&lo), Some(&hi)) = (values.first(), values.last()) else {
+                return Vec::new();
+            };
+            let mut cuts = vec![hi];
+            for k in 1..steps {
+                cuts.push(values[values.len() * k / steps]);
+                #[allow(clippy::cast_precision_loss)]
+                cuts.push(lo + (hi - lo) * k as f32 / steps as f32);
+            }
+            cuts.retain(|&c| c > lo);
+            cuts.sort_by(f32::total_cmp);
+            cuts.dedup();
+            cuts
+        })
+        .collect()
 }
 
 fn range(rows: &[Vec<f32>], idx: &[usize], feature: usize) -> (f32, f32) {
@@ -145,12 +207,14 @@ pub fn fit(rows: &[Vec<f32>], params: Params) -> Forest {
     #[allow(clippy::cast_precision_loss)]
     let leaf_scale =
         -std::f64::consts::LN_2 / average_path(sample_size).max(1.0) / params.trees as f64;
+    let grid = (params.grid > 0).then(|| grid(rows, width, params.grid));
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
     let mut trees = Vec::with_capacity(params.trees);
     for _ in 0..params.trees {
         let mut idx = sample(&mut rng, rows.len(), sample_size).into_vec();
         let mut grower = Grower {
             rows,
+            grid: grid.as_deref(),
             width,
             max_depth,
             leaf_scale,
@@ -189,14 +253,70 @@ mod tests {
             .map(|_| vec![rng.random::<f32>(), rng.random::<f32>()])
             .collect();
         rows.push(vec![8.0, 8.0]);
-        let forest = fit(&rows, Params::default());
-        let outlier = score(&forest, &[8.0, 8.0]);
-        let typical = score(&forest, &[0.5, 0.5]);
-        assert!(outlier > 0.6, "outlier {outlier}");
-        assert!(typical < 0.5, "typical {typical}");
-        assert!(
-            outlier > typical + 0.15,
-            "outlier {outlier}, typical {typical}"
-        );
+        // The grid caps how finely the crowd is cut (in two dimensions, 8 cuts per feature), so
+        // its contrast is a little lower than with free thresholds.
+        for (grid, margin) in [(0, 0.15), (Params::default().grid, 0.12)] {
+            let forest = fit(
+                &rows,
+                Params {
+                    grid,
+                    ..Params::default()
+                },
+            );
+            let outlier = score(&forest, &[8.0, 8.0]);
+            let typical = score(&forest, &[0.5, 0.5]);
+            assert!(outlier > 0.6, "grid {grid}: outlier {outlier}");
+            assert!(typical < 0.5, "grid {grid}: typical {typical}");
+            assert!(
+                outlier > typical + margin,
+                "grid {grid}: outlier {outlier}, typical {typical}"
+            );
+        }
+    }
+
+    #[test]
+    fn splits_stay_on_the_grid() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let rows: Vec<Vec<f32>> = (0..3000)
+            .map(|_| vec![rng.random::<f32>() * 100.0, rng.random::<f32>().powi(4)])
+            .collect();
+        let params = Params::default();
+        let cuts = grid(&rows, 2, params.grid);
+        let forest = fit(&rows, params);
+        let mut used = vec![std::collections::BTreeSet::new(); 2];
+        for node in forest.trees.iter().flat_map(|t| &t.nodes) {
+            if let Node::Branch {
+                feature, threshold, ..
+            } = node
+            {
+                let f = *feature as usize;
+                assert!(
+                    cuts[f].contains(threshold),
+                    "feature {f}: {threshold} is off the grid {:?}",
+                    cuts[f]
+                );
+                used[f].insert(threshold.to_bits());
+            }
+        }
+        for (f, used) in used.iter().enumerate() {
+            assert!(used.len() <= 2 * params.grid, "feature {f}: {}", used.len());
+            assert!(
+                used.len() > 2,
+                "feature {f} was hardly split: {}",
+                used.len()
+            );
+        }
+        // Without the grid nearly every split has its own threshold.
+        let free = fit(&rows, Params { grid: 0, ..params });
+        let distinct: std::collections::BTreeSet<u32> = free
+            .trees
+            .iter()
+            .flat_map(|t| &t.nodes)
+            .filter_map(|n| match n {
+                Node::Branch { threshold, .. } => Some(threshold.to_bits()),
+                Node::Leaf { .. } => None,
+            })
+            .collect();
+        assert!(distinct.len() > 10 * 2 * params.grid, "{}", distinct.len());
     }
 }

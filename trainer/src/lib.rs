@@ -67,6 +67,9 @@ pub enum Command {
         /// Rows each isolation tree is grown on (ψ; the depth limit is log2 of it).
         #[arg(long, default_value_t = iforest::Params::default().sample)]
         anomaly_sample: usize,
+        /// Isolation splits use each feature's N-quantiles and N even steps (0: any value).
+        #[arg(long, default_value_t = iforest::Params::default().grid)]
+        anomaly_grid: usize,
     },
     /// Summarize what the logs say, per route and per query fingerprint, slowest first.
     Report {
@@ -120,6 +123,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             learning_rate,
             anomaly_trees,
             anomaly_sample,
+            anomaly_grid,
         } => {
             let mut opts = train::Options::new(logs, out);
             opts.holdout = holdout;
@@ -128,6 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             opts.gbdt.learning_rate = learning_rate;
             opts.iforest.trees = anomaly_trees;
             opts.iforest.sample = anomaly_sample;
+            opts.iforest.grid = anomaly_grid;
             let outcome = train::train(&opts)?;
             print!("{}", summary(&outcome));
         }

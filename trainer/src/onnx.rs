@@ -1,11 +1,4 @@
-//! ONNX export: the few ONNX messages the models need, declared as `prost` structs with the field
-//! numbers of the ONNX specification (onnx.proto, IR version 8), and the two graphs built from
-//! [`Forest`]s.
-//!
-//! No `.proto` file is copied in and nothing needs `protoc`. ONNX's schema is proto2, where a
-//! scalar field is either set or absent; the scalar attribute fields are `optional` here so a
-//! zero (an `i = 0`, say) is still written, and repeated numbers use packed encoding, which every
-//! protobuf parser accepts.
+//! ONNX export: the two graphs built from [`Forest`]s, with the messages of [`contract::onnx`].
 //!
 //! Operators: `TreeEnsembleRegressor` from `ai.onnx.ml` opset 3, which ONNX Runtime 1.31 accepts
 //! (its opset-5 successor `TreeEnsemble` would work too; `TreeEnsembleRegressor` at opset 5 is
@@ -13,6 +6,11 @@
 //! takes the exponential ([`contract::manifest::ANOMALY_OUTPUT`]).
 
 use crate::forest::{Forest, Node};
+pub use contract::onnx::{
+    AttributeProto, Dimension, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
+    attr_type,
+};
 use prost::Message;
 use std::collections::BTreeMap;
 
@@ -24,186 +22,6 @@ const ONNX_OPSET: i64 = 17;
 const ML_OPSET: i64 = 3;
 /// `TensorProto.DataType.FLOAT`.
 const FLOAT: i32 = 1;
-
-mod attr_type {
-    pub const INT: i32 = 2;
-    pub const STRING: i32 = 3;
-    pub const FLOATS: i32 = 6;
-    pub const INTS: i32 = 7;
-    pub const STRINGS: i32 = 8;
-}
-
-/// `ModelProto`.
-#[derive(Clone, PartialEq, Message)]
-pub struct ModelProto {
-    /// IR version.
-    #[prost(int64, optional, tag = "1")]
-    pub ir_version: Option<i64>,
-    /// Producer (tool) name.
-    #[prost(string, optional, tag = "2")]
-    pub producer_name: Option<String>,
-    /// Producer version.
-    #[prost(string, optional, tag = "3")]
-    pub producer_version: Option<String>,
-    /// Model domain.
-    #[prost(string, optional, tag = "4")]
-    pub domain: Option<String>,
-    /// Model version.
-    #[prost(int64, optional, tag = "5")]
-    pub model_version: Option<i64>,
-    /// Description.
-    #[prost(string, optional, tag = "6")]
-    pub doc_string: Option<String>,
-    /// The graph.
-    #[prost(message, optional, tag = "7")]
-    pub graph: Option<GraphProto>,
-    /// Operator sets used.
-    #[prost(message, repeated, tag = "8")]
-    pub opset_import: Vec<OperatorSetIdProto>,
-    /// Free-form key/value metadata.
-    #[prost(message, repeated, tag = "14")]
-    pub metadata_props: Vec<StringStringEntryProto>,
-}
-
-/// `OperatorSetIdProto`.
-#[derive(Clone, PartialEq, Message)]
-pub struct OperatorSetIdProto {
-    /// Domain (empty for the default `ai.onnx`).
-    #[prost(string, optional, tag = "1")]
-    pub domain: Option<String>,
-    /// Opset version.
-    #[prost(int64, optional, tag = "2")]
-    pub version: Option<i64>,
-}
-
-/// `StringStringEntryProto`.
-#[derive(Clone, PartialEq, Message)]
-pub struct StringStringEntryProto {
-    /// Key.
-    #[prost(string, optional, tag = "1")]
-    pub key: Option<String>,
-    /// Value.
-    #[prost(string, optional, tag = "2")]
-    pub value: Option<String>,
-}
-
-/// `GraphProto`.
-#[derive(Clone, PartialEq, Message)]
-pub struct GraphProto {
-    /// Nodes in topological order.
-    #[prost(message, repeated, tag = "1")]
-    pub node: Vec<NodeProto>,
-    /// Graph name.
-    #[prost(string, optional, tag = "2")]
-    pub name: Option<String>,
-    /// Graph inputs.
-    #[prost(message, repeated, tag = "11")]
-    pub input: Vec<ValueInfoProto>,
-    /// Graph outputs.
-    #[prost(message, repeated, tag = "12")]
-    pub output: Vec<ValueInfoProto>,
-}
-
-/// `NodeProto`.
-#[derive(Clone, PartialEq, Message)]
-pub struct NodeProto {
-    /// Input value names.
-    #[prost(string, repeated, tag = "1")]
-    pub input: Vec<String>,
-    /// Output value names.
-    #[prost(string, repeated, tag = "2")]
-    pub output: Vec<String>,
-    /// Node name.
-    #[prost(string, optional, tag = "3")]
-    pub name: Option<String>,
-    /// Operator.
-    #[prost(string, optional, tag = "4")]
-    pub op_type: Option<String>,
-    /// Attributes.
-    #[prost(message, repeated, tag = "5")]
-    pub attribute: Vec<AttributeProto>,
-    /// Operator domain.
-    #[prost(string, optional, tag = "7")]
-    pub domain: Option<String>,
-}
-
-/// `AttributeProto` (the kinds used here).
-#[derive(Clone, PartialEq, Message)]
-pub struct AttributeProto {
-    /// Attribute name.
-    #[prost(string, optional, tag = "1")]
-    pub name: Option<String>,
-    /// A float.
-    #[prost(float, optional, tag = "2")]
-    pub f: Option<f32>,
-    /// An integer.
-    #[prost(int64, optional, tag = "3")]
-    pub i: Option<i64>,
-    /// A string.
-    #[prost(bytes = "vec", optional, tag = "4")]
-    pub s: Option<Vec<u8>>,
-    /// Floats.
-    #[prost(float, repeated, tag = "7")]
-    pub floats: Vec<f32>,
-    /// Integers.
-    #[prost(int64, repeated, tag = "8")]
-    pub ints: Vec<i64>,
-    /// Strings.
-    #[prost(bytes = "vec", repeated, tag = "9")]
-    pub strings: Vec<Vec<u8>>,
-    /// `AttributeType` discriminator.
-    #[prost(int32, optional, tag = "20")]
-    pub r#type: Option<i32>,
-}
-
-/// `ValueInfoProto`.
-#[derive(Clone, PartialEq, Message)]
-pub struct ValueInfoProto {
-    /// Value name.
-    #[prost(string, optional, tag = "1")]
-    pub name: Option<String>,
-    /// Value type.
-    #[prost(message, optional, tag = "2")]
-    pub r#type: Option<TypeProto>,
-}
-
-/// `TypeProto` (tensor types only).
-#[derive(Clone, PartialEq, Message)]
-pub struct TypeProto {
-    /// A tensor type.
-    #[prost(message, optional, tag = "1")]
-    pub tensor_type: Option<TensorTypeProto>,
-}
-
-/// `TypeProto.Tensor`.
-#[derive(Clone, PartialEq, Message)]
-pub struct TensorTypeProto {
-    /// Element type (`TensorProto.DataType`).
-    #[prost(int32, optional, tag = "1")]
-    pub elem_type: Option<i32>,
-    /// Shape.
-    #[prost(message, optional, tag = "2")]
-    pub shape: Option<TensorShapeProto>,
-}
-
-/// `TensorShapeProto`.
-#[derive(Clone, PartialEq, Message)]
-pub struct TensorShapeProto {
-    /// Dimensions.
-    #[prost(message, repeated, tag = "1")]
-    pub dim: Vec<Dimension>,
-}
-
-/// `TensorShapeProto.Dimension`.
-#[derive(Clone, PartialEq, Message)]
-pub struct Dimension {
-    /// A fixed size.
-    #[prost(int64, optional, tag = "1")]
-    pub dim_value: Option<i64>,
-    /// A named, free size.
-    #[prost(string, optional, tag = "2")]
-    pub dim_param: Option<String>,
-}
 
 fn attr(name: &str, kind: i32) -> AttributeProto {
     AttributeProto {

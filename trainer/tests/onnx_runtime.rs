@@ -123,3 +123,90 @@ fn onnx_runtime_agrees_with_the_trainers_trees_on_a_thousand_rows() {
         Some(outcome.manifest.version.to_string())
     );
 }
+
+/// A row with every value moved somewhere else inside the same cell of `splits`.
+fn twin(splits: &contract::onnx::Splits, row: &[f32], rng: &mut impl rand::Rng) -> Vec<f32> {
+    let cell = splits.cell(row);
+    let mut moved = row.to_vec();
+    for (i, thresholds) in splits.thresholds.iter().enumerate() {
+        let k = usize::from(cell[i]);
+        if thresholds.is_empty() || row[i].is_nan() {
+            continue;
+        }
+        // Rule::Less: cell k holds t[k-1] <= x < t[k].
+        let low = if k == 0 {
+            row[i] - 100.0
+        } else {
+            thresholds[k - 1]
+        };
+        let high = if k == thresholds.len() {
+            row[i] + 100.0
+        } else {
+            thresholds[k]
+        };
+        let candidate = low + rng.random::<f32>() * (high - low);
+        if candidate >= low && candidate < high {
+            moved[i] = candidate;
+        }
+    }
+    assert_eq!(splits.cell(&moved), cell);
+    moved
+}
+
+#[test]
+fn rows_in_the_same_cell_get_the_same_answers_from_onnx_runtime() {
+    use rand::SeedableRng;
+    let out = tempfile::tempdir().expect("tempdir");
+    let outcome = trainer::train::train(&trainer::train::Options::new(sample(), out.path()))
+        .expect("training on the committed sample");
+    let rows = records(500);
+    let env = environment();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let models = [
+        (
+            &outcome.manifest.latency_model.file,
+            FEATURE_COUNT,
+            trainer::onnx::LATENCY_OUTPUT,
+        ),
+        (
+            &outcome.manifest.anomaly_model.file,
+            ANOMALY_INPUT_COUNT,
+            trainer::onnx::ANOMALY_OUTPUT,
+        ),
+    ];
+    for (file, width, output) in models {
+        let path = out.path().join(file);
+        let splits = contract::onnx::Splits::read(&std::fs::read(&path).expect("model"), width)
+            .expect("the trainer's models are plain tree ensembles");
+        assert_eq!(splits.rule, contract::onnx::Rule::Less);
+        let originals: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|r| contract::anomaly_input(&r.features, r.latency_ms, r.status)[..width].to_vec())
+            .collect();
+        let twins: Vec<Vec<f32>> = originals
+            .iter()
+            .map(|r| twin(&splits, r, &mut rng))
+            .collect();
+        let moved = originals.iter().zip(&twins).filter(|(a, b)| a != b).count();
+        assert!(
+            moved > rows.len() * 9 / 10,
+            "{file}: only {moved} rows moved"
+        );
+        let mut session = session(&env, &path);
+        let a = run(&mut session, originals.concat(), width, output);
+        let b = run(&mut session, twins.concat(), width, output);
+        let differ = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
+        assert_eq!(differ, 0, "{file}: {differ} answers changed within a cell");
+        // And the cells do tell answers apart: rows in different cells mostly differ.
+        let distinct: std::collections::BTreeSet<u32> = a.iter().map(|v| v.to_bits()).collect();
+        assert!(
+            distinct.len() > 20,
+            "{file}: only {} distinct answers",
+            distinct.len()
+        );
+    }
+}

@@ -125,6 +125,44 @@ async fn a_trained_model_answers_requests() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Requests in a cell of the thresholds seen before are answered from the kept answer, without
+/// an ONNX Runtime call; `memo_cells = 0` runs every row.
+#[tokio::test]
+async fn kept_answers_spare_runtime_calls_and_can_be_turned_off() {
+    for cells in [4096, 0] {
+        let (app, dir) = app_with_models(|_, config| config.models.memo_cells = cells).await;
+        let probes = manifest(&dir)["probes"].as_array().expect("probes").len() as u64;
+        let id = app.product_id("Laptop Pro").await;
+        for _ in 0..60 {
+            let response = app.get(&format!("/api/products/{id}")).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(header(&response, "x-ml-source"), "onnx");
+        }
+        let m = app.ml_metrics().await;
+        let onnx = &m["model"]["onnx"];
+        let predictions = onnx["predictions"].as_u64().expect("predictions");
+        let scores = onnx["scores"].as_u64().expect("scores");
+        let calls = |i: usize| onnx["runtimeCalls"][i].as_u64().expect("calls");
+        // One client, one request at a time: no shared runs, so every prediction is either a
+        // kept answer or its own call (after the load's probe rows).
+        if cells > 0 {
+            let hits = |i: usize| onnx["memo"][i]["hits"].as_u64().expect("hits");
+            assert!(
+                hits(0) > 0 && hits(1) > 0,
+                "nothing answered from kept answers: {onnx}"
+            );
+            assert_eq!(calls(0), probes + predictions - hits(0), "{onnx}");
+            assert_eq!(calls(1), probes + scores - hits(1), "{onnx}");
+            assert!(onnx["memo"][0]["cells"].as_u64() > Some(0), "{onnx}");
+        } else {
+            assert!(onnx["memo"][0]["off"].as_str().is_some(), "{onnx}");
+            assert_eq!(calls(0), probes + predictions, "{onnx}");
+            assert_eq!(calls(1), probes + scores, "{onnx}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 #[tokio::test]
 async fn a_model_with_another_fingerprint_is_refused_and_online_answers() {
     let (app, dir) = app_with_models(|dir, _| {

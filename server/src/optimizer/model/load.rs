@@ -6,6 +6,7 @@
 //! row embedded in the manifest they answer what the trainer's own evaluation answered. All of
 //! it runs off the request path (on a blocking thread), before the swap.
 
+use super::memo::Memo;
 use super::onnx::Pool;
 use crate::optimizer::stats::ROUTE_COUNT;
 use contract::manifest::{ANOMALY_OUTPUT, LATENCY_OUTPUT, MANIFEST_FILE, Manifest};
@@ -77,6 +78,10 @@ pub struct ModelSet {
     pub latency: Pool,
     /// Anomaly model sessions (20 inputs in, a 0-1 score out).
     pub anomaly: Pool,
+    /// The latency model's answers per cell, or why they are not kept.
+    pub latency_memo: Result<Memo, String>,
+    /// The anomaly model's answers per cell, or why they are not kept.
+    pub anomaly_memo: Result<Memo, String>,
     /// Per route index: holdout p90 coverage (the calibration the confidence starts from).
     pub calibration: [f32; ROUTE_COUNT],
     /// Per route index: holdout MAE of ln latency (the reference for live drift).
@@ -192,14 +197,17 @@ fn probe(manifest: &Manifest, latency: &Pool, anomaly: &Pool) -> Result<(), Load
     Ok(())
 }
 
-/// Loads and checks the models in `dir` with `sessions` sessions each.
+/// Loads and checks the models in `dir` with `sessions` sessions each, keeping up to
+/// `memo_cells` answers per model ([`Memo`]; 0 keeps none).
 ///
 /// # Errors
-/// Whatever makes the candidate untrustworthy (see the module docs).
+/// Whatever makes the candidate untrustworthy (see the module docs). A model whose answers
+/// cannot be kept per cell still loads; the reason is in its memo slot.
 pub fn load(
     dir: &Path,
     env: Result<&'static Environment, String>,
     sessions: usize,
+    memo_cells: usize,
 ) -> Result<ModelSet, LoadError> {
     let (manifest, _) = read_manifest(dir)?;
     let expected = contract::features::fingerprint_hex();
@@ -218,10 +226,19 @@ pub fn load(
                 message: e.to_string(),
             })?;
         check_metadata(&pool, &file.file, &manifest)?;
-        Ok::<_, LoadError>(pool)
+        let memo = if memo_cells == 0 {
+            Err("off ([models] memo_cells = 0)".to_owned())
+        } else {
+            Memo::new(&bytes, width, memo_cells)
+        };
+        if let Err(why) = &memo {
+            tracing::info!(file = %file.file, %why, "every row of this model runs ONNX Runtime");
+        }
+        Ok::<_, LoadError>((pool, memo))
     };
-    let latency = session(&manifest.latency_model, FEATURE_COUNT, (LATENCY_OUTPUT, 2))?;
-    let anomaly = session(
+    let (latency, latency_memo) =
+        session(&manifest.latency_model, FEATURE_COUNT, (LATENCY_OUTPUT, 2))?;
+    let (anomaly, anomaly_memo) = session(
         &manifest.anomaly_model,
         ANOMALY_INPUT_COUNT,
         (ANOMALY_OUTPUT, 1),
@@ -261,6 +278,8 @@ pub fn load(
         manifest,
         latency,
         anomaly,
+        latency_memo,
+        anomaly_memo,
         calibration,
         holdout_mae,
         threshold,

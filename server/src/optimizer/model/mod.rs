@@ -2,6 +2,8 @@
 //!
 //! - [`onnx`]: the ONNX Runtime environment and the per-model session pools.
 //! - [`load`]: loading a model folder and checking it before it may serve.
+//! - [`memo`]: answers kept per cell of a model's thresholds, so a row in a cell seen before
+//!   needs no ONNX Runtime call.
 //! - [`retrain`]: `training_interval`, retraining on the server's own recent logs.
 //!
 //! [`Models`] holds the serving [`ModelSet`] behind an `ArcSwapOption`: every request reads it
@@ -12,6 +14,7 @@
 //! optimizer log. A newly loaded good model serves again by itself.
 
 pub mod load;
+pub mod memo;
 pub mod onnx;
 pub mod retrain;
 
@@ -309,20 +312,33 @@ impl Models {
         }
     }
 
-    /// One row through `pool`, alone or (`join`) in a run shared with concurrent requests.
+    /// One row through `pool`, alone or (`join`) in a run shared with concurrent requests;
+    /// answered from `memo` instead when a row in the same cell ran before.
     async fn infer(
         &self,
         pool: &onnx::Pool,
+        memo: Option<&memo::Memo>,
         row: &[f32],
         join: bool,
     ) -> Result<[f32; onnx::MAX_OUTPUTS], Stale> {
-        if join {
-            self.ran(pool.run_joined(row).await)
+        let cell = memo.map(|m| (m, m.cell(row)));
+        if let Some(answer) = cell.as_ref().and_then(|(m, cell)| m.get(cell)) {
+            return Ok(answer);
+        }
+        let answer = if join {
+            self.ran(pool.run_joined(row).await)?
         } else {
             let mut out = [0.0; onnx::MAX_OUTPUTS];
             self.ran(pool.run(row, &mut out[..pool.outputs()]))?;
-            Ok(out)
+            out
+        };
+        // A non-finite answer is not kept: it goes on counting as a failure.
+        if let Some((m, cell)) = cell
+            && answer.iter().all(|v| v.is_finite())
+        {
+            m.insert(cell, answer);
         }
+        Ok(answer)
     }
 
     /// The serving set as an owned handle (held across an `.await`).
@@ -344,7 +360,9 @@ impl Models {
         join: bool,
     ) -> Result<Prediction, Stale> {
         let set = self.serving_set()?;
-        let out = self.infer(&set.latency, features, join).await?;
+        let out = self
+            .infer(&set.latency, set.latency_memo.as_ref().ok(), features, join)
+            .await?;
         let (p50, p90) = (out[0].exp(), out[0].max(out[1]).exp());
         if !(p50.is_finite() && p90.is_finite()) {
             return Err(self.failed("non-finite prediction"));
@@ -389,7 +407,9 @@ impl Models {
         let set = self.serving_set()?;
         #[allow(clippy::cast_possible_truncation)]
         let input = contract::anomaly_input(features, outcome.latency_ms as f32, outcome.status);
-        let log_score = self.infer(&set.anomaly, &input, join).await?;
+        let log_score = self
+            .infer(&set.anomaly, set.anomaly_memo.as_ref().ok(), &input, join)
+            .await?;
         let score = log_score[0].exp();
         if !score.is_finite() {
             return Err(self.failed("non-finite anomaly score"));
@@ -474,7 +494,7 @@ impl Models {
             tracing::warn!(error = %e, "ONNX Runtime unavailable; online statistics answer");
         }
         let started = Instant::now();
-        match load::load(dir, runtime, self.sessions) {
+        match load::load(dir, runtime, self.sessions, self.config.memo_cells) {
             Ok(set) => {
                 let version = set.manifest.version;
                 let trained = set.manifest.trained_at.clone();
@@ -606,6 +626,13 @@ impl Models {
             predictions: self.counters.predictions.load(Relaxed),
             scores: self.counters.scores.load(Relaxed),
             runtime_calls: set.as_ref().map(|s| (s.latency.calls(), s.anomaly.calls())),
+            memo: set.as_ref().map(|s| {
+                let view = |m: &Result<memo::Memo, String>| match m {
+                    Ok(m) => MemoState::On(m.view()),
+                    Err(why) => MemoState::Off { off: why.clone() },
+                };
+                (view(&s.latency_memo), view(&s.anomaly_memo))
+            }),
             fallbacks: self.counters.fallbacks.load(Relaxed),
             busy: self.counters.busy.load(Relaxed),
             errors: self.counters.errors.load(Relaxed),
@@ -642,6 +669,19 @@ pub fn rescale(score: f32, threshold: f32) -> f32 {
     } else {
         ANOMALY_SCORE + (score - threshold) / (1.0 - threshold) * (1.0 - ANOMALY_SCORE)
     }
+}
+
+/// A model's memo in `/api/ml-metrics`: its counters, or why answers are not kept.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum MemoState {
+    /// Kept.
+    On(memo::MemoView),
+    /// Not kept, and why.
+    Off {
+        /// The reason.
+        off: String,
+    },
 }
 
 /// The model's state as `/api/ml-metrics` shows it.
@@ -682,6 +722,9 @@ pub struct ModelView {
     /// (probe checks included); fewer than predictions and scores when concurrent requests
     /// shared calls.
     pub runtime_calls: Option<(u64, u64)>,
+    /// Latency and anomaly model: answers kept per cell of the model's thresholds, and how
+    /// many rows they answered without an ONNX Runtime call ([`memo`]).
+    pub memo: Option<(MemoState, MemoState)>,
     /// Requests the online statistics answered instead.
     pub fallbacks: u64,
     /// Of those, because every session was busy.

@@ -140,7 +140,7 @@ fn train_and_compare(
     }
     let runtime = super::onnx::runtime(models.config().ort_library.as_deref());
     let candidate =
-        load::load(out, runtime, 1).map_err(|e| format!("the new model was refused: {e}"))?;
+        load::load(out, runtime, 1, 0).map_err(|e| format!("the new model was refused: {e}"))?;
     let rows = recent_rows(log_dir, candidate.manifest.rows.holdout as usize);
     if rows.len() < 30 {
         return Err(format!(
