@@ -1,11 +1,12 @@
 //! What the optimizer middleware costs per request, in process (no network, no database).
 //!
-//! Four routers serve the same trivial handler on `GET /api/cart` (a route the cache never
+//! Five routers serve the same trivial handler on `GET /api/cart` (a route the cache never
 //! touches): without the middleware, with the middleware and every feature off, with every
 //! feature on and online statistics answering (no model), and with every feature on and the
 //! committed ONNX models answering (features, prediction, admission, anomaly score, statistics,
-//! log enqueue). The difference between the first and the last two is the optimizer's added
-//! latency. The ONNX case needs `ORT_DYLIB_PATH` (`make bench` sets it).
+//! log enqueue), once with every request running both models and once answered from the answers
+//! kept per cell (`models.memo_cells`). The difference between the first and the last three is
+//! the optimizer's added latency. The ONNX cases need `ORT_DYLIB_PATH` (`make bench` sets it).
 
 #![allow(missing_docs)]
 
@@ -25,10 +26,11 @@ use std::sync::Arc;
 use tower::ServiceExt;
 
 fn state(all_on: bool) -> AppState {
-    state_with(all_on, false)
+    state_with(all_on, false, 0)
 }
 
-fn state_with(all_on: bool, onnx: bool) -> AppState {
+/// `memo_cells` as the configuration key: 0 runs both models on every request.
+fn state_with(all_on: bool, onnx: bool, memo_cells: usize) -> AppState {
     let mut config = Config::default();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     config.models.dir = if onnx {
@@ -39,6 +41,7 @@ fn state_with(all_on: bool, onnx: bool) -> AppState {
     // The committed model's age and its error on this trivial handler do not matter here.
     config.models.max_age_hours = 0.0;
     config.models.drift_factor = 0.0;
+    config.models.memo_cells = memo_cells;
     // The pool connects lazily; nothing here touches a database.
     config.database.url = Some("postgres://bench@127.0.0.1:1/bench".into());
     let scratch = std::env::temp_dir().join(format!("shop-bench-{}", std::process::id()));
@@ -86,18 +89,24 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let onnx = state_with(true, true);
-    assert_eq!(
-        onnx.optimizer.models.stale(),
-        None,
-        "the committed models must load (is ORT_DYLIB_PATH set?)"
-    );
+    let onnx = state_with(true, true, 0);
+    let kept = state_with(true, true, Config::default().models.memo_cells);
+    for state in [&onnx, &kept] {
+        assert_eq!(
+            state.optimizer.models.stale(),
+            None,
+            "the committed models must load (is ORT_DYLIB_PATH set?)"
+        );
+    }
     let onnx = router(Some(onnx));
     let cases = [
         ("no_middleware", router(None)),
         ("features_off", router(Some(state(false)))),
         ("features_on", router(Some(state(true)))),
+        // Both models run on every request.
         ("features_on_onnx", onnx.clone()),
+        // The same request again and again: after the first, both answers are kept ones.
+        ("features_on_onnx_kept", router(Some(kept))),
     ];
     let mut group = c.benchmark_group("request");
     for (name, app) in cases {

@@ -328,3 +328,81 @@ impl Splits {
         cell
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(name: &str, values: &[&str]) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            strings: values.iter().map(|v| v.as_bytes().to_vec()).collect(),
+            r#type: Some(attr_type::STRINGS),
+            ..AttributeProto::default()
+        }
+    }
+
+    /// One tree: node 0 splits input 1 at 2.0 with `mode`, nodes 1 and 2 are leaves.
+    fn tree(op: &str, mode: &str) -> Vec<u8> {
+        let node = NodeProto {
+            op_type: Some(op.into()),
+            domain: Some("ai.onnx.ml".into()),
+            attribute: vec![
+                AttributeProto {
+                    name: Some("nodes_featureids".into()),
+                    ints: vec![1, 0, 0],
+                    r#type: Some(attr_type::INTS),
+                    ..AttributeProto::default()
+                },
+                strings("nodes_modes", &[mode, "LEAF", "LEAF"]),
+                AttributeProto {
+                    name: Some("nodes_values".into()),
+                    floats: vec![2.0, 0.0, 0.0],
+                    r#type: Some(attr_type::FLOATS),
+                    ..AttributeProto::default()
+                },
+            ],
+            ..NodeProto::default()
+        };
+        ModelProto {
+            graph: Some(GraphProto {
+                node: vec![node],
+                ..GraphProto::default()
+            }),
+            ..ModelProto::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn cells_follow_the_branch_rule() {
+        let lt = Splits::read(&tree("TreeEnsembleRegressor", "BRANCH_LT"), 3).expect("lt");
+        assert_eq!(lt.thresholds, vec![vec![], vec![2.0], vec![]]);
+        // x < 2 goes one way, x >= 2 the other; input 0 has no threshold and never matters.
+        assert_eq!(lt.cell(&[5.0, 1.99, 0.0]), lt.cell(&[-7.0, -1e9, 3.0]));
+        assert_ne!(lt.cell(&[0.0, 1.99, 0.0]), lt.cell(&[0.0, 2.0, 0.0]));
+        assert_eq!(
+            lt.cell(&[0.0, 2.0, 0.0]),
+            lt.cell(&[0.0, f32::INFINITY, 0.0])
+        );
+        // NaN gets a cell of its own.
+        assert_ne!(lt.cell(&[0.0, f32::NAN, 0.0]), lt.cell(&[0.0, 9.0, 0.0]));
+
+        let leq = Splits::read(&tree("TreeEnsembleRegressor", "BRANCH_LEQ"), 3).expect("leq");
+        assert_eq!(leq.cell(&[0.0, 2.0, 0.0]), leq.cell(&[0.0, 1.5, 0.0]));
+        assert_ne!(leq.cell(&[0.0, 2.0, 0.0]), leq.cell(&[0.0, 2.0001, 0.0]));
+    }
+
+    #[test]
+    fn graphs_it_cannot_vouch_for_are_refused() {
+        for (model, width, why) in [
+            (tree("TreeEnsembleClassifier", "BRANCH_LT"), 3, "operator"),
+            (tree("TreeEnsembleRegressor", "BRANCH_GT"), 3, "BRANCH_GT"),
+            (tree("TreeEnsembleRegressor", "BRANCH_LT"), 1, "input 1"),
+            (b"not a model".to_vec(), 3, "not an ONNX model"),
+        ] {
+            let err = Splits::read(&model, width).expect_err(why);
+            assert!(err.contains(why), "{err} should mention {why}");
+        }
+    }
+}

@@ -169,7 +169,7 @@ impl Default for ModelsConfig {
             drift_factor: 2.0,
             reload_interval_ms: 2_000,
             sessions: 0,
-            memo_cells: 4096,
+            memo_cells: 16_384,
             trainer: None,
             training_timeout_secs: 600,
         }

@@ -10,6 +10,7 @@ use crate::optimizer::admission::PriorityStats;
 use crate::optimizer::advice::AdviceView;
 use crate::optimizer::anomaly::{ANOMALY_SCORE, Action};
 use crate::optimizer::cache::Kind;
+use crate::optimizer::model::MemoState;
 use crate::optimizer::telemetry::QueryAggregate;
 use crate::optimizer::{Alert, RouteView, Sample};
 use crate::validate;
@@ -400,6 +401,54 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
         "gauge",
         "Auto-healing in force (1) or not (0).",
         [(String::new(), u8::from(opt.healer.is_active()))],
+    );
+    let models = opt.models.view();
+    family(
+        &mut out,
+        "shop_model_serving",
+        "gauge",
+        "1 while the ONNX models answer; 0 while online statistics answer, labelled with why.",
+        [match (opt.settings.prediction, models.stale) {
+            (false, _) => ("reason=\"prediction-off\"".to_owned(), 0),
+            (true, None) => (String::new(), 1),
+            (true, Some(stale)) => (format!("reason=\"{}\"", stale.as_str()), 0),
+        }],
+    );
+    let by_model = |(latency, anomaly): (u64, u64)| {
+        [
+            ("model=\"latency\"".to_owned(), latency),
+            ("model=\"anomaly\"".to_owned(), anomaly),
+        ]
+    };
+    family(
+        &mut out,
+        "shop_model_runtime_calls_total",
+        "counter",
+        "ONNX Runtime calls of the serving models (a run shared by several requests counts once).",
+        by_model(models.runtime_calls.unwrap_or_default()),
+    );
+    let hits = |state: &MemoState| match state {
+        MemoState::On(view) => view.hits,
+        MemoState::Off { .. } => 0,
+    };
+    family(
+        &mut out,
+        "shop_model_kept_answers_total",
+        "counter",
+        "Rows the serving models answered with a kept answer (a cell seen before), without a runtime call.",
+        by_model(
+            models
+                .memo
+                .as_ref()
+                .map_or((0, 0), |(l, a)| (hits(l), hits(a))),
+        ),
+    );
+    family(
+        &mut out,
+        "shop_model_fallbacks_total",
+        "counter",
+        "Requests online statistics answered because the model was stale, absent or busy.",
+        [(String::new(), models.fallbacks)],
     );
     family(
         &mut out,

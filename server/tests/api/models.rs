@@ -129,7 +129,7 @@ async fn a_trained_model_answers_requests() {
 /// an ONNX Runtime call; `memo_cells = 0` runs every row.
 #[tokio::test]
 async fn kept_answers_spare_runtime_calls_and_can_be_turned_off() {
-    for cells in [4096, 0] {
+    for cells in [server::config::ModelsConfig::default().memo_cells, 0] {
         let (app, dir) = app_with_models(|_, config| config.models.memo_cells = cells).await;
         let probes = manifest(&dir)["probes"].as_array().expect("probes").len() as u64;
         let id = app.product_id("Laptop Pro").await;
@@ -154,6 +154,14 @@ async fn kept_answers_spare_runtime_calls_and_can_be_turned_off() {
             assert_eq!(calls(0), probes + predictions - hits(0), "{onnx}");
             assert_eq!(calls(1), probes + scores - hits(1), "{onnx}");
             assert!(onnx["memo"][0]["cells"].as_u64() > Some(0), "{onnx}");
+            let text = app.get("/metrics").await.text().await.expect("text");
+            assert!(text.contains("shop_model_serving 1"), "{text}");
+            let kept: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("shop_model_kept_answers_total{model=\"latency\"} "))
+                .and_then(|v| v.parse().ok())
+                .expect("kept answers in /metrics");
+            assert!(kept >= hits(0), "{text}");
         } else {
             assert!(onnx["memo"][0]["off"].as_str().is_some(), "{onnx}");
             assert_eq!(calls(0), probes + predictions, "{onnx}");
@@ -185,6 +193,11 @@ async fn a_model_with_another_fingerprint_is_refused_and_online_answers() {
     assert!(
         refusals.iter().any(|r| r.contains("fingerprint")),
         "the optimizer log says why: {refusals:?}"
+    );
+    let text = app.get("/metrics").await.text().await.expect("text");
+    assert!(
+        text.contains("shop_model_serving{reason=\"fingerprint\"} 0"),
+        "{text}"
     );
     let _ = std::fs::remove_dir_all(dir);
 }

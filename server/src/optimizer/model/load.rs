@@ -227,7 +227,7 @@ pub fn load(
             })?;
         check_metadata(&pool, &file.file, &manifest)?;
         let memo = if memo_cells == 0 {
-            Err("off ([models] memo_cells = 0)".to_owned())
+            Err("[models] memo_cells = 0".to_owned())
         } else {
             Memo::new(&bytes, width, memo_cells)
         };
