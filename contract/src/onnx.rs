@@ -217,13 +217,14 @@ pub struct Splits {
 
 impl Splits {
     /// Reads the thresholds of a model whose graph is nothing but `TreeEnsembleRegressor`
-    /// nodes (`ai.onnx.ml`) over an input of `width` floats.
+    /// nodes (`ai.onnx.ml`), each reading the graph's one input of `width` floats.
     ///
     /// # Errors
     /// What the reader does not vouch for, named: an undecodable model, another operator,
     /// thresholds stored elsewhere than `nodes_values`, other branch modes than `BRANCH_LT` or
     /// `BRANCH_LEQ` (or both mixed), missing values sent to the true branch, an input index
-    /// outside `width`, or more than `u16::MAX - 1` thresholds on one input.
+    /// outside `width`, a tree not reading the graph's one input, or more than `u16::MAX - 1`
+    /// thresholds on one input.
     pub fn read(model: &[u8], width: usize) -> Result<Self, String> {
         if width > crate::ANOMALY_INPUT_COUNT {
             return Err(format!(
@@ -236,6 +237,12 @@ impl Splits {
         if graph.node.is_empty() {
             return Err("the graph has no nodes".into());
         }
+        // Every tree must read the graph's one input, so that `nodes_featureids` are positions
+        // in the row the server passes (not in another node's output).
+        let [input] = graph.input.as_slice() else {
+            return Err(format!("{} graph inputs, expected one", graph.input.len()));
+        };
+        let input = input.name.as_deref().unwrap_or_default();
         let mut thresholds = vec![Vec::new(); width];
         let mut rule = None;
         for node in &graph.node {
@@ -248,6 +255,12 @@ impl Splits {
                     .iter()
                     .find(|a| a.name.as_deref() == Some(name))
             };
+            if node.input.len() != 1 || node.input[0] != input {
+                return Err(format!(
+                    "a tree reads {:?}, not the graph input {input:?}",
+                    node.input
+                ));
+            }
             if attribute("nodes_values_as_tensor").is_some() {
                 return Err("thresholds stored as a tensor".into());
             }
@@ -362,16 +375,34 @@ mod tests {
                     ..AttributeProto::default()
                 },
             ],
+            input: vec!["features".into()],
             ..NodeProto::default()
         };
+        model(vec![node])
+    }
+
+    fn model(node: Vec<NodeProto>) -> Vec<u8> {
         ModelProto {
             graph: Some(GraphProto {
-                node: vec![node],
+                node,
+                input: vec![ValueInfoProto {
+                    name: Some("features".into()),
+                    r#type: None,
+                }],
                 ..GraphProto::default()
             }),
             ..ModelProto::default()
         }
         .encode_to_vec()
+    }
+
+    /// The node of [`tree`], changed by `change`.
+    fn changed(mode: &str, change: impl FnOnce(&mut NodeProto)) -> Vec<u8> {
+        let model =
+            ModelProto::decode(tree("TreeEnsembleRegressor", mode).as_slice()).expect("model");
+        let mut node = model.graph.expect("graph").node.remove(0);
+        change(&mut node);
+        self::model(vec![node])
     }
 
     #[test]
@@ -400,6 +431,31 @@ mod tests {
             (tree("TreeEnsembleRegressor", "BRANCH_GT"), 3, "BRANCH_GT"),
             (tree("TreeEnsembleRegressor", "BRANCH_LT"), 1, "input 1"),
             (b"not a model".to_vec(), 3, "not an ONNX model"),
+            (model(Vec::new()), 3, "no nodes"),
+            (
+                changed("BRANCH_LT", |n| n.input = vec!["other".into()]),
+                3,
+                "not the graph input",
+            ),
+            (
+                changed("BRANCH_LT", |n| {
+                    n.attribute.push(AttributeProto {
+                        name: Some("nodes_missing_value_tracks_true".into()),
+                        ints: vec![1, 0, 0],
+                        ..AttributeProto::default()
+                    });
+                }),
+                3,
+                "missing values",
+            ),
+            (
+                changed("BRANCH_LT", |n| {
+                    n.attribute[1] = strings("nodes_modes", &["BRANCH_LT", "BRANCH_LEQ", "LEAF"]);
+                    n.attribute[0].ints = vec![1, 2, 0];
+                }),
+                3,
+                "mixed",
+            ),
         ] {
             let err = Splits::read(&model, width).expect_err(why);
             assert!(err.contains(why), "{err} should mention {why}");

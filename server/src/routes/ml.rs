@@ -403,16 +403,22 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
         [(String::new(), u8::from(opt.healer.is_active()))],
     );
     let models = opt.models.view();
+    let serving = opt.settings.prediction && models.stale.is_none();
     family(
         &mut out,
         "shop_model_serving",
         "gauge",
-        "1 while the ONNX models answer; 0 while online statistics answer, labelled with why.",
-        [match (opt.settings.prediction, models.stale) {
-            (false, _) => ("reason=\"prediction-off\"".to_owned(), 0),
-            (true, None) => (String::new(), 1),
-            (true, Some(stale)) => (format!("reason=\"{}\"", stale.as_str()), 0),
-        }],
+        "1 while the ONNX models answer, 0 while online statistics answer (or prediction is off).",
+        [(String::new(), u8::from(serving))],
+    );
+    family(
+        &mut out,
+        "shop_model_stale",
+        "gauge",
+        "1, labelled with the reason, while the model cannot answer.",
+        models
+            .stale
+            .map(|stale| (format!("reason=\"{}\"", stale.as_str()), 1)),
     );
     let by_model = |(latency, anomaly): (u64, u64)| {
         [
@@ -424,7 +430,7 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
         &mut out,
         "shop_model_runtime_calls_total",
         "counter",
-        "ONNX Runtime calls of the serving models (a run shared by several requests counts once).",
+        "ONNX Runtime calls of the serving models (a run shared by several requests counts once; restarts at 0 when a new model loads).",
         by_model(models.runtime_calls.unwrap_or_default()),
     );
     let hits = |state: &MemoState| match state {
@@ -435,7 +441,7 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
         &mut out,
         "shop_model_kept_answers_total",
         "counter",
-        "Rows the serving models answered with a kept answer (a cell seen before), without a runtime call.",
+        "Rows the serving models answered with a kept answer (a cell seen before), without a runtime call (restarts at 0 when a new model loads).",
         by_model(
             models
                 .memo

@@ -196,7 +196,8 @@ async fn a_model_with_another_fingerprint_is_refused_and_online_answers() {
     );
     let text = app.get("/metrics").await.text().await.expect("text");
     assert!(
-        text.contains("shop_model_serving{reason=\"fingerprint\"} 0"),
+        text.contains("shop_model_serving 0")
+            && text.contains("shop_model_stale{reason=\"fingerprint\"} 1"),
         "{text}"
     );
     let _ = std::fs::remove_dir_all(dir);

@@ -229,11 +229,10 @@ pub fn load(
         let memo = if memo_cells == 0 {
             Err("[models] memo_cells = 0".to_owned())
         } else {
-            Memo::new(&bytes, width, memo_cells)
+            Memo::new(&bytes, width, memo_cells).inspect_err(|why| {
+                tracing::info!(file = %file.file, %why, "every row of this model runs ONNX Runtime");
+            })
         };
-        if let Err(why) = &memo {
-            tracing::info!(file = %file.file, %why, "every row of this model runs ONNX Runtime");
-        }
         Ok::<_, LoadError>((pool, memo))
     };
     let (latency, latency_memo) =

@@ -2,7 +2,10 @@
 //!
 //! A tree ensemble only ever compares an input with its thresholds, so two rows on the same side
 //! of every threshold (the same [`Cell`]) get the same answer, bit for bit: ONNX Runtime walks the
-//! same branches and adds the same leaves in the same order. [`Memo`] keeps the answer ONNX
+//! same branches and adds the same leaves in the same order. (The order is the same for a row
+//! run alone and in a shared batch because each session has one intra-op thread, see
+//! [`super::onnx::Pool::new`]; with several, partial sums per thread could differ in the last
+//! bit.) [`Memo`] keeps the answer ONNX
 //! Runtime gave for each cell it has seen (a bounded `quick_cache`, least recently and least
 //! often used cells leave first) and hands it out again for the next row in that cell, for the
 //! price of a binary search per input and one cache lookup.

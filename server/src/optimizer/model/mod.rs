@@ -323,6 +323,8 @@ impl Models {
     ) -> Result<[f32; onnx::MAX_OUTPUTS], Stale> {
         let cell = memo.map(|m| (m, m.cell(row)));
         if let Some(answer) = cell.as_ref().and_then(|(m, cell)| m.get(cell)) {
+            // Answered, so any streak of runtime failures is broken, as by a good run.
+            self.succeeded();
             return Ok(answer);
         }
         let answer = if join {

@@ -209,6 +209,8 @@ impl Pool {
         }
         let mut runners = Vec::with_capacity(sessions.max(1));
         for _ in 0..sessions.max(1) {
+            // One intra-op thread also keeps a row's answer bit-identical whether it runs alone
+            // or in a shared batch, which the kept answers rely on (`memo`).
             let session = Session::builder(env)?
                 .with_intra_threads(1)?
                 .with_inter_threads(1)?
