@@ -30,17 +30,22 @@ fn records(n: usize) -> Vec<RequestRecord> {
     all.into_iter().step_by(step).take(n).collect()
 }
 
-fn environment() -> ort::environment::Environment {
-    let path = std::env::var("ORT_DYLIB_PATH").unwrap_or_default();
-    assert!(
-        Path::new(&path).is_file(),
-        "ORT_DYLIB_PATH must name the ONNX Runtime library (got {path:?}); run `make test`, \
-         or export ORT_DYLIB_PATH=$(scripts/ort.sh)"
-    );
-    ort::init_from(&path)
-        .expect("load ONNX Runtime")
-        .build()
-        .expect("environment")
+/// The process's ONNX Runtime environment: the runtime allows one per process, and the tests
+/// here run in parallel threads of one process.
+fn environment() -> &'static ort::environment::Environment {
+    static ENV: std::sync::OnceLock<ort::environment::Environment> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let path = std::env::var("ORT_DYLIB_PATH").unwrap_or_default();
+        assert!(
+            Path::new(&path).is_file(),
+            "ORT_DYLIB_PATH must name the ONNX Runtime library (got {path:?}); run `make test`, \
+             or export ORT_DYLIB_PATH=$(scripts/ort.sh)"
+        );
+        ort::init_from(&path)
+            .expect("load ONNX Runtime")
+            .build()
+            .expect("environment")
+    })
 }
 
 fn session(env: &ort::environment::Environment, file: &Path) -> Session {
@@ -73,7 +78,7 @@ fn onnx_runtime_agrees_with_the_trainers_trees_on_a_thousand_rows() {
     assert_eq!(rows.len(), 1000, "the sample holds at least 1000 records");
     let env = environment();
 
-    let mut latency = session(&env, &out.path().join(&outcome.manifest.latency_model.file));
+    let mut latency = session(env, &out.path().join(&outcome.manifest.latency_model.file));
     let flat: Vec<f32> = rows.iter().flat_map(|r| r.features).collect();
     let got = run(
         &mut latency,
@@ -90,7 +95,7 @@ fn onnx_runtime_agrees_with_the_trainers_trees_on_a_thousand_rows() {
     }
     assert!(worst < 1e-4, "latency model differs by up to {worst}");
 
-    let mut anomaly = session(&env, &out.path().join(&outcome.manifest.anomaly_model.file));
+    let mut anomaly = session(env, &out.path().join(&outcome.manifest.anomaly_model.file));
     let inputs: Vec<contract::AnomalyInput> = rows
         .iter()
         .map(|r| contract::anomaly_input(&r.features, r.latency_ms, r.status))
@@ -192,7 +197,7 @@ fn rows_in_the_same_cell_get_the_same_answers_from_onnx_runtime() {
             moved > rows.len() * 9 / 10,
             "{file}: only {moved} rows moved"
         );
-        let mut session = session(&env, &path);
+        let mut session = session(env, &path);
         let a = run(&mut session, originals.concat(), width, output);
         let b = run(&mut session, twins.concat(), width, output);
         let differ = a
