@@ -477,19 +477,20 @@ impl Optimizer {
                 continue;
             }
             let kept = advisor::helped(trial.p95_before_ms, p95_after, advice.settings.min_speedup);
+            let measured = format!(
+                "p95 of statement {} went from {:.1} ms to {:.1} ms over {} calls (at least {}x needed)",
+                trial.fingerprint,
+                trial.p95_before_ms,
+                p95_after,
+                calls,
+                advice.settings.min_speedup
+            );
+            let details = serde_json::json!({ "applied": &trial.applied, "p95BeforeMs": trial.p95_before_ms, "p95AfterMs": p95_after });
             let outcome = if kept {
                 self.advisor_action(
                     "index-kept",
-                    &format!(
-                        "{}: p95 of statement {} went from {:.1} ms to {:.1} ms over {} calls (at least {}x needed)",
-                        trial.applied.index_name,
-                        trial.fingerprint,
-                        trial.p95_before_ms,
-                        p95_after,
-                        calls,
-                        advice.settings.min_speedup
-                    ),
-                    serde_json::json!({ "applied": &trial.applied, "p95BeforeMs": trial.p95_before_ms, "p95AfterMs": p95_after }),
+                    &format!("{}: {measured}", trial.applied.index_name),
+                    details,
                 );
                 "kept"
             } else {
@@ -510,15 +511,10 @@ impl Optimizer {
                 self.advisor_action(
                     action,
                     &format!(
-                        "{} did not help: p95 of statement {} went from {:.1} ms to {:.1} ms over {} calls (at least {}x needed); {how}",
-                        trial.applied.index_name,
-                        trial.fingerprint,
-                        trial.p95_before_ms,
-                        p95_after,
-                        calls,
-                        advice.settings.min_speedup
+                        "{} did not help: {measured}; {how}",
+                        trial.applied.index_name
                     ),
-                    serde_json::json!({ "applied": &trial.applied, "p95BeforeMs": trial.p95_before_ms, "p95AfterMs": p95_after }),
+                    details,
                 );
                 outcome
             };

@@ -79,6 +79,21 @@ pub struct QueryAggregate {
 const RECENT: usize = 512;
 
 impl QueryAggregate {
+    /// An aggregate of no executions yet.
+    fn new(fingerprint: String, statement: String) -> Self {
+        Self {
+            fingerprint,
+            statement,
+            calls: 0,
+            total_ms: 0.0,
+            mean_ms: 0.0,
+            p95_ms: 0.0,
+            rows: 0,
+            recent: Vec::new(),
+            next: 0,
+        }
+    }
+
     fn add(&mut self, ms: f32, rows: u64) {
         self.calls += 1;
         self.total_ms += f64::from(ms);
@@ -399,17 +414,8 @@ fn writer(
                     if let Some(agg) = map.get_mut(&k.fingerprint) {
                         agg.add(*ms, q.rows);
                     } else {
-                        let mut agg = QueryAggregate {
-                            fingerprint: k.fingerprint.clone(),
-                            statement: k.normalized.clone(),
-                            calls: 0,
-                            total_ms: 0.0,
-                            mean_ms: 0.0,
-                            p95_ms: 0.0,
-                            rows: 0,
-                            recent: Vec::new(),
-                            next: 0,
-                        };
+                        let mut agg =
+                            QueryAggregate::new(k.fingerprint.clone(), k.normalized.clone());
                         agg.add(*ms, q.rows);
                         map.insert(k.fingerprint.clone(), agg);
                     }
@@ -545,17 +551,7 @@ mod tests {
     use super::*;
 
     fn aggregate(values: impl IntoIterator<Item = f32>) -> QueryAggregate {
-        let mut agg = QueryAggregate {
-            fingerprint: String::new(),
-            statement: String::new(),
-            calls: 0,
-            total_ms: 0.0,
-            mean_ms: 0.0,
-            p95_ms: 0.0,
-            rows: 0,
-            recent: Vec::new(),
-            next: 0,
-        };
+        let mut agg = QueryAggregate::new(String::new(), String::new());
         for v in values {
             agg.add(v, 1);
         }

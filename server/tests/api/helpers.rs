@@ -350,6 +350,16 @@ impl TestApp {
 }
 
 /// A valid checkout body (the seed's example).
+/// The product names of a list or search answer, in order.
+pub fn product_names(body: &Value) -> Vec<String> {
+    body["products"]
+        .as_array()
+        .expect("products")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
 pub fn checkout_body() -> Value {
     json!({
         "paymentMethod": "credit_card",

@@ -1,15 +1,6 @@
-use crate::helpers::{ADMIN, assert_error, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN, assert_error, product_names as names, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-fn names(body: &Value) -> Vec<String> {
-    body["products"]
-        .as_array()
-        .expect("products")
-        .iter()
-        .map(|p| p["name"].as_str().expect("name").to_owned())
-        .collect()
-}
 
 #[tokio::test]
 async fn lists_seed_products_most_popular_first() {

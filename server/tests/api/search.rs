@@ -1,4 +1,4 @@
-use crate::helpers::{assert_error, spawn_app};
+use crate::helpers::{assert_error, product_names, spawn_app};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -12,12 +12,7 @@ async fn search(app: &crate::helpers::TestApp, q: &str) -> Vec<String> {
         .expect("request");
     assert_eq!(response.status(), StatusCode::OK, "q={q}");
     let body: Value = response.json().await.expect("json");
-    body["products"]
-        .as_array()
-        .expect("products")
-        .iter()
-        .map(|p| p["name"].as_str().expect("name").to_owned())
-        .collect()
+    product_names(&body)
 }
 
 #[tokio::test]
