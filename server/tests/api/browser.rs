@@ -187,6 +187,7 @@ return {
   accuracyRows: document.querySelectorAll('#accuracy tbody tr').length,
   modelSource: text('model-source'),
   modelReason: text('model-reason'),
+  modelAnswers: text('model-answers'),
   suggestionsNote: text('suggestions-note'),
   log: text('log'),
   status: text('status'),
@@ -248,6 +249,10 @@ fn missing(state: &Value) -> Vec<String> {
     }
     if state["modelSource"] != "online" || state["modelReason"].as_str().unwrap_or("").is_empty() {
         missing.push("model source and reason not shown".into());
+    }
+    // This server has no model folder: the page says so rather than showing empty counters.
+    if state["modelAnswers"] != "no model loaded" {
+        missing.push(format!("model answers: {}", state["modelAnswers"]));
     }
     if !state["log"]
         .as_str()
