@@ -127,6 +127,13 @@ pub struct AnomalyMetrics {
     pub auc: f64,
     /// ROC AUC of the online z-score logged with each row.
     pub online_auc: f64,
+    /// Share of the unlabelled rows scoring at or above the threshold (false alarms); absent
+    /// in manifests written before it was measured.
+    #[serde(default)]
+    pub false_alarm_rate: Option<f64>,
+    /// Share of the labelled rows scoring at or above the threshold (anomalies caught).
+    #[serde(default)]
+    pub detection_rate: Option<f64>,
 }
 
 /// A probe row: inputs and what the exported models must answer for them.

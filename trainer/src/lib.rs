@@ -172,6 +172,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A share as a percentage, or "n/a".
+fn share(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "n/a".to_owned(), |r| format!("{:.2}%", 100.0 * r))
+}
+
 fn summary(outcome: &train::Outcome) -> String {
     let m = &outcome.manifest;
     let l = &m.latency_holdout;
@@ -183,7 +188,8 @@ fn summary(outcome: &train::Outcome) -> String {
          latency: {lf} ({lb} bytes, {lt} trees), holdout MAE ln(ms) {mae:.3} vs online {omae:.3} \
          ({gain:.1}% lower), p90 coverage {cov:.1}% vs online {ocov:.1}%\n\
          anomaly: {af} ({ab} bytes, {at} trees), holdout ROC AUC {auc:.3} vs online z-score \
-         {oauc:.3} ({labelled} labelled of {arows}), threshold {thr:.3}\n\
+         {oauc:.3} ({labelled} labelled of {arows}), threshold {thr:.3} flags {caught} of the \
+         labelled and {alarms} of the rest\n\
          time: load {t0:.1} s, fit {t1:.1} s, evaluate and export {t2:.1} s\n",
         path = outcome.path.display(),
         version = m.version,
@@ -206,6 +212,8 @@ fn summary(outcome: &train::Outcome) -> String {
         labelled = a.labelled,
         arows = a.rows,
         thr = m.anomaly_threshold,
+        caught = share(a.detection_rate),
+        alarms = share(a.false_alarm_rate),
         t0 = outcome.seconds[0],
         t1 = outcome.seconds[1],
         t2 = outcome.seconds[2],

@@ -320,12 +320,6 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
         .iter()
         .map(|&i| f64::from(data.online_score[i]))
         .collect();
-    let anomaly_holdout = AnomalyMetrics {
-        rows: holdout_idx.len() as u64,
-        labelled: labels.iter().filter(|&&l| l).count() as u64,
-        auc: metrics::auc(&scores, &labels).unwrap_or(f64::NAN),
-        online_auc: metrics::auc(&online, &labels).unwrap_or(f64::NAN),
-    };
     let mut normal_scores: Vec<f64> = train_idx
         .iter()
         .filter(|&&i| !data.labelled(i))
@@ -333,6 +327,23 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
         .collect();
     let anomaly_threshold =
         metrics::quantile(&mut normal_scores, 1.0 - opts.false_alarm_rate).unwrap_or(1.0);
+    // Share of the holdout rows labelled `label` that the threshold flags.
+    let flagged = |label: bool| {
+        let (mut all, mut hit) = (0_u32, 0_u32);
+        for (score, _) in scores.iter().zip(&labels).filter(|(_, l)| **l == label) {
+            all += 1;
+            hit += u32::from(*score >= anomaly_threshold);
+        }
+        (all > 0).then(|| f64::from(hit) / f64::from(all))
+    };
+    let anomaly_holdout = AnomalyMetrics {
+        rows: holdout_idx.len() as u64,
+        labelled: labels.iter().filter(|&&l| l).count() as u64,
+        auc: metrics::auc(&scores, &labels).unwrap_or(f64::NAN),
+        online_auc: metrics::auc(&online, &labels).unwrap_or(f64::NAN),
+        false_alarm_rate: flagged(false),
+        detection_rate: flagged(true),
+    };
 
     // Probes: rows spread over the holdout, plus its first labelled anomaly.
     let mut probe_rows: Vec<usize> = (0..8)

@@ -76,6 +76,17 @@ fn onnx_runtime_agrees_with_the_trainers_trees_on_a_thousand_rows() {
         .expect("training on the committed sample");
     let rows = records(1000);
     assert_eq!(rows.len(), 1000, "the sample holds at least 1000 records");
+    // The threshold (0.5% of the unlabelled training rows above it) holds on the holdout, and
+    // catches some of the stress tests.
+    let anomaly = &outcome.manifest.anomaly_holdout;
+    assert!(
+        anomaly.false_alarm_rate.is_some_and(|r| r <= 0.01),
+        "{anomaly:?}"
+    );
+    assert!(
+        anomaly.detection_rate.is_some_and(|r| r > 0.0),
+        "{anomaly:?}"
+    );
     let env = environment();
 
     let mut latency = session(env, &out.path().join(&outcome.manifest.latency_model.file));
