@@ -127,11 +127,12 @@ pub struct AnomalyMetrics {
     pub auc: f64,
     /// ROC AUC of the online z-score logged with each row.
     pub online_auc: f64,
-    /// Share of the unlabelled rows scoring at or above the threshold (false alarms); absent
-    /// in manifests written before it was measured.
+    /// Share of the unlabelled rows scoring at or above the threshold (false alarms), server
+    /// errors (anomalous by rule) left out; absent in manifests written before it was measured.
     #[serde(default)]
     pub false_alarm_rate: Option<f64>,
-    /// Share of the labelled rows scoring at or above the threshold (anomalies caught).
+    /// Share of the labelled rows scoring at or above the threshold (anomalies caught), server
+    /// errors left out.
     #[serde(default)]
     pub detection_rate: Option<f64>,
 }

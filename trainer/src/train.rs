@@ -327,12 +327,15 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
         .collect();
     let anomaly_threshold =
         metrics::quantile(&mut normal_scores, 1.0 - opts.false_alarm_rate).unwrap_or(1.0);
-    // Share of the holdout rows labelled `label` that the threshold flags.
+    // Share of the holdout rows labelled `label` that the threshold flags; server errors are
+    // left out, as in the threshold itself (the rule, not the model, flags them).
     let flagged = |label: bool| {
         let (mut all, mut hit) = (0_u32, 0_u32);
-        for (score, _) in scores.iter().zip(&labels).filter(|(_, l)| **l == label) {
-            all += 1;
-            hit += u32::from(*score >= anomaly_threshold);
+        for (k, &i) in holdout_idx.iter().enumerate() {
+            if labels[k] == label && data.status[i] < 500 {
+                all += 1;
+                hit += u32::from(scores[k] >= anomaly_threshold);
+            }
         }
         (all > 0).then(|| f64::from(hit) / f64::from(all))
     };

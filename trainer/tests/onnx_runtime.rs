@@ -76,7 +76,7 @@ fn onnx_runtime_agrees_with_the_trainers_trees_on_a_thousand_rows() {
         .expect("training on the committed sample");
     let rows = records(1000);
     assert_eq!(rows.len(), 1000, "the sample holds at least 1000 records");
-    // The threshold (0.5% of the unlabelled training rows above it) holds on the holdout, and
+    // The threshold (0.5% of the unlabelled training rows at or above it) holds on the holdout, and
     // catches some of the stress tests.
     let anomaly = &outcome.manifest.anomaly_holdout;
     assert!(

@@ -267,15 +267,17 @@ function drawMetrics(m) {
   source.textContent = m.model.source;
   source.className = m.model.source;
   document.getElementById('model-reason').textContent = m.model.reason;
-  // How the loaded model answered: runtime calls (a shared run counts once) and kept answers
-  // (a cell of its thresholds seen before), latency model + anomaly model.
+  // How the models answered: predictions and scores since the server started (every model it
+  // loaded); runtime calls (a shared run counts once) and kept answers (a cell of its thresholds
+  // seen before) since the loaded model came in; latency model + anomaly model.
   const onnx = m.model.onnx;
   const kept = (onnx.memo || []).map((x) => (x.hits === undefined ? 'off' : String(x.hits)));
   const calls = onnx.runtimeCalls || [];
   document.getElementById('model-answers').textContent = onnx.version == null
     ? 'no model loaded'
-    : `version ${onnx.version}: ${onnx.predictions} predictions, ${onnx.scores} scores; `
-      + `runtime calls ${calls.join(' + ')}; kept answers ${kept.join(' + ')}`;
+    : `version ${onnx.version}: runtime calls ${calls.join(' + ')}, kept answers `
+      + `${kept.join(' + ')} since it loaded; ${onnx.predictions} predictions, `
+      + `${onnx.scores} scores since the server started`;
   document.getElementById('uptime').textContent = `${m.uptimeSecs} s`;
   document.getElementById('limit').textContent = String(m.concurrencyLimit);
   document.getElementById('request-log').textContent =

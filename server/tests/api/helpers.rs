@@ -349,7 +349,6 @@ impl TestApp {
     }
 }
 
-/// A valid checkout body (the seed's example).
 /// The product names of a list or search answer, in order.
 pub fn product_names(body: &Value) -> Vec<String> {
     body["products"]
@@ -360,6 +359,7 @@ pub fn product_names(body: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A valid checkout body (the seed's example).
 pub fn checkout_body() -> Value {
     json!({
         "paymentMethod": "credit_card",
