@@ -597,3 +597,111 @@ async fn a_request_that_goes_away_still_answers_the_requests_that_joined_its_run
         "{answer:?} vs {expected:?}"
     );
 }
+
+/// A copy of the committed models whose latency model answers one row but fails on two or more
+/// (its answers are reshaped to exactly one row), so every shared run of several requests fails
+/// inside ONNX Runtime while the load's single-row probe checks pass.
+fn models_failing_in_batches() -> PathBuf {
+    use contract::onnx::{AttributeProto, ModelProto, NodeProto, attr_type};
+    use prost::Message;
+    let dir = std::env::temp_dir().join(format!("shop-models-{}", uuid::Uuid::new_v4().simple()));
+    install(&repo().join("models"), &dir);
+    let mut m = manifest(&dir);
+    let file = m["latency_model"]["file"]
+        .as_str()
+        .expect("file")
+        .to_owned();
+    let bytes = std::fs::read(dir.join(&file)).expect("latency model");
+    let mut model = ModelProto::decode(bytes.as_slice()).expect("ONNX");
+    let graph = model.graph.as_mut().expect("graph");
+    let output = contract::manifest::LATENCY_OUTPUT;
+    for name in graph.node.iter_mut().flat_map(|n| n.output.iter_mut()) {
+        if name == output {
+            *name = "per_row".into();
+        }
+    }
+    graph.node.push(NodeProto {
+        op_type: Some("Constant".into()),
+        output: vec!["one_row".into()],
+        attribute: vec![AttributeProto {
+            name: Some("value_ints".into()),
+            ints: vec![1, 2],
+            r#type: Some(attr_type::INTS),
+            ..AttributeProto::default()
+        }],
+        ..NodeProto::default()
+    });
+    graph.node.push(NodeProto {
+        op_type: Some("Reshape".into()),
+        input: vec!["per_row".into(), "one_row".into()],
+        output: vec![output.into()],
+        ..NodeProto::default()
+    });
+    let bytes = model.encode_to_vec();
+    std::fs::write(dir.join(&file), &bytes).expect("write model");
+    m["latency_model"]["bytes"] = Value::from(bytes.len());
+    std::fs::write(dir.join("manifest.json"), m.to_string()).expect("write manifest");
+    dir
+}
+
+#[tokio::test]
+async fn a_failed_shared_run_counts_as_one_failure_not_one_per_request() {
+    use server::optimizer::model::{Models, Stale};
+    require_runtime();
+    let dir = models_failing_in_batches();
+    let models = Models::new(&server::config::ModelsConfig {
+        dir: dir.clone(),
+        max_age_hours: 0.0,
+        drift_factor: 0.0,
+        ..server::config::ModelsConfig::default()
+    });
+    models.poll();
+    assert_eq!(
+        models.stale(),
+        None,
+        "one row at a time the model answers, so it loads"
+    );
+    let stats = server::optimizer::stats::Stats::default();
+    let rows: Vec<contract::FeatureVector> = manifest(&dir)["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .take(3)
+        .map(|p| {
+            let input: Vec<f32> = serde_json::from_value(p["input"].clone()).expect("input");
+            input[..contract::FEATURE_COUNT]
+                .try_into()
+                .expect("features")
+        })
+        .collect();
+    // Three concurrent requests share one run, which fails: each falls back, and it is one
+    // failure, not three in a row.
+    let shared_run =
+        || futures::future::join_all(rows.iter().map(|r| models.predict(0, r, &stats, true)));
+    let answers = shared_run().await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Err(Stale::InferenceErrors))),
+        "{answers:?}"
+    );
+    assert_eq!(
+        models.stale(),
+        None,
+        "one failed run does not retire the model"
+    );
+    assert_eq!(
+        models.view().errors,
+        3,
+        "every request that fell back is counted"
+    );
+    // A request alone is answered, which breaks the streak...
+    assert!(models.predict(0, &rows[0], &stats, false).await.is_ok());
+    // ...and only three failed runs in a row retire the model.
+    shared_run().await;
+    shared_run().await;
+    assert_eq!(models.stale(), None);
+    shared_run().await;
+    assert_eq!(models.stale(), Some(Stale::InferenceErrors));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -308,7 +308,16 @@ impl Models {
                 self.counters.busy.fetch_add(1, Relaxed);
                 Err(Stale::Busy)
             }
-            Err(onnx::RunError::Failed(e)) => Err(self.failed(&e)),
+            Err(onnx::RunError::Failed { message, first }) => {
+                // A failed shared run is one failure, however many requests were in it: a
+                // single bad batch must not count as several failures in a row.
+                if first.swap(false, Relaxed) {
+                    Err(self.failed(&message))
+                } else {
+                    self.counters.errors.fetch_add(1, Relaxed);
+                    Err(Stale::InferenceErrors)
+                }
+            }
         }
     }
 

@@ -22,8 +22,8 @@ use ort::memory::Allocator;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
 use ort::value::Tensor;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError, TryLockError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, TryLockError};
 use tokio::sync::oneshot;
 
 /// The environment variable naming the ONNX Runtime library when the configuration does not.
@@ -83,8 +83,23 @@ pub fn runtime(library: Option<&Path>) -> Result<&'static Environment, String> {
 pub enum RunError {
     /// Every session was busy with another request.
     Busy,
-    /// ONNX Runtime failed.
-    Failed(String),
+    /// ONNX Runtime failed. Every row of a shared run gets the same `first` flag, so that the
+    /// failure can be counted once per run rather than once per row.
+    Failed {
+        /// What ONNX Runtime said.
+        message: String,
+        /// `true` until the first row's request takes it (`swap(false)`) to count the failure.
+        first: Arc<AtomicBool>,
+    },
+}
+
+impl RunError {
+    fn failed(message: String) -> Self {
+        Self::Failed {
+            message,
+            first: Arc::new(AtomicBool::new(true)),
+        }
+    }
 }
 
 /// Most outputs per row of any model here (the latency model's p50 and p90).
@@ -290,7 +305,7 @@ impl Pool {
             };
             return runner
                 .run(rows, self.width, out)
-                .map_err(|e| RunError::Failed(e.to_string()));
+                .map_err(|e| RunError::failed(e.to_string()));
         }
         Err(RunError::Busy)
     }
@@ -355,7 +370,7 @@ impl Pool {
             match self.run(row, out) {
                 Ok(()) => return Ok(()),
                 Err(RunError::Busy) => std::thread::yield_now(),
-                Err(RunError::Failed(e)) => return Err(e),
+                Err(RunError::Failed { message, .. }) => return Err(message),
             }
         }
     }
