@@ -69,11 +69,17 @@ fn run(session: &mut Session, rows: Vec<f32>, width: usize, output: &str) -> Vec
     values.to_vec()
 }
 
-#[test]
-fn onnx_runtime_agrees_with_the_trainers_trees_on_a_thousand_rows() {
+/// The models trained on the committed sample with the default settings, in a temporary folder.
+fn train_on_sample() -> (tempfile::TempDir, trainer::train::Outcome) {
     let out = tempfile::tempdir().expect("tempdir");
     let outcome = trainer::train::train(&trainer::train::Options::new(sample(), out.path()))
         .expect("training on the committed sample");
+    (out, outcome)
+}
+
+#[test]
+fn onnx_runtime_agrees_with_the_trainers_trees_on_a_thousand_rows() {
+    let (out, outcome) = train_on_sample();
     let rows = records(1000);
     assert_eq!(rows.len(), 1000, "the sample holds at least 1000 records");
     // The threshold (0.5% of the unlabelled training rows at or above it) holds on the holdout, and
@@ -172,9 +178,7 @@ fn twin(splits: &contract::onnx::Splits, row: &[f32], rng: &mut impl rand::Rng) 
 #[test]
 fn rows_in_the_same_cell_get_the_same_answers_from_onnx_runtime() {
     use rand::SeedableRng;
-    let out = tempfile::tempdir().expect("tempdir");
-    let outcome = trainer::train::train(&trainer::train::Options::new(sample(), out.path()))
-        .expect("training on the committed sample");
+    let (out, outcome) = train_on_sample();
     let rows = records(500);
     let env = environment();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);

@@ -10,7 +10,7 @@ use crate::optimizer::admission::PriorityStats;
 use crate::optimizer::advice::AdviceView;
 use crate::optimizer::anomaly::{ANOMALY_SCORE, Action};
 use crate::optimizer::cache::Kind;
-use crate::optimizer::model::MemoState;
+use crate::optimizer::model::{MemoState, Stale};
 use crate::optimizer::telemetry::QueryAggregate;
 use crate::optimizer::{Alert, RouteView, Sample};
 use crate::validate;
@@ -144,11 +144,7 @@ pub async fn ml_metrics(State(state): State<AppState>, _admin: AdminView) -> Jso
         })
         .collect();
     let onnx = opt.models.view();
-    let (source, reason) = match (s.prediction, onnx.stale) {
-        (false, _) => ("off", "performance prediction is switched off"),
-        (true, None) => ("onnx", "the ONNX model answers"),
-        (true, Some(stale)) => ("online", stale.describe()),
-    };
+    let (source, reason) = model_source(s.prediction, onnx.stale);
     Json(MlMetrics {
         uptime_secs: opt.uptime().as_secs(),
         model: ModelHealth {
@@ -265,8 +261,18 @@ fn family<V: std::fmt::Display>(
     }
 }
 
-/// Prometheus text exposition of the optimizer's numbers. Labels are route templates and
-/// priorities only (bounded sets), never ids or users.
+/// Who answers predictions (`onnx`, `online` or `off`) and why.
+fn model_source(prediction: bool, stale: Option<Stale>) -> (&'static str, &'static str) {
+    match (prediction, stale) {
+        (false, _) => ("off", "performance prediction is switched off"),
+        (true, None) => ("onnx", "the ONNX model answers"),
+        (true, Some(stale)) => ("online", stale.describe()),
+    }
+}
+
+/// Prometheus text exposition of the optimizer's numbers. Labels are route templates,
+/// priorities, cache outcomes, model names and stale reasons only (bounded sets), never ids or
+/// users.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
 pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
     let opt = &state.optimizer;
@@ -403,13 +409,13 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
         [(String::new(), u8::from(opt.healer.is_active()))],
     );
     let models = opt.models.view();
-    let serving = opt.settings.prediction && models.stale.is_none();
+    let (source, _) = model_source(opt.settings.prediction, models.stale);
     family(
         &mut out,
         "shop_model_serving",
         "gauge",
         "1 while the ONNX models answer, 0 while online statistics answer (or prediction is off).",
-        [(String::new(), u8::from(serving))],
+        [(String::new(), u8::from(source == "onnx"))],
     );
     family(
         &mut out,

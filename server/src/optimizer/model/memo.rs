@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Memo {
     splits: Splits,
     answers: Cache<Cell, [f32; MAX_OUTPUTS]>,
-    capacity: usize,
     hits: AtomicU64,
 }
 
@@ -39,7 +38,6 @@ impl Memo {
         Ok(Self {
             splits,
             answers: Cache::new(capacity.max(1)),
-            capacity,
             hits: AtomicU64::new(0),
         })
     }
@@ -66,7 +64,7 @@ impl Memo {
         MemoView {
             hits: self.hits.load(Relaxed),
             cells: self.answers.len(),
-            capacity: self.capacity,
+            capacity: self.answers.capacity(),
             thresholds: self.splits.thresholds.iter().map(Vec::len).sum(),
         }
     }
@@ -81,7 +79,7 @@ pub struct MemoView {
     /// Cells kept now.
     pub cells: usize,
     /// Most cells kept.
-    pub capacity: usize,
+    pub capacity: u64,
     /// Distinct thresholds of the model, over all inputs.
     pub thresholds: usize,
 }

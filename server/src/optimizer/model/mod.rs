@@ -336,13 +336,11 @@ impl Models {
             self.succeeded();
             return Ok(answer);
         }
-        let answer = if join {
-            self.ran(pool.run_joined(row).await)?
+        let answer = self.ran(if join {
+            pool.run_joined(row).await
         } else {
-            let mut out = [0.0; onnx::MAX_OUTPUTS];
-            self.ran(pool.run(row, &mut out[..pool.outputs()]))?;
-            out
-        };
+            pool.run_one(row)
+        })?;
         // A non-finite answer is not kept: it goes on counting as a failure.
         if let Some((m, cell)) = cell
             && answer.iter().all(|v| v.is_finite())

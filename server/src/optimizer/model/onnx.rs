@@ -285,6 +285,16 @@ impl Pool {
         self.run_rows(row, out)
     }
 
+    /// [`Pool::run`] into an answer array (the first [`Pool::outputs`] values set).
+    ///
+    /// # Errors
+    /// As [`Pool::run`].
+    pub fn run_one(&self, row: &[f32]) -> Result<[f32; MAX_OUTPUTS], RunError> {
+        let mut out = [0.0; MAX_OUTPUTS];
+        self.run(row, &mut out[..self.outputs])?;
+        Ok(out)
+    }
+
     /// ONNX Runtime calls so far (a joined run of many rows counts once).
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
@@ -324,9 +334,7 @@ impl Pool {
             let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
             if waiting.answers.len() >= MAX_BATCH {
                 drop(waiting);
-                let mut out = [0.0; MAX_OUTPUTS];
-                self.run_rows(row, &mut out[..self.outputs])?;
-                return Ok(out);
+                return self.run_one(row);
             }
             waiting.rows.extend_from_slice(row);
             waiting.answers.push(answer);
