@@ -11,11 +11,11 @@
 use contract::{ANOMALY_INPUT_COUNT, FEATURE_COUNT, FeatureVector, RequestRecord};
 use criterion::{BatchSize, Bencher, Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
-use server::config::ModelsConfig;
-use server::optimizer::anomaly::Outcome;
-use server::optimizer::model::Models;
-use server::optimizer::predictor::{OnlinePredictor, Predictor};
-use server::optimizer::stats::Stats;
+use optimizer::config::ModelsConfig;
+use optimizer::anomaly::Outcome;
+use optimizer::model::Models;
+use optimizer::predictor::{OnlinePredictor, Predictor};
+use optimizer::stats::Stats;
 use std::hint::black_box;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -97,7 +97,6 @@ fn bench(c: &mut Criterion) {
     let now = Instant::now();
     // Warm statistics, so the online cases compute real quantiles.
     for r in &rows {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let route = r.features[0] as usize;
         for _ in 0..30 {
             stats
@@ -200,9 +199,9 @@ fn bench(c: &mut Criterion) {
             black_box(online.predict(route, black_box(&features[i])))
         });
     });
-    let scorer = server::optimizer::anomaly::OnlineScorer::new(stats.clone());
+    let scorer = optimizer::anomaly::OnlineScorer::new(stats.clone());
     group.bench_function("online_score", |b| {
-        use server::optimizer::anomaly::AnomalyScorer;
+        use optimizer::anomaly::AnomalyScorer;
         b.iter(|| {
             i = (i + 1) % rows.len();
             black_box(scorer.score(

@@ -16,21 +16,34 @@ use axum::http::Request;
 use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
-use server::app::AppState;
-use server::auth::Auth;
-use server::config::Config;
-use server::db::Db;
-use server::optimizer::Optimizer;
-use server::optimizer::middleware::optimize;
+use optimizer::middleware::{Host, Pipeline, PoolStatus, optimize};
+use optimizer::{Config, Optimizer};
 use std::sync::Arc;
 use tower::ServiceExt;
 
-fn state(all_on: bool) -> AppState {
-    state_with(all_on, false, 0)
+/// A shop with an idle pool of 32 connections and no admin: nothing here touches a database.
+#[derive(Clone)]
+struct Idle;
+
+impl Host for Idle {
+    fn pool(&self) -> PoolStatus {
+        PoolStatus {
+            waiting: 0,
+            available: 32,
+        }
+    }
+
+    fn is_admin(&self, _headers: &axum::http::HeaderMap) -> bool {
+        false
+    }
+}
+
+fn state(all_on: bool) -> Pipeline<Idle> {
+    state_with(all_on, false, 0).1
 }
 
 /// `memo_cells` as the configuration key: 0 runs both models on every request.
-fn state_with(all_on: bool, onnx: bool, memo_cells: usize) -> AppState {
+fn state_with(all_on: bool, onnx: bool, memo_cells: usize) -> (Arc<Optimizer>, Pipeline<Idle>) {
     let mut config = Config::default();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     config.models.dir = if onnx {
@@ -42,8 +55,6 @@ fn state_with(all_on: bool, onnx: bool, memo_cells: usize) -> AppState {
     config.models.max_age_hours = 0.0;
     config.models.drift_factor = 0.0;
     config.models.memo_cells = memo_cells;
-    // The pool connects lazily; nothing here touches a database.
-    config.database.url = Some("postgres://bench@127.0.0.1:1/bench".into());
     let scratch = std::env::temp_dir().join(format!("shop-bench-{}", std::process::id()));
     config.telemetry.log_dir = scratch.join("logs");
     config.telemetry.optimizer_log = scratch.join("ml-optimizer.log");
@@ -55,21 +66,15 @@ fn state_with(all_on: bool, onnx: bool, memo_cells: usize) -> AppState {
         f.priority,
     ) = (all_on, all_on, all_on, all_on);
     config.telemetry.enabled = all_on;
-    AppState {
-        db: Db::new(&config).expect("pool"),
-        auth: Arc::new(Auth::new(&config.auth).expect("auth")),
-        optimizer: Arc::new(Optimizer::new(&config)),
-        config: Arc::new(config),
-    }
+    let optimizer = Arc::new(Optimizer::new(&config));
+    (optimizer.clone(), Pipeline::new(optimizer, Idle))
 }
 
-fn router(state: Option<AppState>) -> Router {
-    let routes: Router<AppState> = Router::new().route("/api/cart", get(|| async { "{}" }));
+fn router(state: Option<Pipeline<Idle>>) -> Router {
+    let routes = Router::new().route("/api/cart", get(|| async { "{}" }));
     match state {
-        Some(state) => routes
-            .layer(from_fn_with_state(state.clone(), optimize))
-            .with_state(state),
-        None => routes.with_state(self::state(false)),
+        Some(state) => routes.layer(from_fn_with_state(state, optimize::<Idle>)),
+        None => routes,
     }
 }
 
@@ -91,14 +96,14 @@ fn bench(c: &mut Criterion) {
         .expect("runtime");
     let onnx = state_with(true, true, 0);
     let kept = state_with(true, true, Config::default().models.memo_cells);
-    for state in [&onnx, &kept] {
+    for (optimizer, _) in [&onnx, &kept] {
         assert_eq!(
-            state.optimizer.models.stale(),
+            optimizer.models.stale(),
             None,
             "the committed models must load (is ORT_DYLIB_PATH set?)"
         );
     }
-    let onnx = router(Some(onnx));
+    let onnx = router(Some(onnx.1));
     let cases = [
         ("no_middleware", router(None)),
         ("features_off", router(Some(state(false)))),
@@ -106,7 +111,7 @@ fn bench(c: &mut Criterion) {
         // Both models run on every request.
         ("features_on_onnx", onnx.clone()),
         // The same request again and again: after the first, both answers are kept ones.
-        ("features_on_onnx_kept", router(Some(kept))),
+        ("features_on_onnx_kept", router(Some(kept.1))),
     ];
     let mut group = c.benchmark_group("request");
     for (name, app) in cases {

@@ -319,7 +319,6 @@ impl Splits {
     }
 
     /// The cell of `row` (at least as many values as the model has inputs).
-    #[allow(clippy::cast_possible_truncation)]
     pub fn cell(&self, row: &[f32]) -> Cell {
         let mut cell = [0; crate::ANOMALY_INPUT_COUNT];
         for ((slot, thresholds), &x) in cell.iter_mut().zip(&self.thresholds).zip(row) {

@@ -7,7 +7,8 @@ use crate::auth::{Auth, SharedAuth};
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::{ApiError, error_response};
-use crate::optimizer::Optimizer;
+use optimizer::Optimizer;
+use optimizer::middleware::{Host, Pipeline, PoolStatus, optimize};
 use crate::routes;
 use anyhow::Context;
 use axum::Router;
@@ -36,6 +37,21 @@ pub struct AppState {
     pub optimizer: Arc<Optimizer>,
 }
 
+/// The optimizer sees the shop through this: its pool's state and the admin check.
+impl Host for AppState {
+    fn pool(&self) -> PoolStatus {
+        let status = self.db.status();
+        PoolStatus {
+            waiting: status.waiting,
+            available: status.available,
+        }
+    }
+
+    fn is_admin(&self, headers: &axum::http::HeaderMap) -> bool {
+        self.auth.has_admin_token(headers)
+    }
+}
+
 /// A built server: bound, migrated, ready to serve.
 pub struct Application {
     listener: TcpListener,
@@ -50,7 +66,7 @@ impl Application {
     /// Database unreachable, a migration failed, or the port is taken.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         crate::migrate::run(&config).await?;
-        let optimizer = Arc::new(Optimizer::new(&config));
+        let optimizer = Arc::new(Optimizer::new(&config.optimizer()));
         let db = Db::new(&config)?.with_captures(optimizer.advice.captures());
         let auth = Arc::new(Auth::new(&config.auth)?);
         let address = format!("{}:{}", config.server.host, config.server.port);
@@ -140,8 +156,8 @@ pub fn router(state: AppState) -> Router {
                 .layer(middleware::from_fn_with_state(timeout, request_timeout))
                 .layer(DefaultBodyLimit::max(limits.max_body_bytes))
                 .layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    crate::optimizer::middleware::optimize,
+                    Pipeline::new(state.optimizer.clone(), state.clone()),
+                    optimize::<AppState>,
                 )),
         )
         .with_state(state)

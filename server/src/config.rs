@@ -8,6 +8,10 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use std::path::PathBuf;
+
+pub use optimizer::config::{
+    FeaturesConfig, MetricsConfig, ModelsConfig, OptimizationConfig, TelemetryConfig,
+};
 use std::time::Duration;
 
 /// `server` command line.
@@ -133,182 +137,6 @@ pub struct Config {
     pub models: ModelsConfig,
 }
 
-/// `[models]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelsConfig {
-    /// Folder holding `manifest.json` and the model files it names; watched for new versions.
-    pub dir: PathBuf,
-    /// The ONNX Runtime library (`libonnxruntime.so.1.31.1`); unset: `ORT_DYLIB_PATH`. Missing
-    /// or broken: a warning, and online statistics answer.
-    pub ort_library: Option<PathBuf>,
-    /// A model trained longer ago than this (hours) is stale; 0 means no limit.
-    pub max_age_hours: f64,
-    /// Live drift: the model is stale when the mean error of ln latency over its recent
-    /// predictions exceeds this multiple of its holdout error (0 turns the check off).
-    pub drift_factor: f64,
-    /// How often the manifest is checked for a new version (ms).
-    pub reload_interval_ms: u64,
-    /// Sessions per model (0: one per CPU core). A request never waits for a busy session.
-    pub sessions: usize,
-    /// Answers kept per model, one per cell of its thresholds (rows on the same side of every
-    /// threshold get the same answer, so a kept one is exact); 0: every row runs ONNX Runtime.
-    pub memo_cells: usize,
-    /// The trainer binary for `training_interval`; unset: `trainer` next to the server binary.
-    pub trainer: Option<PathBuf>,
-    /// Longest a background training run may take before it is killed (s).
-    pub training_timeout_secs: u64,
-}
-
-impl Default for ModelsConfig {
-    fn default() -> Self {
-        Self {
-            dir: "models".into(),
-            ort_library: None,
-            max_age_hours: 24.0 * 7.0,
-            drift_factor: 2.0,
-            reload_interval_ms: 2_000,
-            sessions: 0,
-            memo_cells: 16_384,
-            trainer: None,
-            training_timeout_secs: 600,
-        }
-    }
-}
-
-/// `[optimization]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OptimizationConfig {
-    /// Latency the optimizer steers toward; requests predicted to miss it by waiting are shed
-    /// (lowest priority first).
-    pub target_latency_ms: u64,
-    /// Memory budget in MiB for the response cache.
-    pub max_memory_mb: u64,
-    /// Lower and upper bound of the adaptive concurrency limit.
-    pub min_concurrency: u32,
-    /// Upper bound of the adaptive concurrency limit.
-    pub max_concurrency: u32,
-    /// Share of anomalous requests over the window that counts as an incident.
-    pub anomaly_rate_threshold: f64,
-    /// Seconds an incident must last before auto-healing acts (not a single spike).
-    pub anomaly_min_duration_secs: u64,
-    /// Healthy seconds before auto-healing undoes its actions.
-    pub recovery_secs: u64,
-    /// A statement is slow when its p95 over recent executions exceeds this (ms); executions at
-    /// least this slow have their parameters captured for the index advisor.
-    pub slow_query_p95_ms: f64,
-    /// A statement is judged slow only after this many calls.
-    pub slow_query_min_calls: u64,
-    /// Seconds between background index advisor passes; 0 runs it only on an admin's request.
-    pub advisor_interval_secs: u64,
-    /// A candidate index is suggested only when the planner's cost falls by at least this
-    /// fraction (verified with HypoPG hypothetical indexes).
-    pub index_min_cost_reduction: f64,
-    /// Build the best verified suggestion automatically. Off by default: an index changes the
-    /// schema and slows every write to its table.
-    pub auto_index: bool,
-    /// An automatically built index is kept only when the statement's measured p95 fell by at
-    /// least this factor; otherwise it is dropped again.
-    pub auto_index_min_speedup: f64,
-    /// How long an index build or drop may wait for a table lock before giving up (ms).
-    pub auto_index_lock_timeout_ms: u64,
-}
-
-/// `[features]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FeaturesConfig {
-    /// Latency prediction (and the confidence header).
-    pub performance_prediction: bool,
-    /// Anomaly scoring and auto-healing.
-    pub anomaly_detection: bool,
-    /// Predictive response cache.
-    pub caching: bool,
-    /// Priority admission and load shedding.
-    pub priority: bool,
-}
-
-/// `[metrics]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Hours of history kept (metrics history and request logs).
-    pub retention_hours: u64,
-}
-
-/// `[telemetry]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TelemetryConfig {
-    /// Write request logs at all.
-    pub enabled: bool,
-    /// Folder for request logs.
-    pub log_dir: std::path::PathBuf,
-    /// The optimizer's action log (JSON lines).
-    pub optimizer_log: std::path::PathBuf,
-    /// Records buffered between the request path and the writer; beyond it records are dropped
-    /// (and counted) rather than slowing requests.
-    pub channel_capacity: usize,
-    /// Start a new log file after this many MiB.
-    pub rotate_mb: u64,
-    /// Start a new log file after this many minutes.
-    pub rotate_minutes: u64,
-}
-
-impl Default for OptimizationConfig {
-    fn default() -> Self {
-        Self {
-            target_latency_ms: 100,
-            max_memory_mb: 256,
-            min_concurrency: 8,
-            max_concurrency: 512,
-            anomaly_rate_threshold: 0.2,
-            anomaly_min_duration_secs: 5,
-            recovery_secs: 10,
-            slow_query_p95_ms: 100.0,
-            slow_query_min_calls: 20,
-            advisor_interval_secs: 300,
-            index_min_cost_reduction: 0.5,
-            auto_index: false,
-            auto_index_min_speedup: 2.0,
-            auto_index_lock_timeout_ms: 2_000,
-        }
-    }
-}
-
-impl Default for FeaturesConfig {
-    fn default() -> Self {
-        Self {
-            performance_prediction: true,
-            anomaly_detection: true,
-            caching: true,
-            priority: true,
-        }
-    }
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            retention_hours: 24,
-        }
-    }
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            log_dir: "data/logs".into(),
-            optimizer_log: "logs/ml-optimizer.log".into(),
-            channel_capacity: 16_384,
-            rotate_mb: 64,
-            rotate_minutes: 60,
-        }
-    }
-}
-
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -423,18 +251,20 @@ impl Default for LimitsConfig {
 
 impl Default for Config {
     fn default() -> Self {
+        // The optimizer's knobs have their defaults in the optimizer crate.
+        let optimizer = optimizer::Config::default();
         Self {
             server: ServerConfig::default(),
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
-            training_interval: 0,
-            prediction_threshold: 0.7,
-            optimization: OptimizationConfig::default(),
-            features: FeaturesConfig::default(),
-            metrics: MetricsConfig::default(),
-            telemetry: TelemetryConfig::default(),
-            models: ModelsConfig::default(),
+            training_interval: optimizer.training_interval,
+            prediction_threshold: optimizer.prediction_threshold,
+            optimization: optimizer.optimization,
+            features: optimizer.features,
+            metrics: optimizer.metrics,
+            telemetry: optimizer.telemetry,
+            models: optimizer.models,
         }
     }
 }
@@ -556,6 +386,21 @@ impl Config {
             bail!("auth login attempt limits must be positive");
         }
         Ok(())
+    }
+
+    /// What the optimizer is configured with.
+    pub fn optimizer(&self) -> optimizer::Config {
+        optimizer::Config {
+            training_interval: self.training_interval,
+            prediction_threshold: self.prediction_threshold,
+            optimization: self.optimization.clone(),
+            features: self.features.clone(),
+            metrics: self.metrics.clone(),
+            telemetry: self.telemetry.clone(),
+            models: self.models.clone(),
+            db_pool_size: self.database.pool_size,
+            pg: self.pg_config().ok(),
+        }
     }
 
     /// The PostgreSQL connection settings this configuration names.

@@ -8,8 +8,8 @@
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::optimizer::capture::Captures;
-use crate::optimizer::queries;
+use optimizer::capture::Captures;
+use optimizer::queries;
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::sync::Arc;

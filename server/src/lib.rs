@@ -19,7 +19,6 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod migrate;
-pub mod optimizer;
 pub mod routes;
 pub mod seed;
 pub mod validate;

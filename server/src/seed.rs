@@ -385,11 +385,9 @@ fn generate(rng: &mut StdRng, n: u64) -> Generated {
     );
     // Prices spread log-uniformly from a fifth to five times the category's typical price.
     let factor: f64 = (rng.random_range(-1.6_f64..1.6)).exp();
-    #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
     let cents = ((base_cents as f64 * factor) as i64 / 100) * 100 + 99;
     // u^8 puts most products near zero and a few near the top: a long-tailed popularity.
     let u: f64 = rng.random();
-    #[allow(clippy::cast_possible_truncation)]
     let popularity = (u.powi(8) * 10_000.0) as i32;
     Generated {
         sku: format!("GEN-{n:08}"),

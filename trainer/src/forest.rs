@@ -81,7 +81,6 @@ impl Forest {
 /// The smallest `f32` at or above `t`: for every `f32` input `x`, `x < t` (in `f64`) exactly when
 /// `x < ceil_f32(t)`, so a split fitted in `f64` keeps its meaning in the `f32` model.
 pub fn ceil_f32(t: f64) -> f32 {
-    #[allow(clippy::cast_possible_truncation)]
     let nearest = t as f32;
     if f64::from(nearest) >= t {
         nearest

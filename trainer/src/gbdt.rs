@@ -169,7 +169,6 @@ impl Round<'_> {
     /// The best split of a node with this histogram: (gain, feature, bin).
     fn best_split(&self, histogram: &Histogram, rows: usize) -> Option<(f64, usize, u8)> {
         let total: f64 = histogram[..STRIDE].iter().map(|s| s.0).sum();
-        #[allow(clippy::cast_precision_loss)]
         let parent = total * total / rows as f64;
         let mut best: Option<(f64, usize, u8)> = None;
         for (feature, cuts) in self.binned.cuts.iter().enumerate() {
@@ -183,7 +182,6 @@ impl Round<'_> {
                     continue;
                 }
                 let g_right = total - g_left;
-                #[allow(clippy::cast_precision_loss)]
                 let gain =
                     g_left * g_left / n_left as f64 + g_right * g_right / n_right as f64 - parent;
                 if gain > best.map_or(1e-12, |(g, _, _)| g) {
@@ -329,7 +327,6 @@ pub fn fit_quantile(
     )]
     let per_tree = ((n as f64 * params.subsample.clamp(0.01, 1.0)) as usize)
         .clamp(1, params.max_rows_per_tree.max(1));
-    #[allow(clippy::cast_possible_truncation)]
     let (above, below) = ((1.0 - alpha) as f32, -(alpha as f32));
     let mut trees = Vec::with_capacity(params.trees);
     for _ in 0..params.trees {
@@ -395,7 +392,6 @@ mod tests {
         let covered = (0..n)
             .filter(|&i| y[i] <= p90.eval(&[x0[i], x1[i]]))
             .count();
-        #[allow(clippy::cast_precision_loss)]
         let coverage = covered as f64 / n as f64;
         assert!((0.86..0.94).contains(&coverage), "coverage {coverage}");
     }

@@ -61,7 +61,6 @@ pub fn average_path(n: usize) -> f64 {
         0 | 1 => 0.0,
         2 => 1.0,
         _ => {
-            #[allow(clippy::cast_precision_loss)]
             let n = n as f64;
             let harmonic = (n - 1.0).ln() + 0.577_215_664_901_532_9;
             2.0 * harmonic - 2.0 * (n - 1.0) / n
@@ -85,7 +84,6 @@ impl Grower<'_> {
     fn grow(&mut self, idx: &mut [usize], depth: usize) -> u32 {
         let at = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
         if depth >= self.max_depth || idx.len() <= 1 {
-            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
             let value = (self.leaf_scale * (depth as f64 + average_path(idx.len()))) as f32;
             self.nodes.push(Node::Leaf { value });
             return at;
@@ -99,7 +97,6 @@ impl Grower<'_> {
             }
         }
         if candidates.is_empty() {
-            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
             let value = (self.leaf_scale * (depth as f64 + average_path(idx.len()))) as f32;
             self.nodes.push(Node::Leaf { value });
             return at;
@@ -164,7 +161,6 @@ fn grid(rows: &[Vec<f32>], width: usize, steps: usize) -> Vec<Vec<f32>> {
             let mut cuts = vec![hi];
             for k in 1..steps {
                 cuts.push(values[values.len() * k / steps]);
-                #[allow(clippy::cast_precision_loss)]
                 cuts.push(lo + (hi - lo) * k as f32 / steps as f32);
             }
             cuts.retain(|&c| c > lo);
@@ -204,9 +200,7 @@ pub fn fit(rows: &[Vec<f32>], params: Params) -> Forest {
     assert!(!rows.is_empty(), "isolation forest needs rows");
     let width = rows[0].len();
     let sample_size = params.sample.min(rows.len()).max(2.min(rows.len()));
-    #[allow(clippy::cast_precision_loss)]
     let max_depth = (sample_size as f64).log2().ceil().max(1.0) as usize;
-    #[allow(clippy::cast_precision_loss)]
     let leaf_scale =
         -std::f64::consts::LN_2 / average_path(sample_size).max(1.0) / params.trees as f64;
     let grid = (params.grid > 0).then(|| grid(rows, width, params.grid));

@@ -3,7 +3,6 @@
 /// Mean of `|a - b|` over pairs; `None` for no pairs.
 pub fn mae(pairs: impl Iterator<Item = (f64, f64)>) -> Option<f64> {
     let (sum, n) = pairs.fold((0.0, 0_u64), |(s, n), (a, b)| (s + (a - b).abs(), n + 1));
-    #[allow(clippy::cast_precision_loss)]
     (n > 0).then(|| sum / n as f64)
 }
 
@@ -12,7 +11,6 @@ pub fn coverage(pairs: impl Iterator<Item = (f64, f64)>) -> Option<f64> {
     let (hit, n) = pairs.fold((0_u64, 0_u64), |(h, n), (actual, bound)| {
         (h + u64::from(actual <= bound), n + 1)
     });
-    #[allow(clippy::cast_precision_loss)]
     (n > 0).then(|| hit as f64 / n as f64)
 }
 
@@ -35,7 +33,6 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
         while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
             j += 1;
         }
-        #[allow(clippy::cast_precision_loss)]
         let average_rank = (i + j) as f64 / 2.0 + 1.0;
         for &k in &order[i..=j] {
             if labels[k] {
@@ -44,7 +41,6 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
         }
         i = j + 1;
     }
-    #[allow(clippy::cast_precision_loss)]
     let (p, n) = (positives as f64, negatives as f64);
     Some((rank_sum - p * (p + 1.0) / 2.0) / (p * n))
 }

@@ -25,14 +25,12 @@ pub fn resample(spec: &str, rows: usize, out: &Path, seed: u64) -> anyhow::Resul
     records.sort_by_key(|r| r.ts_ms);
     let first = records[0].ts_ms;
     let span = (records[records.len() - 1].ts_ms - first).max(1);
-    #[allow(clippy::cast_precision_loss)]
     let step_ms = span as f64 / records.len() as f64;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut writer = BufWriter::with_capacity(1 << 20, file);
     for k in 0..rows {
         let mut record = records[rng.random_range(0..records.len())].clone();
-        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
         let offset = (k as f64 * step_ms) as i64;
         record.ts_ms = first + offset;
         serde_json::to_writer(&mut writer, &record)?;

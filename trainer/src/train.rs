@@ -261,7 +261,6 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
     let columns: Vec<Vec<f32>> = (0..FEATURE_COUNT)
         .map(|f| train_idx.iter().map(|&i| data.features[i][f]).collect())
         .collect();
-    #[allow(clippy::cast_possible_truncation)]
     let y: Vec<f32> = train_idx
         .iter()
         .map(|&i| data.log_latency(i) as f32)

@@ -76,7 +76,6 @@ fn main() -> ExitCode {
     }
     let live_hits = reads.iter().filter(|r| r.cache == "hit").count();
     let distinct: std::collections::HashSet<&str> = reads.iter().map(|r| r.path.as_str()).collect();
-    #[allow(clippy::cast_precision_loss)]
     let ratio = |hits: usize| {
         if reads.is_empty() {
             0.0

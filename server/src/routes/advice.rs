@@ -5,7 +5,7 @@ use crate::app::AppState;
 use crate::auth::Admin;
 use crate::error::ErrorBody;
 use crate::extract::Json;
-use crate::optimizer::advice::AdviceView;
+use optimizer::advice::AdviceView;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;

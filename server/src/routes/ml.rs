@@ -6,13 +6,13 @@ use crate::app::AppState;
 use crate::auth::{Admin, AdminView};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
-use crate::optimizer::admission::PriorityStats;
-use crate::optimizer::advice::AdviceView;
-use crate::optimizer::anomaly::{ANOMALY_SCORE, Action};
-use crate::optimizer::cache::Kind;
-use crate::optimizer::model::{MemoState, Stale};
-use crate::optimizer::telemetry::QueryAggregate;
-use crate::optimizer::{Alert, RouteView, Sample};
+use optimizer::admission::PriorityStats;
+use optimizer::advice::AdviceView;
+use optimizer::anomaly::{ANOMALY_SCORE, Action};
+use optimizer::cache::Kind;
+use optimizer::model::{MemoState, Stale};
+use optimizer::telemetry::QueryAggregate;
+use optimizer::{Alert, RouteView, Sample};
 use crate::validate;
 use axum::Router;
 use axum::extract::State;
@@ -45,7 +45,7 @@ pub struct ModelHealth {
     /// The loaded model (version, holdout and live error), its counters, refusals and
     /// background retraining.
     #[schema(value_type = Object)]
-    pub onnx: crate::optimizer::model::ModelView,
+    pub onnx: optimizer::model::ModelView,
 }
 
 /// Cache numbers for one route.
@@ -129,7 +129,6 @@ pub async fn ml_metrics(State(state): State<AppState>, _admin: AdminView) -> Jso
                 c.refreshes.load(Relaxed),
             );
             let all = hits + misses + refreshes;
-            #[allow(clippy::cast_precision_loss)]
             CacheRoute {
                 route: kind.route().to_owned(),
                 hits,
@@ -284,7 +283,6 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
             .map(move |r| (format!("route=\"{}\"", r.route), pick(r)))
             .collect::<Vec<_>>()
     };
-    #[allow(clippy::cast_precision_loss)]
     family(
         &mut out,
         "shop_requests_total",

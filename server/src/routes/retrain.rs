@@ -5,7 +5,7 @@ use crate::app::AppState;
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::Json;
-use crate::optimizer::model::retrain::RetrainStatus;
+use optimizer::model::retrain::RetrainStatus;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;

@@ -337,8 +337,8 @@ async fn replacing_the_files_hot_swaps_without_a_failed_request() {
 
 #[tokio::test]
 async fn live_drift_retires_the_model_until_a_good_one_is_loaded() {
-    use server::optimizer::model::{Models, Stale};
-    use server::optimizer::predictor::{Prediction, Source};
+    use optimizer::model::{Models, Stale};
+    use optimizer::predictor::{Prediction, Source};
     require_runtime();
     let dir = std::env::temp_dir().join(format!("shop-models-{}", uuid::Uuid::new_v4().simple()));
     install(&repo().join("models"), &dir);
@@ -528,8 +528,8 @@ async fn retraining_adopts_a_better_model_and_keeps_the_serving_one_otherwise() 
 }
 
 /// The committed latency model in a pool of one session, and the manifest's probe rows.
-fn latency_pool() -> (server::optimizer::model::onnx::Pool, Vec<Vec<f32>>) {
-    use server::optimizer::model::{load, onnx};
+fn latency_pool() -> (optimizer::model::onnx::Pool, Vec<Vec<f32>>) {
+    use optimizer::model::{load, onnx};
     require_runtime();
     let dir = repo().join("models");
     let (manifest, _) = load::read_manifest(&dir).expect("committed manifest");
@@ -546,7 +546,7 @@ fn latency_pool() -> (server::optimizer::model::onnx::Pool, Vec<Vec<f32>>) {
     (pool, rows)
 }
 
-fn alone(pool: &server::optimizer::model::onnx::Pool, row: &[f32]) -> [f32; 2] {
+fn alone(pool: &optimizer::model::onnx::Pool, row: &[f32]) -> [f32; 2] {
     let mut out = [0.0; 2];
     pool.run(row, &mut out).expect("run");
     out
@@ -646,7 +646,7 @@ fn models_failing_in_batches() -> PathBuf {
 
 #[tokio::test]
 async fn a_failed_shared_run_counts_as_one_failure_not_one_per_request() {
-    use server::optimizer::model::{Models, Stale};
+    use optimizer::model::{Models, Stale};
     require_runtime();
     let dir = models_failing_in_batches();
     let models = Models::new(&server::config::ModelsConfig {
@@ -661,7 +661,7 @@ async fn a_failed_shared_run_counts_as_one_failure_not_one_per_request() {
         None,
         "one row at a time the model answers, so it loads"
     );
-    let stats = server::optimizer::stats::Stats::default();
+    let stats = optimizer::stats::Stats::default();
     let rows: Vec<contract::FeatureVector> = manifest(&dir)["probes"]
         .as_array()
         .expect("probes")

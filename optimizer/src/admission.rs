@@ -186,7 +186,6 @@ impl Admission {
 
     /// Sets the low-priority factor (1.0 normally; auto-healing lowers it).
     pub fn set_low_factor(&self, factor: f64) {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         self.low_factor_milli
             .store((factor.clamp(0.0, 1.0) * 1000.0) as u32, Ordering::Relaxed);
     }
@@ -201,7 +200,6 @@ impl Admission {
             // the connection pool, so it can never hold the connections checkout needs.
             base = base.min(self.db_slots);
         }
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let ceiling = (f64::from(base) * share).floor() as u32;
         ceiling.max(1)
     }
@@ -343,7 +341,6 @@ impl Admission {
         }
         g.limit = (0.8 * g.limit + 0.2 * target)
             .clamp(f64::from(self.min_limit), f64::from(self.max_limit));
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         self.limit.store(g.limit.round() as u32, Ordering::Relaxed);
     }
 

@@ -31,13 +31,11 @@ fn bucket_of(ms: f64) -> usize {
     if ms <= BASE_MS {
         return 0;
     }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let i = ((ms / BASE_MS).ln() / GROWTH.ln()).ceil() as usize;
     i.min(BUCKETS - 1)
 }
 
 fn bucket_upper(i: usize) -> f64 {
-    #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation)]
     let exp = i as i32;
     BASE_MS * GROWTH.powi(exp)
 }
@@ -363,16 +361,13 @@ impl Stats {
         for r in &self.routes {
             let now = r.finished.load(Ordering::Relaxed);
             let before = r.last_finished.swap(now, Ordering::Relaxed);
-            #[allow(clippy::cast_precision_loss)]
             let instant = (now.saturating_sub(before)) as f64 / secs;
             let old = f64::from(r.rate());
             let smoothed = 0.5 * old + 0.5 * instant;
-            #[allow(clippy::cast_possible_truncation)]
             r.rate_bits
                 .store((smoothed as f32).to_bits(), Ordering::Relaxed);
             total += smoothed;
         }
-        #[allow(clippy::cast_possible_truncation)]
         self.total_rate_bits
             .store((total as f32).to_bits(), Ordering::Relaxed);
     }

@@ -238,7 +238,6 @@ fn mae(set: &ModelSet, rows: &[(contract::FeatureVector, f32)]) -> Result<f64, S
             .run_waiting(&features[..FEATURE_COUNT], &mut out)?;
         sum += f64::from((latency.max(0.001).ln() - out[0]).abs());
     }
-    #[allow(clippy::cast_precision_loss)]
     Ok(sum / rows.len() as f64)
 }
 

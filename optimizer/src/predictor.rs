@@ -108,7 +108,6 @@ impl Predictor for OnlinePredictor {
         } else {
             0.0
         };
-        #[allow(clippy::cast_possible_truncation)]
         Prediction {
             p50_ms: snap.p50_ms as f32,
             p90_ms: snap.p90_ms as f32,

@@ -8,7 +8,7 @@
 
 use super::memo::Memo;
 use super::onnx::Pool;
-use crate::optimizer::stats::ROUTE_COUNT;
+use crate::stats::ROUTE_COUNT;
 use contract::manifest::{ANOMALY_OUTPUT, LATENCY_OUTPUT, MANIFEST_FILE, Manifest};
 use contract::routes::route_label;
 use contract::{ANOMALY_INPUT_COUNT, FEATURE_COUNT};
@@ -244,7 +244,6 @@ pub fn load(
     )?;
     probe(&manifest, &latency, &anomaly)?;
 
-    #[allow(clippy::cast_possible_truncation)]
     let overall = (
         manifest.latency_holdout.p90_coverage as f32,
         manifest.latency_holdout.mae_log as f32,
@@ -258,14 +257,12 @@ pub fn load(
             .get(&route_label(route))
             .filter(|m| m.rows >= 30)
         {
-            #[allow(clippy::cast_possible_truncation)]
             {
                 calibration[route] = m.p90_coverage as f32;
                 holdout_mae[route] = m.mae_log as f32;
             }
         }
     }
-    #[allow(clippy::cast_possible_truncation)]
     let threshold = manifest.anomaly_threshold as f32;
     if threshold.is_nan() || threshold <= 0.0 || threshold >= 1.0 {
         return Err(LoadError::Manifest {

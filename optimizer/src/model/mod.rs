@@ -378,7 +378,6 @@ impl Models {
         }
         let route = route.min(set.calibration.len() - 1);
         let snap = stats.route(route).snapshot(Instant::now());
-        #[allow(clippy::cast_possible_truncation)]
         let confidence = if snap.predicted >= 20 {
             snap.coverage as f32
         } else {
@@ -414,7 +413,6 @@ impl Models {
             return Ok(1.0);
         }
         let set = self.serving_set()?;
-        #[allow(clippy::cast_possible_truncation)]
         let input = contract::anomaly_input(features, outcome.latency_ms as f32, outcome.status);
         let log_score = self
             .infer(&set.anomaly, set.anomaly_memo.as_ref().ok(), &input, join)
@@ -438,7 +436,6 @@ impl Models {
         let Some(set) = set.as_ref() else { return };
         let reference = f64::from(set.holdout_mae[route.min(set.holdout_mae.len() - 1)]);
         let error = (latency_ms.max(0.001).ln() - f64::from(prediction.p50_ms).ln()).abs();
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         {
             self.drift
                 .error
@@ -451,12 +448,10 @@ impl Models {
             return;
         }
         self.drift.count.store(0, Relaxed);
-        #[allow(clippy::cast_precision_loss)]
         let (live, holdout) = (
             self.drift.error.swap(0, Relaxed) as f64 / 1e6 / f64::from(DRIFT_WINDOW),
             self.drift.reference.swap(0, Relaxed) as f64 / 1e6 / f64::from(DRIFT_WINDOW),
         );
-        #[allow(clippy::cast_possible_truncation)]
         let packed =
             (u64::from((live as f32).to_bits()) << 32) | u64::from((holdout as f32).to_bits());
         self.drift.last.store(packed, Relaxed);
@@ -554,7 +549,6 @@ impl Models {
             return;
         };
         let max = self.config.max_age_hours;
-        #[allow(clippy::cast_precision_loss)]
         let age_hours = (super::unix_ms() as f64 - set.manifest.version as f64) / 3_600_000.0;
         let aged = max > 0.0 && age_hours > max;
         match self.stale() {
@@ -611,7 +605,6 @@ impl Models {
         let set = self.current.load_full();
         let status = self.status();
         let last = self.drift.last.load(Relaxed);
-        #[allow(clippy::cast_possible_truncation)]
         let (live, holdout) = (
             f32::from_bits((last >> 32) as u32),
             f32::from_bits(last as u32),

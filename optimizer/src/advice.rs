@@ -11,7 +11,7 @@
 
 use super::capture::Captures;
 use super::{Action, MAX_ACTIONS, Optimizer, push_bounded, unix_ms};
-use crate::config::Config;
+use crate::Config;
 use advisor::{Applied, ApplyOptions, Options, Report, SlowQuery};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -160,11 +160,10 @@ impl Advice {
             slow_query_min_calls: o.slow_query_min_calls,
             ..AdviceView::default()
         };
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let threshold = Duration::from_micros((o.slow_query_p95_ms * 1000.0) as u64);
         Self {
             settings,
-            pg: config.pg_config().ok(),
+            pg: config.pg.clone(),
             captures: Arc::new(Captures::new(threshold)),
             running: tokio::sync::Mutex::new(()),
             state: Mutex::new(State {

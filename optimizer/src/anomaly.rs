@@ -49,9 +49,7 @@ const MIN_BASELINE: u64 = 30;
 /// Score for a one-sided z-score: 0 at or below the mean, 0.39 at 1 sd, 0.86 at 2 sd, 0.99 at 3.
 pub fn z_to_score(z: f64) -> f32 {
     let z = z.max(0.0);
-    #[allow(clippy::cast_possible_truncation)]
-    let score = (1.0 - (-z * z / 2.0).exp()) as f32;
-    score
+    (1.0 - (-z * z / 2.0).exp()) as f32
 }
 
 impl AnomalyScorer for OnlineScorer {
@@ -228,9 +226,7 @@ fn window_rate(seconds: &VecDeque<(u64, u64)>) -> f64 {
     if requests == 0 {
         0.0
     } else {
-        #[allow(clippy::cast_precision_loss)]
-        let rate = anomalous as f64 / requests as f64;
-        rate
+        anomalous as f64 / requests as f64
     }
 }
 

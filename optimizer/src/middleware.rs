@@ -12,8 +12,6 @@ use super::predictor::{Prediction, Source};
 use super::queries::{QUERIES, QueryExec};
 use super::telemetry::Pending;
 use super::{Alert, Optimizer, unix_ms};
-use crate::app::AppState;
-use crate::error::error_response;
 use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -39,6 +37,51 @@ pub const SOURCE: HeaderName = HeaderName::from_static("x-ml-source");
 pub const PREDICTED: HeaderName = HeaderName::from_static("x-ml-predicted-latency-ms");
 /// A client may lower its own priority; raising it needs the admin token.
 pub const PRIORITY: HeaderName = HeaderName::from_static("x-priority");
+
+/// What the pipeline needs of the application it runs in, and no more: the optimizer depends
+/// on no part of the server. The server implements it over its connection pool and accounts;
+/// the middleware benchmark over fixed answers.
+pub trait Host: Clone + Send + Sync + 'static {
+    /// The database pool now (waiting requests and idle connections are features).
+    fn pool(&self) -> PoolStatus;
+    /// Whether these headers carry the admin token, which may raise a request's priority.
+    fn is_admin(&self, headers: &HeaderMap) -> bool;
+}
+
+/// The database pool as the features see it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Requests waiting for a connection.
+    pub waiting: usize,
+    /// Idle connections.
+    pub available: usize,
+}
+
+/// The middleware's state: the optimizer and the application it serves.
+#[derive(Clone)]
+pub struct Pipeline<H> {
+    optimizer: Arc<Optimizer>,
+    host: H,
+}
+
+impl<H: Host> Pipeline<H> {
+    /// The pipeline of `optimizer` in front of `host`'s handlers.
+    pub fn new(optimizer: Arc<Optimizer>, host: H) -> Self {
+        Self { optimizer, host }
+    }
+}
+
+/// The body of every shed answer (the shop's error shape, `{"error": {"code", "message"}}`).
+const SHED_BODY: &str = r#"{"error":{"code":"overloaded","message":"the server is shedding low-priority load; retry shortly"}}"#;
+/// The body when a cacheable answer could not be buffered.
+const INTERNAL_BODY: &str =
+    r#"{"error":{"code":"internal","message":"internal server error"}}"#;
+
+fn error_json(status: StatusCode, body: &'static str) -> Response {
+    let mut response = json_response(Bytes::from_static(body.as_bytes()));
+    *response.status_mut() = status;
+    response
+}
 
 /// Counts a request as in flight until dropped.
 struct InFlight<'a> {
@@ -84,16 +127,14 @@ fn query_number(query: Option<&str>, name: &str) -> f32 {
         if let Some((k, v)) = pair.split_once('=')
             && k == name
         {
-            #[allow(clippy::cast_precision_loss)]
             return v.parse::<u32>().map_or(0.0, |n| n as f32);
         }
     }
     0.0
 }
 
-#[allow(clippy::cast_precision_loss)]
-fn features(
-    state: &AppState,
+fn features<H: Host>(
+    state: &Pipeline<H>,
     route: usize,
     priority: Priority,
     request: &Request,
@@ -104,7 +145,7 @@ fn features(
     let opt = &state.optimizer;
     let stats = opt.stats.route(route);
     let snap = stats.snapshot(now);
-    let pool = state.db.status();
+    let pool = state.host.pool();
     let query = request.uri().query();
     let hour = now_ms.max(0) / 3_600_000 % 24;
     let body_bytes = request
@@ -113,7 +154,6 @@ fn features(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(0);
-    #[allow(clippy::cast_possible_truncation)]
     [
         route as f32,
         f32::from(priority as u8),
@@ -148,7 +188,7 @@ fn others_in_flight(opt: &Optimizer) -> bool {
 
 /// The priority a request runs at: the route's default, lowered (never raised) by `x-priority`
 /// unless the admin token is present.
-fn priority_of(state: &AppState, route: usize, request: &Request) -> Priority {
+fn priority_of<H: Host>(state: &Pipeline<H>, route: usize, request: &Request) -> Priority {
     let mut default = Optimizer::default_priority(route);
     // Checkout is critical only for someone who could be signed in: an anonymous flood of
     // checkout requests must not take the permits reserved for real buyers.
@@ -170,7 +210,7 @@ fn priority_of(state: &AppState, route: usize, request: &Request) -> Priority {
     if asked >= default {
         return asked;
     }
-    if state.auth.has_admin_token(request.headers()) {
+    if state.host.is_admin(request.headers()) {
         asked
     } else {
         default
@@ -225,7 +265,6 @@ fn set_headers(
     applied: &'static str,
     score: f32,
 ) {
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let confidence = (prediction.confidence.clamp(0.0, 1.0) * 100.0).round() as u32;
     headers.insert(CONFIDENCE, HeaderValue::from(confidence));
     headers.insert(APPLIED, HeaderValue::from_static(applied));
@@ -267,11 +306,7 @@ async fn run_for_cache(next: Next, request: Request) -> (Response, Vec<QueryExec
             Some(bytes),
         ),
         Err(_) => (
-            error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal server error",
-            ),
+            error_json(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_BODY),
             queries,
             None,
         ),
@@ -279,7 +314,11 @@ async fn run_for_cache(next: Next, request: Request) -> (Response, Vec<QueryExec
 }
 
 /// The middleware.
-pub async fn optimize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn optimize<H: Host>(
+    State(state): State<Pipeline<H>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let arrived = Instant::now();
     let opt: Arc<Optimizer> = state.optimizer.clone();
     let settings = &opt.settings;
@@ -386,11 +425,7 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
         None => {
             shed = true;
             applied = if throttled { "throttle" } else { "shed" };
-            let mut response = error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "the server is shedding low-priority load; retry shortly",
-            );
+            let mut response = error_json(StatusCode::SERVICE_UNAVAILABLE, SHED_BODY);
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(1_u32));
@@ -452,7 +487,6 @@ pub async fn optimize(State(state): State<AppState>, request: Request, next: Nex
         opt.models.observe(route, &prediction, latency_ms);
     }
     let db: Duration = queries.iter().map(|q| q.duration).sum();
-    #[allow(clippy::cast_possible_truncation)]
     opt.telemetry.send(Pending {
         ts_ms: arrived_ms,
         route,

@@ -128,7 +128,6 @@ fn interval<'a>(previous: Option<&Sample>, sample: &'a Sample) -> Interval<'a> {
     };
     let totals = sample.cache_totals;
     let before = previous.map(|p| p.cache_totals).unwrap_or_default();
-    #[allow(clippy::cast_precision_loss)]
     let secs = previous.map_or(SAMPLE_SECS as f64, |p| {
         (sample.ts_ms - p.ts_ms).max(1) as f64 / 1000.0
     });
@@ -143,7 +142,6 @@ fn interval<'a>(previous: Option<&Sample>, sample: &'a Sample) -> Interval<'a> {
     }
 }
 
-#[allow(clippy::cast_precision_loss)]
 fn merge(bucket: &[Interval<'_>], live: bool) -> Option<Point> {
     let newest = bucket.last()?.sample;
     let n = bucket.len() as f64;
@@ -220,7 +218,6 @@ fn merge(bucket: &[Interval<'_>], live: bool) -> Option<Point> {
         live,
         samples: u32::try_from(bucket.len()).unwrap_or(u32::MAX),
         secs,
-        #[allow(clippy::cast_possible_truncation)]
         request_rate: mean(&|s| f64::from(s.request_rate)) as f32,
         confidence: {
             let predicted: Vec<f64> = bucket
@@ -296,8 +293,8 @@ pub fn window_start_ms(minutes: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optimizer::admission::Priority;
-    use crate::optimizer::{CacheTotals, RouteSample};
+    use crate::admission::Priority;
+    use crate::{CacheTotals, RouteSample};
 
     fn sample(ts_ms: i64, hits: u64, lookups: u64, low_shed: u64, anomaly: f64) -> Sample {
         let priority = |priority, shed| PriorityStats {

@@ -15,6 +15,7 @@
 //! - [`middleware`]: the one middleware that runs all of the above for every request.
 
 pub mod admission;
+pub mod config;
 pub mod advice;
 pub mod anomaly;
 pub mod cache;
@@ -27,7 +28,8 @@ pub mod series;
 pub mod stats;
 pub mod telemetry;
 
-use crate::config::Config;
+pub use config::Config;
+
 use admission::{Admission, Priority, PriorityStats};
 use anomaly::{Action, Decision, Healer};
 use cache::ResponseCache;
@@ -228,7 +230,6 @@ impl Optimizer {
             priority: f.priority,
             telemetry: config.telemetry.enabled,
             target: Duration::from_millis(o.target_latency_ms),
-            #[allow(clippy::cast_possible_truncation)]
             prediction_threshold: config.prediction_threshold as f32,
             history_len: usize::try_from(config.metrics.retention_hours * 360).unwrap_or(8640),
         };
@@ -254,7 +255,7 @@ impl Optimizer {
             scorer: ModelScorer::new(models.clone(), stats.clone()),
             models,
             admission: Admission::new(o.min_concurrency, o.max_concurrency)
-                .with_db_slots(u32::try_from(config.database.pool_size).unwrap_or(u32::MAX)),
+                .with_db_slots(u32::try_from(config.db_pool_size).unwrap_or(u32::MAX)),
             // Half the memory budget for cached responses; the rest is headroom for the
             // statistics, history and the request log buffer.
             cache: ResponseCache::new(o.max_memory_mb * 1024 * 1024 / 2),
@@ -382,7 +383,6 @@ impl Optimizer {
                 weight += f64::from(snap.predicted);
             }
             if snap.window_requests > 0 {
-                #[allow(clippy::cast_possible_truncation)]
                 routes.push(RouteSample {
                     route: u16::try_from(i).unwrap_or(0),
                     rate: r.rate(),
@@ -410,7 +410,6 @@ impl Optimizer {
             totals.hits.saturating_sub(since.hits),
             totals.lookups.saturating_sub(since.lookups),
         );
-        #[allow(clippy::cast_precision_loss)]
         let cache_hit_rate = if dt == 0 { 0.0 } else { dh as f64 / dt as f64 };
         Sample {
             ts_ms: unix_ms(),

@@ -117,7 +117,6 @@ impl QueryAggregate {
 
     fn finish(&self) -> Self {
         let mut out = self.clone();
-        #[allow(clippy::cast_precision_loss)]
         {
             out.mean_ms = if self.calls == 0 {
                 0.0
@@ -397,7 +396,6 @@ fn writer(
             for q in &pending.queries {
                 encoder.known(&q.statement);
             }
-            #[allow(clippy::cast_possible_truncation)]
             let durations: Vec<f32> = pending
                 .queries
                 .iter()

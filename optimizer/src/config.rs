@@ -1,0 +1,223 @@
+//! The optimizer's settings: the `[optimization]`, `[features]`, `[metrics]`, `[telemetry]` and
+//! `[models]` tables of the server's TOML file, with their defaults, plus what the optimizer
+//! needs to know of the rest of the server ([`Config`]).
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Everything [`crate::Optimizer::new`] is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Minutes between background retraining runs on the request logs (0 = never).
+    pub training_interval: u64,
+    /// Confidence (0-1) a prediction needs before the optimizer acts on it.
+    pub prediction_threshold: f64,
+    /// `[optimization]`
+    pub optimization: OptimizationConfig,
+    /// `[features]`
+    pub features: FeaturesConfig,
+    /// `[metrics]`
+    pub metrics: MetricsConfig,
+    /// `[telemetry]`
+    pub telemetry: TelemetryConfig,
+    /// `[models]`
+    pub models: ModelsConfig,
+    /// Connections in the shop's database pool: admission shares them out by priority.
+    pub db_pool_size: usize,
+    /// Where the index advisor opens its own connection (HypoPG's hypothetical indexes live in
+    /// that session); `None` leaves the advisor without a database.
+    pub pg: Option<tokio_postgres::Config>,
+}
+
+/// `[models]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Folder holding `manifest.json` and the model files it names; watched for new versions.
+    pub dir: PathBuf,
+    /// The ONNX Runtime library (`libonnxruntime.so.1.31.1`); unset: `ORT_DYLIB_PATH`. Missing
+    /// or broken: a warning, and online statistics answer.
+    pub ort_library: Option<PathBuf>,
+    /// A model trained longer ago than this (hours) is stale; 0 means no limit.
+    pub max_age_hours: f64,
+    /// Live drift: the model is stale when the mean error of ln latency over its recent
+    /// predictions exceeds this multiple of its holdout error (0 turns the check off).
+    pub drift_factor: f64,
+    /// How often the manifest is checked for a new version (ms).
+    pub reload_interval_ms: u64,
+    /// Sessions per model (0: one per CPU core). A request never waits for a busy session.
+    pub sessions: usize,
+    /// Answers kept per model, one per cell of its thresholds (rows on the same side of every
+    /// threshold get the same answer, so a kept one is exact); 0: every row runs ONNX Runtime.
+    pub memo_cells: usize,
+    /// The trainer binary for `training_interval`; unset: `trainer` next to the server binary.
+    pub trainer: Option<PathBuf>,
+    /// Longest a background training run may take before it is killed (s).
+    pub training_timeout_secs: u64,
+}
+
+/// `[optimization]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimizationConfig {
+    /// Latency the optimizer steers toward; requests predicted to miss it by waiting are shed
+    /// (lowest priority first).
+    pub target_latency_ms: u64,
+    /// Memory budget in MiB for the response cache.
+    pub max_memory_mb: u64,
+    /// Lower and upper bound of the adaptive concurrency limit.
+    pub min_concurrency: u32,
+    /// Upper bound of the adaptive concurrency limit.
+    pub max_concurrency: u32,
+    /// Share of anomalous requests over the window that counts as an incident.
+    pub anomaly_rate_threshold: f64,
+    /// Seconds an incident must last before auto-healing acts (not a single spike).
+    pub anomaly_min_duration_secs: u64,
+    /// Healthy seconds before auto-healing undoes its actions.
+    pub recovery_secs: u64,
+    /// A statement is slow when its p95 over recent executions exceeds this (ms); executions at
+    /// least this slow have their parameters captured for the index advisor.
+    pub slow_query_p95_ms: f64,
+    /// A statement is judged slow only after this many calls.
+    pub slow_query_min_calls: u64,
+    /// Seconds between background index advisor passes; 0 runs it only on an admin's request.
+    pub advisor_interval_secs: u64,
+    /// A candidate index is suggested only when the planner's cost falls by at least this
+    /// fraction (verified with HypoPG hypothetical indexes).
+    pub index_min_cost_reduction: f64,
+    /// Build the best verified suggestion automatically. Off by default: an index changes the
+    /// schema and slows every write to its table.
+    pub auto_index: bool,
+    /// An automatically built index is kept only when the statement's measured p95 fell by at
+    /// least this factor; otherwise it is dropped again.
+    pub auto_index_min_speedup: f64,
+    /// How long an index build or drop may wait for a table lock before giving up (ms).
+    pub auto_index_lock_timeout_ms: u64,
+}
+
+/// `[features]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeaturesConfig {
+    /// Latency prediction (and the confidence header).
+    pub performance_prediction: bool,
+    /// Anomaly scoring and auto-healing.
+    pub anomaly_detection: bool,
+    /// Predictive response cache.
+    pub caching: bool,
+    /// Priority admission and load shedding.
+    pub priority: bool,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Hours of history kept (metrics history and request logs).
+    pub retention_hours: u64,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Write request logs at all.
+    pub enabled: bool,
+    /// Folder for request logs.
+    pub log_dir: PathBuf,
+    /// The optimizer's action log (JSON lines).
+    pub optimizer_log: PathBuf,
+    /// Records buffered between the request path and the writer; beyond it records are dropped
+    /// (and counted) rather than slowing requests.
+    pub channel_capacity: usize,
+    /// Start a new log file after this many MiB.
+    pub rotate_mb: u64,
+    /// Start a new log file after this many minutes.
+    pub rotate_minutes: u64,
+}
+
+impl Default for Config {
+    /// The defaults of every table, a pool of 32 connections and no database for the advisor.
+    fn default() -> Self {
+        Self {
+            training_interval: 0,
+            prediction_threshold: 0.7,
+            optimization: OptimizationConfig::default(),
+            features: FeaturesConfig::default(),
+            metrics: MetricsConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            models: ModelsConfig::default(),
+            db_pool_size: 32,
+            pg: None,
+        }
+    }
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            dir: "models".into(),
+            ort_library: None,
+            max_age_hours: 24.0 * 7.0,
+            drift_factor: 2.0,
+            reload_interval_ms: 2_000,
+            sessions: 0,
+            memo_cells: 16_384,
+            trainer: None,
+            training_timeout_secs: 600,
+        }
+    }
+}
+
+impl Default for OptimizationConfig {
+    fn default() -> Self {
+        Self {
+            target_latency_ms: 100,
+            max_memory_mb: 256,
+            min_concurrency: 8,
+            max_concurrency: 512,
+            anomaly_rate_threshold: 0.2,
+            anomaly_min_duration_secs: 5,
+            recovery_secs: 10,
+            slow_query_p95_ms: 100.0,
+            slow_query_min_calls: 20,
+            advisor_interval_secs: 300,
+            index_min_cost_reduction: 0.5,
+            auto_index: false,
+            auto_index_min_speedup: 2.0,
+            auto_index_lock_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        Self {
+            performance_prediction: true,
+            anomaly_detection: true,
+            caching: true,
+            priority: true,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            retention_hours: 24,
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            log_dir: "data/logs".into(),
+            optimizer_log: "logs/ml-optimizer.log".into(),
+            channel_capacity: 16_384,
+            rotate_mb: 64,
+            rotate_minutes: 60,
+        }
+    }
+}
