@@ -11,8 +11,8 @@
 use contract::{ANOMALY_INPUT_COUNT, FEATURE_COUNT, FeatureVector, RequestRecord};
 use criterion::{BatchSize, Bencher, Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
-use optimizer::config::ModelsConfig;
 use optimizer::anomaly::Outcome;
+use optimizer::config::ModelsConfig;
 use optimizer::model::Models;
 use optimizer::predictor::{OnlinePredictor, Predictor};
 use optimizer::stats::Stats;

@@ -15,11 +15,11 @@
 //! - [`middleware`]: the one middleware that runs all of the above for every request.
 
 pub mod admission;
-pub mod config;
 pub mod advice;
 pub mod anomaly;
 pub mod cache;
 pub mod capture;
+pub mod config;
 pub mod middleware;
 pub mod model;
 pub mod predictor;

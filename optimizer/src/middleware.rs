@@ -74,8 +74,7 @@ impl<H: Host> Pipeline<H> {
 /// The body of every shed answer (the shop's error shape, `{"error": {"code", "message"}}`).
 const SHED_BODY: &str = r#"{"error":{"code":"overloaded","message":"the server is shedding low-priority load; retry shortly"}}"#;
 /// The body when a cacheable answer could not be buffered.
-const INTERNAL_BODY: &str =
-    r#"{"error":{"code":"internal","message":"internal server error"}}"#;
+const INTERNAL_BODY: &str = r#"{"error":{"code":"internal","message":"internal server error"}}"#;
 
 fn error_json(status: StatusCode, body: &'static str) -> Response {
     let mut response = json_response(Bytes::from_static(body.as_bytes()));

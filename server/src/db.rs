@@ -8,10 +8,10 @@
 
 use crate::config::Config;
 use crate::error::ApiError;
-use optimizer::capture::Captures;
-use optimizer::queries;
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use optimizer::capture::Captures;
+use optimizer::queries;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;

@@ -5,10 +5,10 @@ use crate::app::AppState;
 use crate::auth::Admin;
 use crate::error::ErrorBody;
 use crate::extract::Json;
-use optimizer::advice::AdviceView;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
+use optimizer::advice::AdviceView;
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {

@@ -5,10 +5,10 @@ use crate::app::AppState;
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::Json;
-use optimizer::model::retrain::RetrainStatus;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
+use optimizer::model::retrain::RetrainStatus;
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
