@@ -78,12 +78,36 @@ impl Kind {
     /// Every cached kind.
     pub const ALL: [Self; 3] = [Self::List, Self::Detail, Self::Search];
 
-    /// The route label this kind caches.
-    pub fn route(self) -> &'static str {
+    /// The label of the route this kind caches (from the route policy).
+    pub fn route(self) -> String {
+        crate::policy::cached_as(self).label()
+    }
+}
+
+/// What the cache did for one request: the request log's `cache` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Caching is switched off.
+    Off,
+    /// Not a cacheable request.
+    Bypass,
+    /// Answered from a fresh entry.
+    Hit,
+    /// Computed (a first fill, or after expiry).
+    Miss,
+    /// Recomputed ahead of expiry by refresh-ahead.
+    Refresh,
+}
+
+impl CacheOutcome {
+    /// The log spelling.
+    pub fn as_str(self) -> &'static str {
         match self {
-            Self::List => "GET /api/products",
-            Self::Detail => "GET /api/products/{id}",
-            Self::Search => "GET /api/search",
+            Self::Off => "off",
+            Self::Bypass => "bypass",
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Refresh => "refresh",
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod capture;
 pub mod config;
 pub mod middleware;
 pub mod model;
+pub mod policy;
 pub mod predictor;
 pub mod queries;
 pub mod series;
@@ -30,10 +31,10 @@ pub mod telemetry;
 
 pub use config::Config;
 
-use admission::{Admission, Priority, PriorityStats};
+use admission::{Admission, PriorityStats};
 use anomaly::{Action, Decision, Healer};
 use cache::ResponseCache;
-use contract::routes::{ROUTES, route_label};
+use contract::routes::route_label;
 use model::{ModelPredictor, ModelScorer, Models};
 use serde::Serialize;
 use stats::Stats;
@@ -138,7 +139,7 @@ pub struct CacheTotals {
 /// because a day of history holds up to 8,640 samples of up to every route.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RouteSample {
-    /// Index into [`ROUTES`].
+    /// Index into `contract::routes::ROUTES`.
     pub route: u16,
     /// Requests per second, recent.
     pub rate: f32,
@@ -522,23 +523,6 @@ impl Optimizer {
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         })
-    }
-
-    /// Default priority of a route.
-    pub fn default_priority(route: usize) -> Priority {
-        let r = ROUTES.get(route).copied().unwrap_or(ROUTES[0]);
-        match r.path {
-            "/api/checkout" => Priority::Critical,
-            "/api/analytics" | "/api/stress-test" => Priority::Low,
-            p if p.starts_with("/api/cart")
-                || p.starts_with("/api/orders")
-                || p.starts_with("/api/auth")
-                || p == "/api/me" =>
-            {
-                Priority::High
-            }
-            _ => Priority::Normal,
-        }
     }
 
     /// Per-route view for metrics.

@@ -5,9 +5,11 @@
 //! route's statistics), a fixed-size feature array, and a `try_send` to the log writer. Nothing
 //! here scans history or waits on disk.
 
+use super::admission::Permit;
 use super::admission::Priority;
 use super::anomaly::{ANOMALY_SCORE, Outcome};
-use super::cache::{Entry, Kind};
+use super::cache::{CacheOutcome, Entry, Kind};
+use super::policy::{self, Policy};
 use super::predictor::{Prediction, Source};
 use super::queries::{QUERIES, QueryExec};
 use super::telemetry::Pending;
@@ -15,11 +17,10 @@ use super::{Alert, Optimizer, unix_ms};
 use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use contract::FeatureVector;
-use contract::routes::{ROUTES, route_index};
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -102,21 +103,60 @@ const MAX_LOGGED_PATH: usize = 512;
 /// Largest response body the cache will buffer.
 const MAX_CACHED_BODY: usize = 4 * 1024 * 1024;
 
-fn route_of(request: &Request) -> usize {
-    let Some(path) = request.extensions().get::<MatchedPath>() else {
-        return 0;
-    };
-    route_index(request.method().as_str(), path.as_str())
+/// What the optimizer did with a request: the `x-optimization-applied` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The handler ran as usual.
+    None,
+    /// Answered from the cache.
+    Cache,
+    /// Recomputed ahead of expiry, and the cache refreshed.
+    CacheRefresh,
+    /// Shed by admission: 503 with `Retry-After`.
+    Shed,
+    /// Shed because auto-healing throttles the route.
+    Throttle,
 }
 
-fn cache_kind(route: usize, method: &Method) -> Option<Kind> {
-    if method != Method::GET {
-        return None;
+impl Applied {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Cache => "cache",
+            Self::CacheRefresh => "cache-refresh",
+            Self::Shed => "shed",
+            Self::Throttle => "throttle",
+        }
     }
-    let path = ROUTES.get(route)?.path;
-    Kind::ALL
-        .into_iter()
-        .find(|k| k.route().strip_prefix("GET ") == Some(path))
+
+    fn is_shed(self) -> bool {
+        matches!(self, Self::Shed | Self::Throttle)
+    }
+}
+
+impl From<CacheOutcome> for Applied {
+    fn from(outcome: CacheOutcome) -> Self {
+        match outcome {
+            CacheOutcome::Hit => Self::Cache,
+            CacheOutcome::Refresh => Self::CacheRefresh,
+            CacheOutcome::Off | CacheOutcome::Bypass | CacheOutcome::Miss => Self::None,
+        }
+    }
+}
+
+/// What the handler (or the cache in its place) answered.
+struct Served {
+    response: Response,
+    queries: Vec<QueryExec>,
+    cache: CacheOutcome,
+}
+
+fn policy_of(request: &Request) -> &'static Policy {
+    match request.extensions().get::<MatchedPath>() {
+        Some(path) => policy::of(request.method().as_str(), path.as_str()),
+        None => &policy::OTHER,
+    }
 }
 
 /// Reads an unsigned number parameter from a query string without allocating.
@@ -187,8 +227,8 @@ fn others_in_flight(opt: &Optimizer) -> bool {
 
 /// The priority a request runs at: the route's default, lowered (never raised) by `x-priority`
 /// unless the admin token is present.
-fn priority_of<H: Host>(state: &Pipeline<H>, route: usize, request: &Request) -> Priority {
-    let mut default = Optimizer::default_priority(route);
+fn priority_of<H: Host>(state: &Pipeline<H>, policy: &Policy, request: &Request) -> Priority {
+    let mut default = policy.priority;
     // Checkout is critical only for someone who could be signed in: an anonymous flood of
     // checkout requests must not take the permits reserved for real buyers.
     if default == Priority::Critical
@@ -258,15 +298,10 @@ fn two_decimals(value: f32) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("0.00"))
 }
 
-fn set_headers(
-    headers: &mut HeaderMap,
-    prediction: &Prediction,
-    applied: &'static str,
-    score: f32,
-) {
+fn set_headers(headers: &mut HeaderMap, prediction: &Prediction, applied: Applied, score: f32) {
     let confidence = (prediction.confidence.clamp(0.0, 1.0) * 100.0).round() as u32;
     headers.insert(CONFIDENCE, HeaderValue::from(confidence));
-    headers.insert(APPLIED, HeaderValue::from_static(applied));
+    headers.insert(APPLIED, HeaderValue::from_static(applied.as_str()));
     headers.insert(ANOMALY, two_decimals(score.min(1.0)));
     headers.insert(SOURCE, HeaderValue::from_static(prediction.header()));
     headers.insert(PREDICTED, two_decimals(prediction.p50_ms));
@@ -281,34 +316,40 @@ fn json_response(body: Bytes) -> Response {
 }
 
 /// Runs the handler with a statement collector around it.
-async fn run_tracked(next: Next, request: Request) -> (Response, Vec<QueryExec>) {
+async fn run_tracked(next: Next, request: Request, cache: CacheOutcome) -> Served {
     QUERIES
         .scope(RefCell::new(Vec::new()), async move {
             let response = next.run(request).await;
             let queries = QUERIES.with(|q| q.take());
-            (response, queries)
+            Served {
+                response,
+                queries,
+                cache,
+            }
         })
         .await
 }
 
 /// Runs the handler and buffers a successful body for the cache.
-async fn run_for_cache(next: Next, request: Request) -> (Response, Vec<QueryExec>, Option<Bytes>) {
-    let (response, queries) = run_tracked(next, request).await;
-    if response.status() != StatusCode::OK {
-        return (response, queries, None);
+async fn run_for_cache(
+    next: Next,
+    request: Request,
+    cache: CacheOutcome,
+) -> (Served, Option<Bytes>) {
+    let mut served = run_tracked(next, request, cache).await;
+    if served.response.status() != StatusCode::OK {
+        return (served, None);
     }
-    let (parts, body) = response.into_parts();
+    let (parts, body) = std::mem::take(&mut served.response).into_parts();
     match to_bytes(body, MAX_CACHED_BODY).await {
-        Ok(bytes) => (
-            Response::from_parts(parts, Body::from(bytes.clone())),
-            queries,
-            Some(bytes),
-        ),
-        Err(_) => (
-            error_json(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_BODY),
-            queries,
-            None,
-        ),
+        Ok(bytes) => {
+            served.response = Response::from_parts(parts, Body::from(bytes.clone()));
+            (served, Some(bytes))
+        }
+        Err(_) => {
+            served.response = error_json(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_BODY);
+            (served, None)
+        }
     }
 }
 
@@ -324,7 +365,12 @@ pub async fn optimize<H: Host>(
     if !settings.any() {
         // Everything off: the handler runs untouched; only the headers are added.
         let mut response = next.run(request).await;
-        set_headers(response.headers_mut(), &Prediction::NONE, "none", 0.0);
+        set_headers(
+            response.headers_mut(),
+            &Prediction::NONE,
+            Applied::None,
+            0.0,
+        );
         return response;
     }
 
@@ -333,14 +379,15 @@ pub async fn optimize<H: Host>(
     let arrived_ms = unix_ms();
 
     // 1. Classify.
-    let route = route_of(&request);
+    let policy = policy_of(&request);
+    let route = policy.feature;
     let path = request.uri().path_and_query().map_or("", |p| p.as_str());
     let mut cut = path.len().min(MAX_LOGGED_PATH);
     while !path.is_char_boundary(cut) {
         cut -= 1;
     }
     let path = path[..cut].to_owned();
-    let priority = priority_of(&state, route, &request);
+    let priority = priority_of(&state, policy, &request);
     let route_stats = opt.stats.route(route);
     let route_in_flight = route_stats.in_flight.fetch_add(1, Ordering::Relaxed);
     opt.stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -351,14 +398,12 @@ pub async fn optimize<H: Host>(
         all: &opt.stats.in_flight,
     };
     // The cache key, once: whether it is fresh is a feature, and step 5 serves from it.
-    let cache_slot = cache_kind(route, request.method())
-        .filter(|_| settings.caching)
-        .map(|kind| {
-            let key = opt
-                .cache
-                .key(kind, request.uri().path(), request.uri().query());
-            (kind, key)
-        });
+    let cache_slot = policy.cache.filter(|_| settings.caching).map(|kind| {
+        let key = opt
+            .cache
+            .key(kind, request.uri().path(), request.uri().query());
+        (kind, key)
+    });
     let cached = cache_slot
         .as_ref()
         .and_then(|(_, key)| key.as_deref())
@@ -381,22 +426,13 @@ pub async fn optimize<H: Host>(
         Prediction::NONE
     };
 
-    let mut applied = "none";
-    let mut cache_outcome = "bypass";
     let mut queue = Duration::ZERO;
-    let mut shed = false;
-    let mut queries = Vec::new();
+    // Auto-healing throttles some routes (the stress test) outright while an incident lasts.
+    let throttled = settings.anomaly && policy.throttled_while_healing && opt.healer.is_active();
 
-    // Auto-healing throttles the stress test outright while an incident lasts.
-    let throttled = settings.anomaly
-        && opt.healer.is_active()
-        && ROUTES
-            .get(route)
-            .is_some_and(|r| r.path == "/api/stress-test");
-
-    // 4. Admit.
-    let permit = if throttled {
-        None
+    // 4. Admit: a permit (none when priorities are off), or why the request is shed.
+    let admitted: Result<Option<Permit<'_>>, Applied> = if throttled {
+        Err(Applied::Throttle)
     } else if settings.priority {
         let waited = Instant::now();
         let admitted = opt
@@ -412,43 +448,46 @@ pub async fn optimize<H: Host>(
             )
             .await;
         queue = waited.elapsed();
-        match admitted {
-            Ok(permit) => Some(Some(permit)),
-            Err(_) => None,
-        }
+        admitted.map(Some).map_err(|_| Applied::Shed)
     } else {
-        Some(None)
+        Ok(None)
     };
 
-    let mut response = match permit {
-        None => {
-            shed = true;
-            applied = if throttled { "throttle" } else { "shed" };
+    let not_cached = if settings.caching {
+        CacheOutcome::Bypass
+    } else {
+        CacheOutcome::Off
+    };
+    let (applied, served) = match admitted {
+        Err(shed) => {
             let mut response = error_json(StatusCode::SERVICE_UNAVAILABLE, SHED_BODY);
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(1_u32));
-            response
+            let served = Served {
+                response,
+                queries: Vec::new(),
+                cache: not_cached,
+            };
+            (shed, served)
         }
-        Some(_permit) => {
+        Ok(_permit) => {
             // 5. Cache. 6. Handle.
-            match cache_slot {
+            let served = match cache_slot {
                 Some((kind, key)) => {
-                    let (response, q, outcome, how) =
-                        serve_cached(&opt, route, kind, key, request, next, &prediction).await;
-                    queries = q;
-                    cache_outcome = outcome;
-                    applied = how;
-                    response
+                    serve_cached(&opt, route, kind, key, request, next, &prediction).await
                 }
-                None => {
-                    let (response, q) = run_tracked(next, request).await;
-                    queries = q;
-                    response
-                }
-            }
+                None => run_tracked(next, request, not_cached).await,
+            };
+            (Applied::from(served.cache), served)
         }
     };
+    let Served {
+        mut response,
+        queries,
+        cache,
+    } = served;
+    let shed = applied.is_shed();
 
     // 7. Score. 8. Learn.
     let latency = arrived.elapsed();
@@ -497,11 +536,7 @@ pub async fn optimize<H: Host>(
         latency_ms: latency_ms as f32,
         db_ms: (db.as_secs_f64() * 1000.0) as f32,
         queue_ms: (queue.as_secs_f64() * 1000.0) as f32,
-        cache: if settings.caching {
-            cache_outcome
-        } else {
-            "off"
-        },
+        cache,
         shed,
         anomaly_score: score,
         queries,
@@ -513,13 +548,12 @@ pub async fn optimize<H: Host>(
 }
 
 /// A response served from a cache entry.
-fn hit(entry: &Entry) -> (Response, Vec<QueryExec>, &'static str, &'static str) {
-    (
-        json_response(entry.body.clone()),
-        Vec::new(),
-        "hit",
-        "cache",
-    )
+fn hit(entry: &Entry) -> Served {
+    Served {
+        response: json_response(entry.body.clone()),
+        queries: Vec::new(),
+        cache: CacheOutcome::Hit,
+    }
 }
 
 /// Serves a cacheable read: hit, early refresh (XFetch), or a single-flight fill.
@@ -531,12 +565,11 @@ async fn serve_cached(
     request: Request,
     next: Next,
     prediction: &Prediction,
-) -> (Response, Vec<QueryExec>, &'static str, &'static str) {
+) -> Served {
     let cache = &opt.cache;
     let counters = cache.counters(kind);
     let Some(key) = key else {
-        let (response, queries) = run_tracked(next, request).await;
-        return (response, queries, "bypass", "none");
+        return run_tracked(next, request, CacheOutcome::Bypass).await;
     };
     let now = Instant::now();
     let ttl = cache.ttl_for_rate(opt.stats.route(route).rate());
@@ -555,12 +588,12 @@ async fn serve_cached(
             counters.refreshes.fetch_add(1, Ordering::Relaxed);
             let generation = cache.generation();
             let started = Instant::now();
-            let (response, queries, body) = run_for_cache(next, request).await;
+            let (served, body) = run_for_cache(next, request, CacheOutcome::Refresh).await;
             // A product changed while this refresh ran: its result may predate the change.
             if let Some(body) = body.filter(|_| cache.generation() == generation) {
                 cache.replace(key, Entry::computed(body, started, ttl));
             }
-            return (response, queries, "refresh", "cache-refresh");
+            return served;
         }
         None => cache.remove_expired(&key, now),
     }
@@ -574,18 +607,17 @@ async fn serve_cached(
         Ok(_) => {
             // Expired between lookup and now; compute directly rather than loop.
             counters.misses.fetch_add(1, Ordering::Relaxed);
-            let (response, queries, _) = run_for_cache(next, request).await;
-            (response, queries, "miss", "none")
+            run_for_cache(next, request, CacheOutcome::Miss).await.0
         }
         Err(guard) => {
             counters.misses.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let (response, queries, body) = run_for_cache(next, request).await;
+            let (served, body) = run_for_cache(next, request, CacheOutcome::Miss).await;
             if let Some(body) = body {
                 let _ = guard.insert(Entry::computed(body, started, ttl));
             }
             // A failed fill drops the guard: the next waiter becomes the filler.
-            (response, queries, "miss", "none")
+            served
         }
     }
 }

@@ -6,6 +6,7 @@
 //! retention, and keeps per-statement aggregates for the metrics endpoint.
 
 use super::admission::Priority;
+use super::cache::CacheOutcome;
 use super::predictor::Prediction;
 use super::queries::{QueryExec, fingerprint, normalize};
 use contract::FeatureVector;
@@ -43,7 +44,7 @@ pub struct Pending {
     /// Admission wait (ms).
     pub queue_ms: f32,
     /// Cache outcome.
-    pub cache: &'static str,
+    pub cache: CacheOutcome,
     /// Shed by admission.
     pub shed: bool,
     /// Anomaly score.
@@ -469,7 +470,7 @@ fn writer(
                         latency_ms: p.latency_ms,
                         db_ms: p.db_ms,
                         queue_ms: p.queue_ms,
-                        cache: p.cache,
+                        cache: p.cache.as_str(),
                         shed: p.shed,
                         anomaly_score: p.anomaly_score,
                         queries: line_queries,

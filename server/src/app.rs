@@ -133,6 +133,7 @@ pub fn router(state: AppState) -> Router {
     let limits = &state.config.limits;
     let timeout = Duration::from_millis(state.config.server.request_timeout_ms);
     routes::router()
+        .into_router()
         .fallback(|| async {
             error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -4,23 +4,22 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, new_token, token_hash};
 use crate::error::{ApiError, ErrorBody, on_constraint};
 use crate::extract::Json;
+use crate::routes::Routes;
 use crate::validate;
-use axum::Router;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use utoipa::ToSchema;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/auth/register", post(register))
-        .route("/api/auth/login", post(login))
-        .route("/api/auth/logout", post(logout))
-        .route("/api/me", get(me))
+pub fn router() -> Routes {
+    Routes::new()
+        .post("/api/auth/register", register)
+        .post("/api/auth/login", login)
+        .post("/api/auth/logout", logout)
+        .get("/api/me", me)
 }
 
 /// A new account.

@@ -5,14 +5,13 @@ use crate::app::AppState;
 use crate::auth::Admin;
 use crate::error::ErrorBody;
 use crate::extract::Json;
-use axum::Router;
+use crate::routes::Routes;
 use axum::extract::State;
-use axum::routing::post;
 use optimizer::advice::AdviceView;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/ml-metrics/index-advice", post(advise_now))
+pub fn router() -> Routes {
+    Routes::new().post("/api/ml-metrics/index-advice", advise_now)
 }
 
 /// Runs an index advisor pass now (after any running one) and returns the advisor's view: slow

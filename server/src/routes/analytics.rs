@@ -4,18 +4,17 @@ use crate::app::AppState;
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
+use crate::routes::Routes;
 use crate::validate;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/analytics", get(analytics))
+pub fn router() -> Routes {
+    Routes::new().get("/api/analytics", analytics)
 }
 
 /// The period and how many top products to show.

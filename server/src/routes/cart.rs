@@ -6,20 +6,22 @@ use crate::auth::AuthUser;
 use crate::db::Conn;
 use crate::error::{ApiError, ErrorBody, on_constraint};
 use crate::extract::{Json, Path};
+use crate::routes::Routes;
 use crate::validate;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, patch};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/cart", get(view).post(add).delete(clear))
-        .route("/api/cart/{product_id}", patch(set_quantity).delete(remove))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/api/cart", view)
+        .post("/api/cart", add)
+        .delete("/api/cart", clear)
+        .patch("/api/cart/{product_id}", set_quantity)
+        .delete("/api/cart/{product_id}", remove)
 }
 
 /// Most units of one product a cart may hold.

@@ -10,21 +10,20 @@ use crate::auth::AuthUser;
 use crate::db::Conn;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::Json;
+use crate::routes::Routes;
 use crate::routes::orders::{Order, OrderItem};
 use crate::validate;
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/checkout", post(checkout))
+pub fn router() -> Routes {
+    Routes::new().post("/api/checkout", checkout)
 }
 
 /// The request header naming an idempotency key.

@@ -13,13 +13,13 @@ use crate::app::AppState;
 use crate::auth::{AdminView, DASHBOARD_COOKIE};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::Query;
+use crate::routes::Routes;
 use crate::validate;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Form, Json};
 use optimizer::anomaly::Action;
 use optimizer::series::{self, MAX_POINTS, Point, SAMPLE_SECS};
 use optimizer::{Alert, unix_ms};
@@ -46,14 +46,14 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 const LOG_TAIL_BYTES: u64 = 64 * 1024;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/dashboard", get(page))
-        .route("/dashboard/login", post(login))
-        .route("/dashboard/logout", post(logout))
-        .route("/dashboard/assets/{file}", get(asset))
-        .route("/api/ml-metrics/series", get(series))
-        .route("/api/ml-metrics/log", get(optimizer_log))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/dashboard", page)
+        .post("/dashboard/login", login)
+        .post("/dashboard/logout", logout)
+        .get("/dashboard/assets/{file}", asset)
+        .get("/api/ml-metrics/series", series)
+        .get("/api/ml-metrics/log", optimizer_log)
 }
 
 /// Headers every dashboard response carries.

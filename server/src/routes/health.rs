@@ -3,18 +3,17 @@
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::Json;
-use axum::Router;
+use crate::routes::Routes;
 use axum::extract::State;
-use axum::routing::get;
 use serde::Serialize;
 use std::time::Duration;
 use utoipa::ToSchema;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/healthz", healthz)
+        .get("/readyz", readyz)
 }
 
 /// Probe answer.

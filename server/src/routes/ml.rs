@@ -6,12 +6,11 @@ use crate::app::AppState;
 use crate::auth::{Admin, AdminView};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
+use crate::routes::Routes;
 use crate::validate;
-use axum::Router;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use optimizer::admission::PriorityStats;
 use optimizer::advice::AdviceView;
 use optimizer::anomaly::{ANOMALY_SCORE, Action};
@@ -27,11 +26,11 @@ use std::time::Instant;
 use utoipa::{IntoParams, ToSchema};
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/ml-metrics", get(ml_metrics))
-        .route("/api/stress-test", get(stress_test))
-        .route("/metrics", get(prometheus))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/api/ml-metrics", ml_metrics)
+        .get("/api/stress-test", stress_test)
+        .get("/metrics", prometheus)
 }
 
 /// Which model answers and how healthy it is.
@@ -130,7 +129,7 @@ pub async fn ml_metrics(State(state): State<AppState>, _admin: AdminView) -> Jso
             );
             let all = hits + misses + refreshes;
             CacheRoute {
-                route: kind.route().to_owned(),
+                route: kind.route(),
                 hits,
                 misses,
                 refreshes,

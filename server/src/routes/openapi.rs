@@ -1,21 +1,18 @@
 //! The OpenAPI 3.1 description of every endpoint, generated from the handlers' annotations.
 
-use crate::app::AppState;
+use crate::routes::Routes;
 use crate::routes::{
     accounts, advice, analytics, cart, checkout, dashboard, health, ml, orders, products, retrain,
     search,
 };
-use axum::Router;
-use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new().route(
-        "/api/openapi.json",
-        get(|| async { axum::Json(ApiDoc::openapi()) }),
-    )
+pub fn router() -> Routes {
+    Routes::new().get("/api/openapi.json", || async {
+        axum::Json(ApiDoc::openapi())
+    })
 }
 
 /// The API description.

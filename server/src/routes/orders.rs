@@ -6,10 +6,9 @@ use crate::auth::AuthUser;
 use crate::db::Conn;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Path, Query};
+use crate::routes::Routes;
 use crate::validate::Page;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -18,10 +17,10 @@ use tokio_postgres::Row;
 use utoipa::{IntoParams, ToSchema};
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/orders", get(list))
-        .route("/api/orders/{id}", get(detail))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/api/orders", list)
+        .get("/api/orders/{id}", detail)
 }
 
 /// One line of an order, at the price charged.

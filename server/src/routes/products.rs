@@ -4,11 +4,10 @@ use crate::app::AppState;
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody, on_constraint};
 use crate::extract::{Json, Path, Query};
+use crate::routes::Routes;
 use crate::validate::{self, Page};
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -16,10 +15,12 @@ use tokio_postgres::Row;
 use utoipa::{IntoParams, ToSchema};
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/products", get(list).post(create))
-        .route("/api/products/{id}", get(detail).patch(update))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/api/products", list)
+        .post("/api/products", create)
+        .get("/api/products/{id}", detail)
+        .patch("/api/products/{id}", update)
 }
 
 /// The columns every product query selects, in the order [`Product::from_row`] reads them.

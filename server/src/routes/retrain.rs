@@ -5,14 +5,13 @@ use crate::app::AppState;
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::Json;
-use axum::Router;
+use crate::routes::Routes;
 use axum::extract::State;
-use axum::routing::post;
 use optimizer::model::retrain::RetrainStatus;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/ml-metrics/retrain", post(retrain_now))
+pub fn router() -> Routes {
+    Routes::new().post("/api/ml-metrics/retrain", retrain_now)
 }
 
 /// Runs the trainer on the server's request logs and waits for it (at most

@@ -3,17 +3,16 @@
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
+use crate::routes::Routes;
 use crate::routes::products::{PRODUCT_COLUMNS, Product, ProductPage};
 use crate::validate::{self, Page};
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/search", get(search))
+pub fn router() -> Routes {
+    Routes::new().get("/api/search", search)
 }
 
 /// Query parameters of a search.
