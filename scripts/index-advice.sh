@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Index advice end to end on a generated catalogue: the README's 1,000,000-product figures.
+# Index advice end to end on a generated catalogue: the 1,000,000-product figures in
+# docs/benchmarks.md.
 #
 #   DATABASE_URL=postgres://.../advisor_bench scripts/index-advice.sh
 #

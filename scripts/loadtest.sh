@@ -25,7 +25,7 @@
 # Environment:
 #   BASE_URL       test this server instead of starting one (needs ADMIN_TOKEN or .local/admin-token)
 #   PORT           port of the server started here (default 3000)
-#   PRODUCTS       generated products to seed (default 10000; the seed adds 5 more)
+#   PRODUCTS       generated products to seed (default 10000; `server seed` adds its 5 fixed ones)
 #   ADMIN_TOKEN    admin token (default: .local/admin-token, generated when missing)
 #   DATABASE_URL   use this database instead of the local cluster
 #   SHOP_CONFIG    configuration file of the single server started here
@@ -116,7 +116,7 @@ stop_server() { # index
         awk -v t="$(cpu_ticks "$pid")" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f\n", t / hz}' >"$file"
         log "server ${name:+$name }used $(< "$file") s of CPU"
         # What the optimizer and the models counted (predictions, ONNX Runtime calls, kept
-        # answers), for the README's figures.
+        # answers), for the figures in docs/benchmarks.md.
         curl --silent --max-time 5 -H "Authorization: Bearer $ADMIN_TOKEN" \
             "http://127.0.0.1:${SERVER_PORTS[$1]}/api/ml-metrics" \
             >"$SUMMARY_DIR/ml-metrics${name:+-$name}.json" || true
@@ -305,7 +305,7 @@ main() {
         for i in "${!SERVER_PIDS[@]}"; do
             before+=("$(cpu_ticks "${SERVER_PIDS[$i]:-0}")")
         done
-        # The catalogue size the scripts' Zipf ranks span: the generated products plus the seed's 5.
+        # The catalogue size the scripts' Zipf ranks span: the generated products plus the 5 fixed ones.
         if ((own_server)); then
             PRODUCTS=$((PRODUCTS + 5)) BASE_URL=$BASE_URL ADMIN_TOKEN=$ADMIN_TOKEN SUMMARY_DIR=$SUMMARY_DIR \
                 timeout --foreground --signal=INT --kill-after=30 "$K6_TIMEOUT" "$K6" run "${k6_args[@]}" "$s" || status=$?

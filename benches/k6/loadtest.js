@@ -1,4 +1,4 @@
-// The seed's load test: ramp to 50 then 100 virtual users browsing the product list, and check
+// The baseline load test: ramp to 50 then 100 virtual users browsing the product list, and check
 // status, the ML headers and latency. k6 exits non-zero when a threshold fails.
 //
 //   k6 run benches/k6/loadtest.js                      (or: make loadtest)

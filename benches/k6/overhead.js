@@ -1,7 +1,7 @@
 // Optimizer overhead end to end: closed-loop load on an uncached database route
 // (GET /api/cart: a session lookup and a cart query per request). Run it once against a server
 // with every optimizer feature on and once with them off (SHOP_CONFIG pointing at a TOML file
-// that switches them off), then compare http_reqs/s. See README "Results".
+// that switches them off), then compare http_reqs/s. Figures: docs/benchmarks.md.
 //
 // Environment: BASE_URL, VUS (default 50), DURATION (default 30s), SUMMARY_DIR.
 import http from 'k6/http';

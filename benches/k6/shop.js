@@ -12,7 +12,7 @@
 //   VUS             constant virtual users (default 50)
 //   DURATION        how long (default 60s)
 //   USERS           accounts to register (default max(50, VUS); one per virtual user)
-//   PRODUCTS        catalogue size the Zipf ranks span (default 10005: 10,000 generated + 5 seed)
+//   PRODUCTS        catalogue size the Zipf ranks span (default 10005: 10,000 generated + the 5 fixed products)
 //   ID_SOURCE       list: ids from GET /api/products, most popular first, so the most viewed
 //                   products are the most popular ones (default; at most 10,000 ids, the
 //                   deepest page the API serves); range: ids 1..PRODUCTS

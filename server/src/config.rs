@@ -6,7 +6,7 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 pub use optimizer::config::{
@@ -108,7 +108,7 @@ pub struct Overrides {
 }
 
 /// The whole configuration, as the TOML file spells it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// HTTP listener.
@@ -138,7 +138,7 @@ pub struct Config {
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Listen address.
@@ -150,7 +150,7 @@ pub struct ServerConfig {
 }
 
 /// `[database]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Full URL; when set, the parts below are ignored.
@@ -174,7 +174,7 @@ pub struct DatabaseConfig {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Admin bearer token (at least 16 characters). Unset: admin endpoints answer 401.
@@ -188,7 +188,7 @@ pub struct AuthConfig {
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest accepted request body in bytes.
@@ -478,5 +478,92 @@ mod tests {
         assert!(toml::from_str::<Config>("[server]\nprot = 1\n").is_err());
         let config: Config = toml::from_str("[database]\npool_size = 8\n").expect("valid toml");
         assert_eq!(config.database.pool_size, 8);
+    }
+}
+
+#[cfg(test)]
+mod documented {
+    //! `docs/configuration.md` must list every configuration key with its real default.
+
+    use super::Config;
+    use std::collections::BTreeMap;
+
+    /// The rows of the table headed `| TOML key | Env / flag | Default | Meaning |`: each key
+    /// and its default (`None` for "unset").
+    fn documented() -> Vec<(String, Option<toml::Value>)> {
+        let doc = include_str!("../../docs/configuration.md");
+        let rows = doc
+            .lines()
+            .skip_while(|line| !line.starts_with("| TOML key |"))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'));
+        rows.map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let key = cells[1].trim_matches('`').to_owned();
+            let default = (!cells[3].starts_with("unset")).then(|| {
+                let value = cells[3].split('`').nth(1).expect("a default in backticks");
+                let parsed: toml::Table = toml::from_str(&format!("v = {value}"))
+                    .unwrap_or_else(|e| panic!("`{key}`: default {value} is not TOML: {e}"));
+                parsed["v"].clone()
+            });
+            (key, default)
+        })
+        .collect()
+    }
+
+    /// Every leaf of a TOML value, by its dotted key.
+    fn leaves(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (name, inner) in table {
+                    leaves(&format!("{prefix}{name}."), inner, out);
+                }
+            }
+            leaf => {
+                out.insert(prefix.trim_end_matches('.').to_owned(), leaf.clone());
+            }
+        }
+    }
+
+    /// Whether `Config` has this key: it refuses unknown keys, so a known one can only fail
+    /// for another reason (its type).
+    fn config_has(key: &str) -> bool {
+        let text = match key.rsplit_once('.') {
+            Some((table, name)) => format!("[{table}]\n{name} = \"x\""),
+            None => format!("{key} = \"x\""),
+        };
+        match toml::from_str::<Config>(&text) {
+            Ok(_) => true,
+            Err(e) => !e.message().contains("unknown field"),
+        }
+    }
+
+    #[test]
+    fn every_key_is_documented_with_its_default() {
+        let mut real = BTreeMap::new();
+        let defaults = toml::Value::try_from(Config::default()).expect("Config serializes");
+        leaves("", &defaults, &mut real);
+        let doc = documented();
+        let by_key: BTreeMap<_, _> = doc.iter().cloned().collect();
+        assert_eq!(by_key.len(), doc.len(), "a key is documented twice");
+
+        for (key, value) in &real {
+            assert_eq!(
+                by_key.get(key),
+                Some(&Some(value.clone())),
+                "docs/configuration.md must document `{key}` with default `{value}`"
+            );
+        }
+        for (key, default) in &doc {
+            assert!(
+                config_has(key),
+                "`{key}` is documented, but Config has no such key"
+            );
+            assert_eq!(
+                default.is_some(),
+                real.contains_key(key),
+                "`{key}`: documented as unset but has a default, or the reverse"
+            );
+        }
     }
 }
