@@ -14,7 +14,7 @@ use futures::FutureExt;
 use optimizer::anomaly::Outcome;
 use optimizer::config::ModelsConfig;
 use optimizer::model::Models;
-use optimizer::predictor::{OnlinePredictor, Predictor};
+use optimizer::predictor::OnlinePredictor;
 use optimizer::stats::Stats;
 use std::hint::black_box;
 use std::io::BufRead;
@@ -196,19 +196,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % features.len();
             let route = features[i][0] as usize;
-            black_box(online.predict(route, black_box(&features[i])))
+            black_box(online.predict(black_box(route)))
         });
     });
     let scorer = optimizer::anomaly::OnlineScorer::new(stats.clone());
     group.bench_function("online_score", |b| {
-        use optimizer::anomaly::AnomalyScorer;
         b.iter(|| {
             i = (i + 1) % rows.len();
-            black_box(scorer.score(
-                features[i][0] as usize,
-                black_box(&features[i]),
-                &outcomes[i],
-            ))
+            black_box(scorer.score(features[i][0] as usize, black_box(&outcomes[i])))
         });
     });
 

@@ -98,7 +98,7 @@ fn bench(c: &mut Criterion) {
     let kept = state_with(true, true, Config::default().models.memo_cells);
     for (optimizer, _) in [&onnx, &kept] {
         assert_eq!(
-            optimizer.models.stale(),
+            optimizer.snapshot().model.onnx.stale,
             None,
             "the committed models must load (is ORT_DYLIB_PATH set?)"
         );

@@ -1,3 +1,2 @@
 //! Home of the project's criterion benchmarks (`benches/benches/`) and k6 load tests
-//! (`benches/k6/`). The benchmarks arrive with the optimizer and the ONNX models; this crate
-//! exists now so the workspace layout is the one `DESIGN.md` describes.
+//! (`benches/k6/`); the figures and how to reproduce them are in `docs/benchmarks.md`.

@@ -1,5 +1,5 @@
 //! The small crate the server and the trainer share, so training and serving never drift
-//! (DESIGN.md, "Training and serving never drift"; Google's Rules of ML, rule 29).
+//! (`docs/ARCHITECTURE.md`, "Invariants"; Google's Rules of ML, rule 29).
 //!
 //! - [`features`]: the fixed-order feature vector, its names, and the schema fingerprint.
 //! - [`routes`]: the route templates the server knows, in a fixed order (a feature).

@@ -5,7 +5,7 @@
 //! with a slow long-term one; when requests slow down (queueing inside the server or the
 //! database) the limit shrinks, when they are fast it grows by about √limit. Each priority may
 //! fill only its share of the limit (critical 100%, high 90%, normal 60%, low 30%; so high gets
-//! 1.5× and low 0.5× of normal, as the seed says), so as load rises low priority hits its ceiling
+//! 1.5× and low 0.5× of normal), so as load rises low priority hits its ceiling
 //! first. A request over its ceiling waits only as long as its latency budget allows (the
 //! target latency minus its predicted latency; checkout waits longest), then is shed with 503.
 //!

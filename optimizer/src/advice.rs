@@ -1,4 +1,4 @@
-//! The index advisor in the server: periodic (or admin-requested) passes over the statement
+//! The index advisor on the server: periodic (or admin-requested) passes over the statement
 //! aggregates, off the request path, one at a time.
 //!
 //! A pass (1) judges indexes it built earlier from the statement's measured p95 since the build,
@@ -10,7 +10,7 @@
 //! `/api/ml-metrics`.
 
 use super::capture::Captures;
-use super::{Action, MAX_ACTIONS, Optimizer, push_bounded, unix_ms};
+use super::{Optimizer, unix_ms};
 use crate::Config;
 use advisor::{Applied, ApplyOptions, Options, Report, SlowQuery};
 use serde::Serialize;
@@ -190,25 +190,14 @@ impl Advice {
     }
 }
 
-/// One line in `logs/ml-optimizer.log`: the action, in words, and its details.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Event<'a> {
-    ts_ms: i64,
-    action: &'a str,
-    reason: &'a str,
-    #[serde(flatten)]
-    details: serde_json::Value,
-}
-
-impl Optimizer {
+impl Advice {
     /// Runs one advisor pass now (waiting for a running one to finish first) and returns the
     /// resulting view.
-    pub async fn advise_now(&self) -> AdviceView {
-        let _one_at_a_time = self.advice.running.lock().await;
+    pub(crate) async fn run(&self, opt: &Optimizer) -> AdviceView {
+        let _one_at_a_time = self.running.lock().await;
         let started = Instant::now();
-        let result = self.advisor_pass().await;
-        let mut state = self.advice.lock();
+        let result = self.pass(opt).await;
+        let mut state = self.lock();
         let view = &mut state.view;
         view.passes += 1;
         view.last_run_ts_ms = Some(unix_ms());
@@ -221,12 +210,11 @@ impl Optimizer {
     }
 
     /// Starts the periodic pass, unless its interval is 0.
-    pub fn spawn_advisor(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
-        let period = self.advice.settings.interval;
+    pub(crate) fn spawn(&self, optimizer: Arc<Optimizer>) -> Option<tokio::task::JoinHandle<()>> {
+        let period = self.settings.interval;
         if period.is_zero() {
             return None;
         }
-        let optimizer = self.clone();
         Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -237,29 +225,8 @@ impl Optimizer {
         }))
     }
 
-    /// Logs an advisor action to the action log and the in-memory action list.
-    fn advisor_action(&self, action: &str, reason: &str, details: serde_json::Value) {
-        tracing::info!(action, reason, "index advisor");
-        self.actions_log.write(&Event {
-            ts_ms: unix_ms(),
-            action,
-            reason,
-            details,
-        });
-        push_bounded(
-            &self.actions,
-            Action {
-                ts_ms: unix_ms(),
-                action: action.to_owned(),
-                reason: reason.to_owned(),
-                anomaly_rate: self.healer.recent_rate(),
-            },
-            MAX_ACTIONS,
-        );
-    }
-
-    async fn advisor_pass(&self) -> Result<(), String> {
-        let advice = &self.advice;
+    async fn pass(&self, opt: &Optimizer) -> Result<(), String> {
+        let advice = self;
         let pg = advice
             .pg
             .as_ref()
@@ -271,18 +238,22 @@ impl Optimizer {
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
         let driver = tokio::spawn(connection);
-        let result = self.pass_on(&client).await;
+        let result = self.pass_on(opt, &client).await;
         drop(client);
         let _ = driver.await;
         result
     }
 
-    async fn pass_on(&self, client: &tokio_postgres::Client) -> Result<(), String> {
-        let advice = &self.advice;
+    async fn pass_on(
+        &self,
+        opt: &Optimizer,
+        client: &tokio_postgres::Client,
+    ) -> Result<(), String> {
+        let advice = self;
         let settings = &advice.settings;
-        self.judge_trials(client).await;
+        self.judge_trials(opt, client).await;
 
-        let aggregates = self.telemetry.query_aggregates();
+        let aggregates = opt.telemetry.query_aggregates();
         let slow: Vec<SlowQuery> = aggregates
             .iter()
             .filter(|a| settings.options.is_slow(a.p95_ms, a.calls))
@@ -343,7 +314,12 @@ impl Optimizer {
             (new, note)
         };
         if let Some(note) = hypopg_note {
-            self.advisor_action("index-advisor-unverified", &note, serde_json::json!({}));
+            act(
+                opt,
+                "index-advisor-unverified",
+                &note,
+                serde_json::json!({}),
+            );
         }
         for s in &new_suggestions {
             let reason = match (s.cost_reduction, s.verified) {
@@ -362,7 +338,8 @@ impl Optimizer {
                     s.fingerprint, s.create_sql
                 ),
             };
-            self.advisor_action(
+            act(
+                opt,
                 "index-suggested",
                 &reason,
                 serde_json::json!({ "suggestion": s }),
@@ -370,7 +347,7 @@ impl Optimizer {
         }
 
         if settings.auto_index {
-            self.try_apply(client, &report, &slow).await;
+            self.try_apply(opt, client, &report, &slow).await;
         }
         Ok(())
     }
@@ -379,11 +356,12 @@ impl Optimizer {
     /// being measured (one at a time, so each measurement is about one index).
     async fn try_apply(
         &self,
+        opt: &Optimizer,
         client: &tokio_postgres::Client,
         report: &Report,
         slow: &[SlowQuery],
     ) {
-        let advice = &self.advice;
+        let advice = self;
         let pick = {
             let state = advice.lock();
             if state.view.trials.iter().any(|t| t.outcome == "measuring") {
@@ -402,7 +380,8 @@ impl Optimizer {
         else {
             return;
         };
-        self.advisor_action(
+        act(
+            opt,
             "index-apply",
             &format!(
                 "building {} for statement {} (p95 {:.1} ms over {} calls)",
@@ -412,7 +391,8 @@ impl Optimizer {
         );
         match advisor::apply(client, &suggestion, advice.settings.apply).await {
             Ok(applied) => {
-                self.advisor_action(
+                act(
+                    opt,
                     "index-applied",
                     &format!(
                         "built {} in {:.0} ms; measuring p95 of statement {} over its next {} calls",
@@ -424,7 +404,7 @@ impl Optimizer {
                     serde_json::json!({ "applied": &applied }),
                 );
                 // Calls until the build finished ran without the index: "after" starts here.
-                let calls_before = self
+                let calls_before = opt
                     .telemetry
                     .p95_since(&query.fingerprint, 0)
                     .map_or(query.calls, |(calls, _)| calls);
@@ -444,7 +424,8 @@ impl Optimizer {
             }
             Err(e) => {
                 advice.lock().rejected.insert(suggestion.create_sql.clone());
-                self.advisor_action(
+                act(
+                    opt,
                     "index-apply-failed",
                     &format!("{} was not built: {e}", suggestion.index_name),
                     serde_json::json!({ "suggestion": &suggestion }),
@@ -455,8 +436,8 @@ impl Optimizer {
 
     /// Keeps or drops each index still being measured, once its statement has run at least
     /// the minimum number of calls since the build.
-    async fn judge_trials(&self, client: &tokio_postgres::Client) {
-        let advice = &self.advice;
+    async fn judge_trials(&self, opt: &Optimizer, client: &tokio_postgres::Client) {
+        let advice = self;
         let measuring: Vec<Trial> = advice
             .lock()
             .view
@@ -466,7 +447,7 @@ impl Optimizer {
             .cloned()
             .collect();
         for trial in measuring {
-            let Some((calls, p95_after)) = self
+            let Some((calls, p95_after)) = opt
                 .telemetry
                 .p95_since(&trial.fingerprint, trial.calls_before)
             else {
@@ -486,7 +467,8 @@ impl Optimizer {
             );
             let details = serde_json::json!({ "applied": &trial.applied, "p95BeforeMs": trial.p95_before_ms, "p95AfterMs": p95_after });
             let outcome = if kept {
-                self.advisor_action(
+                act(
+                    opt,
                     "index-kept",
                     &format!("{}: {measured}", trial.applied.index_name),
                     details,
@@ -507,7 +489,8 @@ impl Optimizer {
                         format!("drop failed: {e}"),
                     ),
                 };
-                self.advisor_action(
+                act(
+                    opt,
                     action,
                     &format!(
                         "{} did not help: {measured}; {how}",
@@ -527,4 +510,13 @@ impl Optimizer {
             }
         }
     }
+}
+
+/// Records an advisor action, with its details, in the action log.
+fn act(opt: &Optimizer, action: &str, reason: &str, details: serde_json::Value) {
+    let details = match details {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    opt.record_action(action, reason.to_owned(), opt.healer.recent_rate(), details);
 }

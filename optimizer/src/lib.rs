@@ -1,213 +1,125 @@
-//! The online optimizer on the request path (DESIGN.md, "The data flow of one request").
+//! The shop's performance optimizer: everything that runs on the request path beside the
+//! handlers, and the background work that keeps it honest.
 //!
+//! The public face is small: [`Optimizer`] (its state is private), built from [`Config`];
+//! [`middleware::optimize`], the one middleware that runs the pipeline for every request, over
+//! a narrow [`middleware::Host`]; [`Optimizer::spawn`] for the background tasks;
+//! [`Optimizer::snapshot`] and the history accessors for `/api/ml-metrics`, `/metrics` and the
+//! dashboard. `docs/optimizer.md` describes what it does, `docs/ARCHITECTURE.md` where.
+//!
+//! - [`config`]: its settings and their defaults.
+//! - [`policy`]: the route policy table every per-route rule is read from.
+//! - [`middleware`]: the request pipeline: classify, features, predict, admit, cache, handle,
+//!   score, learn, respond.
 //! - [`stats`]: per-route streaming statistics (the always-on fallback and baseline).
-//! - [`predictor`]: the `Predictor` trait and its online implementation.
-//! - [`model`]: the ONNX models (latency, anomaly) with hot reload, staleness checks and the
-//!   online fallback; background retraining.
-//! - [`anomaly`]: the `AnomalyScorer` trait, its online implementation, and auto-healing.
+//! - [`predictor`]: predictions and the online predictor.
+//! - [`anomaly`]: the online anomaly scorer and alerts; [`healer`]: auto-healing decisions.
+//! - [`model`]: the ONNX models with hot reload, health checks, the online fallback, kept
+//!   answers and background retraining.
 //! - [`admission`]: priorities, the adaptive concurrency limit, load shedding.
-//! - [`cache`]: the predictive response cache for catalogue reads.
-//! - [`queries`]: per-request statement tracking.
-//! - [`telemetry`]: the request log for the trainer and the optimizer's action log.
-//! - [`capture`]: parameters of slow executions, for the index advisor.
+//! - [`cache`]: the predictive response cache; [`listen`]: its invalidation across instances.
+//! - [`queries`]: per-request statement tracking; [`capture`]: parameters of slow executions.
 //! - [`advice`]: the index advisor's passes (suggest, and opt-in build, measure, drop).
-//! - [`series`]: the history downsampled into the dashboard's time series.
-//! - [`middleware`]: the one middleware that runs all of the above for every request.
+//! - [`telemetry`]: the request log for the trainer; [`actions`]: the action log.
+//! - [`history`]: a sample every 10 s; [`series`]: its downsampling for the dashboard.
+//! - [`snapshot`]: the typed state the metrics endpoints render.
 
+pub mod actions;
 pub mod admission;
 pub mod advice;
 pub mod anomaly;
 pub mod cache;
 pub mod capture;
 pub mod config;
+pub mod healer;
+pub mod history;
+pub mod listen;
 pub mod middleware;
 pub mod model;
 pub mod policy;
 pub mod predictor;
 pub mod queries;
 pub mod series;
+pub mod snapshot;
 pub mod stats;
 pub mod telemetry;
 
 pub use config::Config;
+pub use snapshot::Snapshot;
 
-use admission::{Admission, PriorityStats};
-use anomaly::{Action, Decision, Healer};
-use cache::ResponseCache;
+use actions::{Action, Actions, Recent};
+use admission::Admission;
+use anomaly::{ANOMALY_SCORE, Alert};
+use cache::{Kind, ResponseCache};
 use contract::routes::route_label;
-use model::{ModelPredictor, ModelScorer, Models};
-use serde::Serialize;
+use healer::{Decision, Healer};
+use history::{CacheTotals, History, Peak, RouteSample, Sample};
+use model::{ModelPredictor, ModelScorer, Models, Stale};
+use snapshot::{
+    AnomalyState, CacheMemory, CacheRoute, Features, ModelHealth, RequestLog, RouteView,
+};
 use stats::Stats;
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
-use telemetry::{ActionLog, Telemetry, WriterConfig};
+use telemetry::{QueryAggregate, Telemetry, WriterConfig};
 
-/// Which optimizer parts are on, and their knobs (copied from the configuration).
+/// Which optimizer parts are on, and their knobs (from the configuration).
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Predict latency.
-    pub prediction: bool,
+    pub(crate) prediction: bool,
     /// Score anomalies and auto-heal.
-    pub anomaly: bool,
+    pub(crate) anomaly: bool,
     /// Cache catalogue reads.
-    pub caching: bool,
+    pub(crate) caching: bool,
     /// Priority admission and shedding.
-    pub priority: bool,
+    pub(crate) priority: bool,
     /// Write request logs.
-    pub telemetry: bool,
+    pub(crate) telemetry: bool,
     /// Latency target.
-    pub target: Duration,
+    pub(crate) target: Duration,
     /// Confidence needed before acting on a prediction.
-    pub prediction_threshold: f32,
-    /// History samples kept (one per 10 s).
-    pub history_len: usize,
+    pub(crate) prediction_threshold: f32,
 }
 
 impl Settings {
     /// Whether the middleware has anything to do beyond the headers.
-    pub fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         self.prediction || self.anomaly || self.caching || self.priority || self.telemetry
     }
 }
 
-/// A recent anomalous request.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Alert {
-    /// Unix ms.
-    pub ts_ms: i64,
-    /// Route label.
-    pub route: String,
-    /// Latency (ms).
-    pub latency_ms: f64,
-    /// HTTP status.
-    pub status: u16,
-    /// Anomaly score.
-    pub score: f32,
+/// What the background tasks need that the request path does not.
+struct Background {
+    training_interval_minutes: u64,
+    log_dir: PathBuf,
+    pg: Option<tokio_postgres::Config>,
 }
 
-/// One point of the metrics history (every 10 s).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Sample {
-    /// Unix ms.
-    pub ts_ms: i64,
-    /// Requests per second.
-    pub request_rate: f32,
-    /// Adaptive concurrency limit.
-    pub limit: u32,
-    /// Requests holding permits.
-    pub in_flight: u32,
-    /// Per-priority allocation and use.
-    pub priorities: Vec<PriorityStats>,
-    /// Mean confidence over routes with traffic (0-1).
-    pub confidence: f64,
-    /// Anomalous share of requests.
-    pub anomaly_rate: f64,
-    /// Auto-healing in force.
-    pub healing: bool,
-    /// Highest anomalous share seen at any second since the previous sample: an incident
-    /// shorter than the 10-second sampling interval still shows.
-    pub anomaly_peak: f64,
-    /// Auto-healing was in force at any second since the previous sample.
-    pub healed: bool,
-    /// Cache hits / (hits + misses + refreshes) since the previous sample.
-    pub cache_hit_rate: f64,
-    /// Cache counters since start, so rates over any span can be derived from two samples.
-    /// Served by the time series (`/api/ml-metrics/series`), not by `/api/ml-metrics`.
-    #[serde(skip)]
-    pub cache_totals: CacheTotals,
-    /// Rate and latency of each route that had requests in the statistics windows. Served by
-    /// the time series, not by `/api/ml-metrics`, which keeps that answer small.
-    #[serde(skip)]
-    pub routes: Vec<RouteSample>,
-}
-
-/// Cache counters since start, summed over the cached routes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheTotals {
-    /// Answers served from cache.
-    pub hits: u64,
-    /// Hits, misses and refreshes.
-    pub lookups: u64,
-    /// Entries refreshed before they expired.
-    pub refreshes: u64,
-}
-
-/// One route's numbers in a history sample. Kept compact (an index and `f32`s, 28 bytes)
-/// because a day of history holds up to 8,640 samples of up to every route.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RouteSample {
-    /// Index into `contract::routes::ROUTES`.
-    pub route: u16,
-    /// Requests per second, recent.
-    pub rate: f32,
-    /// Actual median latency over the statistics windows (ms).
-    pub p50_ms: f32,
-    /// Actual 90th percentile (ms).
-    pub p90_ms: f32,
-    /// Actual 95th percentile (ms).
-    pub p95_ms: f32,
-    /// Mean predicted p50 of the same requests (ms), 0 when none was predicted.
-    pub predicted_p50_ms: f32,
-    /// Mean predicted p90 of the same requests (ms), 0 when none was predicted.
-    pub predicted_p90_ms: f32,
-}
-
-/// Everything the optimizer keeps.
-pub struct Optimizer {
-    /// Knobs.
-    pub settings: Settings,
-    /// Per-route statistics.
-    pub stats: Arc<Stats>,
-    predictor: ModelPredictor,
-    scorer: ModelScorer,
-    /// The ONNX models and their health (the predictor and scorer ask them first).
-    pub models: Arc<Models>,
-    /// Admission control.
-    pub admission: Admission,
-    /// Response cache.
-    pub cache: ResponseCache,
-    /// Auto-healing.
-    pub healer: Healer,
-    /// Request log.
-    pub telemetry: Telemetry,
-    /// `logs/ml-optimizer.log`.
-    pub actions_log: ActionLog,
-    /// Recent optimizer actions (bounded).
-    pub actions: Mutex<VecDeque<Action>>,
-    /// Recent anomaly alerts (bounded).
-    pub alerts: Mutex<VecDeque<Alert>>,
-    /// Metrics history (bounded by `metrics.retention_hours`).
-    pub history: Mutex<VecDeque<Sample>>,
-    /// The index advisor.
-    pub advice: advice::Advice,
-    /// The anomalous share's peak and whether healing acted, since the last stored sample.
-    /// A std mutex: written once a second by the sampler, read by dashboard polls.
-    since_sample: Mutex<Peak>,
-    started: Instant,
-}
-
+/// Recent anomaly alerts kept.
 const MAX_ALERTS: usize = 200;
-const MAX_ACTIONS: usize = 500;
 
-/// What happened between two history samples that a single reading would miss.
-#[derive(Debug, Clone, Copy, Default)]
-struct Peak {
-    anomaly_rate: f64,
-    healing: bool,
-}
-
-/// Appends to a bounded in-memory log, dropping the oldest entries beyond `max`.
-fn push_bounded<T>(log: &Mutex<VecDeque<T>>, item: T, max: usize) {
-    let mut log = log
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    log.push_back(item);
-    while log.len() > max {
-        log.pop_front();
-    }
+/// Everything the optimizer keeps. Shared as an `Arc` by the middleware, the handlers that
+/// render it and the background tasks.
+pub struct Optimizer {
+    pub(crate) settings: Settings,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) predictor: ModelPredictor,
+    pub(crate) scorer: ModelScorer,
+    pub(crate) models: Arc<Models>,
+    pub(crate) admission: Admission,
+    pub(crate) cache: ResponseCache,
+    pub(crate) healer: Healer,
+    pub(crate) telemetry: Telemetry,
+    actions: Actions,
+    alerts: Recent<Alert>,
+    history: History,
+    advice: advice::Advice,
+    background: Background,
+    started: Instant,
 }
 
 /// Unix time in milliseconds.
@@ -232,8 +144,8 @@ impl Optimizer {
             telemetry: config.telemetry.enabled,
             target: Duration::from_millis(o.target_latency_ms),
             prediction_threshold: config.prediction_threshold as f32,
-            history_len: usize::try_from(config.metrics.retention_hours * 360).unwrap_or(8640),
         };
+        let history_len = usize::try_from(config.metrics.retention_hours * 360).unwrap_or(8640);
         let stats = Arc::new(Stats::default());
         let telemetry = if settings.any() {
             Telemetry::start(WriterConfig {
@@ -266,16 +178,72 @@ impl Optimizer {
                 o.recovery_secs,
             ),
             telemetry,
-            actions_log: ActionLog::new(config.telemetry.optimizer_log.clone()),
-            actions: Mutex::new(VecDeque::new()),
-            alerts: Mutex::new(VecDeque::new()),
-            history: Mutex::new(VecDeque::new()),
+            actions: Actions::new(config.telemetry.optimizer_log.clone()),
+            alerts: Recent::new(MAX_ALERTS),
+            history: History::new(history_len),
             advice: advice::Advice::new(config),
-            since_sample: Mutex::new(Peak::default()),
+            background: Background {
+                training_interval_minutes: config.training_interval,
+                log_dir: config.telemetry.log_dir.clone(),
+                pg: config.pg.clone(),
+            },
             stats,
             settings,
             started: Instant::now(),
         }
+    }
+
+    /// Starts the background tasks (the once-a-second housekeeping, the index advisor, the
+    /// model watcher, the cache invalidation listener) and stops them when `shutdown`
+    /// completes; the returned handle finishes once they are stopped.
+    pub fn spawn(
+        self: &Arc<Self>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut tasks = vec![self.spawn_housekeeping()];
+        if let Some(advisor) = self.advice.spawn(self.clone()) {
+            tasks.push(advisor);
+        }
+        if self.settings.prediction || self.settings.anomaly {
+            tasks.push(self.models.spawn_watcher(
+                self.background.training_interval_minutes,
+                self.background.log_dir.clone(),
+            ));
+        }
+        if let Some(pg) = self.background.pg.clone() {
+            let optimizer = self.clone();
+            tasks.push(listen::spawn(
+                pg,
+                Arc::new(move |id| optimizer.invalidate_product(id)),
+            ));
+        }
+        tokio::spawn(async move {
+            shutdown.await;
+            for task in &tasks {
+                task.abort();
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
+        })
+    }
+
+    /// The once-a-second housekeeping task.
+    fn spawn_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let optimizer = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = Instant::now();
+            let mut n: u64 = 0;
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                optimizer.tick(now - last, n % 10 == 9);
+                last = now;
+                n += 1;
+            }
+        })
     }
 
     /// Seconds since start.
@@ -283,21 +251,25 @@ impl Optimizer {
         self.started.elapsed()
     }
 
-    /// Records an optimizer action in memory and in `logs/ml-optimizer.log`.
-    pub fn record_action(&self, action: &str, reason: String, anomaly_rate: f64) {
-        let entry = Action {
+    /// Records an optimizer action in memory and in the action log.
+    pub(crate) fn record_action(
+        &self,
+        action: &str,
+        reason: String,
+        anomaly_rate: f64,
+        details: serde_json::Map<String, serde_json::Value>,
+    ) {
+        self.actions.record(Action {
             ts_ms: unix_ms(),
             action: action.to_owned(),
             reason,
             anomaly_rate,
-        };
-        tracing::info!(action = %entry.action, reason = %entry.reason, "optimizer action");
-        self.actions_log.write(&entry);
-        push_bounded(&self.actions, entry, MAX_ACTIONS);
+            details,
+        });
     }
 
-    fn alert(&self, alert: Alert) {
-        push_bounded(&self.alerts, alert, MAX_ALERTS);
+    pub(crate) fn alert(&self, alert: Alert) {
+        self.alerts.push(alert);
     }
 
     /// One second of housekeeping: rates, auto-healing decisions, and every 10 s a history
@@ -305,7 +277,12 @@ impl Optimizer {
     pub fn tick(&self, elapsed: Duration, take_sample: bool) {
         self.stats.sample_rates(elapsed);
         for (action, reason) in self.models.take_events() {
-            self.record_action(action, reason, self.healer.recent_rate());
+            self.record_action(
+                action,
+                reason,
+                self.healer.recent_rate(),
+                Default::default(),
+            );
         }
         if self.settings.anomaly {
             match self.healer.tick() {
@@ -319,6 +296,7 @@ impl Optimizer {
                             self.healer.threshold() * 100.0
                         ),
                         rate,
+                        Default::default(),
                     );
                 }
                 Decision::Undo { rate } => {
@@ -327,52 +305,24 @@ impl Optimizer {
                         "undo",
                         format!("healthy again (anomalous share {:.0}%): low-priority share and stress test restored", rate * 100.0),
                         rate,
+                        Default::default(),
                     );
                 }
                 Decision::Hold => {}
             }
         }
-        let peak = {
-            let mut peak = self.peak();
-            peak.anomaly_rate = peak.anomaly_rate.max(self.healer.recent_rate());
-            peak.healing |= self.healer.is_active();
-            let seen = *peak;
-            if take_sample {
-                *peak = Peak::default();
-            }
-            seen
-        };
+        let peak = self.history.peak(
+            self.healer.recent_rate(),
+            self.healer.is_active(),
+            take_sample,
+        );
         if take_sample {
-            let sample = self.sample(self.newest_cache_totals(), peak);
-            push_bounded(&self.history, sample, self.settings.history_len.max(1));
+            let sample = self.sample(self.history.newest_cache_totals(), peak);
+            self.history.samples.push(sample);
         }
     }
 
-    /// The optimizer's state now, as a history sample whose cache hit rate covers the time
-    /// since the last stored sample. The dashboard appends it to the stored history so its
-    /// charts move between the 10-second samples.
-    pub fn live_sample(&self) -> Sample {
-        let peak = *self.peak();
-        self.sample(self.newest_cache_totals(), peak)
-    }
-
-    fn peak(&self) -> std::sync::MutexGuard<'_, Peak> {
-        self.since_sample
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn newest_cache_totals(&self) -> CacheTotals {
-        self.history
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .back()
-            .map(|s| s.cache_totals)
-            .unwrap_or_default()
-    }
-
     fn sample(&self, since: CacheTotals, peak: Peak) -> Sample {
-        use std::sync::atomic::Ordering::Relaxed;
         let now = Instant::now();
         let mut weighted = 0.0;
         let mut weight = 0.0;
@@ -411,7 +361,7 @@ impl Optimizer {
             totals.hits.saturating_sub(since.hits),
             totals.lookups.saturating_sub(since.lookups),
         );
-        let cache_hit_rate = if dt == 0 { 0.0 } else { dh as f64 / dt as f64 };
+        let cache_hit_rate = snapshot::hit_rate(dh, dt);
         Sample {
             ts_ms: unix_ms(),
             request_rate: self.stats.total_rate(),
@@ -433,101 +383,156 @@ impl Optimizer {
         }
     }
 
-    /// Starts the model watcher (hot reload, age checks, `training_interval`), unless neither
-    /// prediction nor anomaly scoring is on.
-    pub fn spawn_models(
-        self: &Arc<Self>,
-        training_interval_minutes: u64,
-        log_dir: std::path::PathBuf,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        (self.settings.prediction || self.settings.anomaly).then(|| {
-            self.models
-                .spawn_watcher(training_interval_minutes, log_dir)
-        })
+    /// The optimizer now, as `/api/ml-metrics`, `/metrics` and the dashboard show it.
+    pub fn snapshot(&self) -> Snapshot {
+        let s = &self.settings;
+        let onnx = self.models.view();
+        let (source, reason) = model_source(s.prediction, onnx.stale);
+        Snapshot {
+            uptime_secs: self.uptime().as_secs(),
+            model: ModelHealth {
+                source,
+                reason,
+                onnx,
+            },
+            features: Features {
+                performance_prediction: s.prediction,
+                anomaly_detection: s.anomaly,
+                caching: s.caching,
+                priority: s.priority,
+                telemetry: s.telemetry,
+                target_latency_ms: s.target.as_millis(),
+                prediction_threshold: s.prediction_threshold,
+            },
+            routes: self.route_views(),
+            cache: Kind::ALL
+                .iter()
+                .map(|kind| {
+                    let c = self.cache.counters(*kind);
+                    let (hits, misses, refreshes) = (
+                        c.hits.load(Relaxed),
+                        c.misses.load(Relaxed),
+                        c.refreshes.load(Relaxed),
+                    );
+                    CacheRoute {
+                        route: kind.route(),
+                        hits,
+                        misses,
+                        refreshes,
+                        hit_rate: snapshot::hit_rate(hits, hits + misses + refreshes),
+                    }
+                })
+                .collect(),
+            cache_memory: CacheMemory {
+                bytes: self.cache.weight(),
+                entries: self.cache.len(),
+                invalidations: self.cache.invalidations.load(Relaxed),
+            },
+            admission: self.admission.stats(),
+            concurrency_limit: self.admission.limit(),
+            anomaly: AnomalyState {
+                recent_rate: self.healer.recent_rate(),
+                healing: self.healer.is_active(),
+                threshold: self.healer.threshold(),
+                anomalous_score: ANOMALY_SCORE,
+            },
+            request_log: RequestLog {
+                written: self.telemetry.written.load(Relaxed),
+                dropped: self.telemetry.dropped.load(Relaxed),
+            },
+        }
     }
 
-    /// Trains on the request logs in `log_dir` now, as `training_interval` does, and adopts the
+    /// The optimizer's state now, as a history sample whose cache hit rate covers the time
+    /// since the last stored sample. The dashboard appends it to the stored history so its
+    /// charts move between the 10-second samples.
+    pub fn live_sample(&self) -> Sample {
+        let peak = self
+            .history
+            .peak(self.healer.recent_rate(), self.healer.is_active(), false);
+        self.sample(self.history.newest_cache_totals(), peak)
+    }
+
+    /// The stored history samples `keep` accepts, oldest first.
+    pub fn history(&self, keep: impl Fn(&Sample) -> bool) -> Vec<Sample> {
+        self.history.samples.copy_where(keep)
+    }
+
+    /// The dashboard's points from `start_ms` on: the stored samples merged into buckets of
+    /// `width_ms`, at most `max_points` with the live state last.
+    pub fn series(&self, start_ms: i64, width_ms: i64, max_points: usize) -> Vec<series::Point> {
+        let live = self.live_sample();
+        let capacity = self.history.samples.capacity();
+        let mut points = self.history.samples.with(|history| {
+            let full = history.len() >= capacity;
+            let samples = history.make_contiguous();
+            let mut first = samples.partition_point(|s| s.ts_ms < start_ms);
+            // Counters start from the sample before the window. When the window reaches the
+            // start of a history that retention has already trimmed, the oldest sample only
+            // serves as that starting point.
+            if first == 0 && full && samples.len() > 1 {
+                first = 1;
+            }
+            let before = first.checked_sub(1).and_then(|i| samples.get(i));
+            // One slot for the live point.
+            let mut points =
+                series::downsample(&samples[first..], before, width_ms, max_points - 1);
+            points.extend(series::live_point(&live, samples.last()));
+            points
+        });
+        points.retain(|p| p.ts_ms >= start_ms);
+        points
+    }
+
+    /// The actions kept in memory that `keep` accepts, oldest first.
+    pub fn actions(&self, keep: impl Fn(&Action) -> bool) -> Vec<Action> {
+        self.actions.copy_where(keep)
+    }
+
+    /// The alerts kept in memory that `keep` accepts, oldest first.
+    pub fn alerts(&self, keep: impl Fn(&Alert) -> bool) -> Vec<Alert> {
+        self.alerts.copy_where(keep)
+    }
+
+    /// Tracked statements, slowest total first.
+    pub fn queries(&self) -> Vec<QueryAggregate> {
+        self.telemetry.query_aggregates()
+    }
+
+    /// The index advisor's current view.
+    pub fn advice(&self) -> advice::AdviceView {
+        self.advice.view()
+    }
+
+    /// Runs one index advisor pass now (after a running one) and returns the resulting view.
+    pub async fn advise_now(&self) -> advice::AdviceView {
+        self.advice.run(self).await
+    }
+
+    /// Where the database layer puts the parameters of slow executions for the advisor.
+    pub fn captures(&self) -> Arc<capture::Captures> {
+        self.advice.captures()
+    }
+
+    /// Drops the cached answers that show product `id` (it changed).
+    pub fn invalidate_product(&self, id: i64) {
+        self.cache.invalidate_product(id);
+    }
+
+    /// Trains on the server's request logs now, as `training_interval` does, and adopts the
     /// result if it predicts the most recent requests better; the status after the run, or
     /// `Ok(None)` when a run is already in progress.
     ///
     /// # Errors
     /// The training thread panicked (the trainer itself runs as a child process).
-    pub async fn retrain_now(
-        self: &Arc<Self>,
-        log_dir: std::path::PathBuf,
-    ) -> anyhow::Result<Option<model::retrain::RetrainStatus>> {
+    pub async fn retrain_now(&self) -> anyhow::Result<Option<model::retrain::RetrainStatus>> {
         let models = self.models.clone();
+        let log_dir = self.background.log_dir.clone();
         Ok(tokio::task::spawn_blocking(move || model::retrain::run(&models, &log_dir)).await?)
     }
 
-    /// Starts the once-a-second housekeeping task.
-    pub fn spawn_sampler(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let optimizer = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last = Instant::now();
-            let mut n: u64 = 0;
-            loop {
-                tick.tick().await;
-                let now = Instant::now();
-                optimizer.tick(now - last, n % 10 == 9);
-                last = now;
-                n += 1;
-            }
-        })
-    }
-
-    /// Listens for product changes from every instance (PostgreSQL `NOTIFY shop_cache`) and
-    /// invalidates this instance's cache. Reconnects with a bounded back-off.
-    pub fn spawn_listener(
-        self: &Arc<Self>,
-        pg: tokio_postgres::Config,
-    ) -> tokio::task::JoinHandle<()> {
-        let optimizer = self.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                match pg.connect(tokio_postgres::NoTls).await {
-                    Ok((client, mut connection)) => {
-                        let cache_owner = optimizer.clone();
-                        let driver = tokio::spawn(async move {
-                            while let Some(message) =
-                                futures::future::poll_fn(|cx| connection.poll_message(cx)).await
-                            {
-                                match message {
-                                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                                        if let Ok(id) = n.payload().parse::<i64>() {
-                                            cache_owner.cache.invalidate_product(id);
-                                        }
-                                    }
-                                    Ok(_) => {}
-                                    Err(_) => break,
-                                }
-                            }
-                        });
-                        if client.batch_execute("LISTEN shop_cache").await.is_ok() {
-                            backoff = Duration::from_millis(500);
-                            let _ = driver.await;
-                        } else {
-                            driver.abort();
-                        }
-                        drop(client);
-                        tracing::warn!("cache invalidation listener disconnected; reconnecting");
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cache invalidation listener cannot connect")
-                    }
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-        })
-    }
-
     /// Per-route view for metrics.
-    pub fn route_views(&self) -> Vec<RouteView> {
-        use std::sync::atomic::Ordering::Relaxed;
+    fn route_views(&self) -> Vec<RouteView> {
         let now = Instant::now();
         self.stats
             .routes
@@ -553,28 +558,11 @@ impl Optimizer {
     }
 }
 
-/// A route's live numbers.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RouteView {
-    /// Route label.
-    pub route: String,
-    /// Requests ever.
-    pub requests: u64,
-    /// Requests per second, recent.
-    pub rate: f32,
-    /// Recent median (ms).
-    pub p50_ms: f64,
-    /// Recent p90 (ms).
-    pub p90_ms: f64,
-    /// Recent p99 (ms).
-    pub p99_ms: f64,
-    /// Requests with a prediction in the window.
-    pub predicted_in_window: u32,
-    /// Share of them at or under the predicted p90 (calibration; nominal 0.9).
-    pub coverage: f64,
-    /// Mean |ln actual − ln predicted p50|.
-    pub mae_log: f64,
-    /// Server errors in the window.
-    pub errors_in_window: u32,
+/// Who answers predictions (`onnx`, `online` or `off`) and why.
+fn model_source(prediction: bool, stale: Option<Stale>) -> (&'static str, &'static str) {
+    match (prediction, stale) {
+        (false, _) => ("off", "performance prediction is switched off"),
+        (true, None) => ("onnx", "the ONNX model answers"),
+        (true, Some(stale)) => ("online", stale.describe()),
+    }
 }

@@ -1,5 +1,5 @@
 //! The optimizer middleware: classify, featurize, predict, admit, cache, handle, score, learn,
-//! respond with headers (DESIGN.md's nine steps, in that order).
+//! respond with headers, in that order (`docs/optimizer.md`).
 //!
 //! Per-request work is bounded and small: a few atomics, two short uncontended mutexes (the
 //! route's statistics), a fixed-size feature array, and a `try_send` to the log writer. Nothing

@@ -1,13 +1,13 @@
-//! Latency prediction: the [`Predictor`] trait and its online-statistics implementation.
+//! Latency prediction by online statistics: the [`Prediction`] every request carries, and the
+//! [`OnlinePredictor`] that answers whenever the model should not be trusted
+//! ([`crate::model::fallback`] asks the model first).
 //!
-//! The ONNX model ([`super::model::ModelPredictor`]) implements the same trait and falls back
-//! to this one whenever the model should not be trusted. Predictions come with a confidence that is measured, not assumed: the share of this
-//! route's recent requests whose actual latency fell inside the predicted band (at or under the
+//! Predictions come with a confidence that is measured, not assumed: the share of this route's
+//! recent requests whose actual latency fell inside the predicted band (at or under the
 //! predicted p90). A route with too little history has confidence 0.
 
 use super::model::Stale;
 use super::stats::Stats;
-use contract::FeatureVector;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -73,12 +73,6 @@ impl Prediction {
     }
 }
 
-/// Predicts a request's latency from its features.
-pub trait Predictor: Send + Sync {
-    /// Predicts latency for a request on `route` with these features.
-    fn predict(&self, route: usize, features: &FeatureVector) -> Prediction;
-}
-
 /// Requests a route must have had predicted (in the windows) before its confidence is trusted.
 const MIN_CALIBRATION: u32 = 20;
 
@@ -94,8 +88,9 @@ impl OnlinePredictor {
     }
 }
 
-impl Predictor for OnlinePredictor {
-    fn predict(&self, route: usize, _features: &FeatureVector) -> Prediction {
+impl OnlinePredictor {
+    /// The latency of a request on `route`, from the route's streaming quantiles.
+    pub fn predict(&self, route: usize) -> Prediction {
         let snap = self.stats.route(route).snapshot(Instant::now());
         if snap.samples == 0 {
             return Prediction {

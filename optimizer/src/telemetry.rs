@@ -500,51 +500,6 @@ fn writer(
     }
 }
 
-/// The optimizer's action log (`logs/ml-optimizer.log`): JSON lines, rare, written directly.
-pub struct ActionLog {
-    path: PathBuf,
-    file: Mutex<Option<File>>,
-}
-
-impl ActionLog {
-    /// A log at `path` (created on first write).
-    pub fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            file: Mutex::new(None),
-        }
-    }
-
-    /// Appends one JSON line. Errors are logged once per attempt and otherwise ignored: the
-    /// optimizer must not fail because its log cannot be written.
-    pub fn write<T: Serialize>(&self, event: &T) {
-        let mut guard = self
-            .file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if guard.is_none() {
-            if let Some(parent) = self.path.parent() {
-                let _ = fs::create_dir_all(parent);
-            }
-            match OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-            {
-                Ok(f) => *guard = Some(f),
-                Err(err) => {
-                    tracing::warn!(error = %err, path = %self.path.display(), "cannot open optimizer log");
-                    return;
-                }
-            }
-        }
-        if let (Some(f), Ok(mut line)) = (guard.as_mut(), serde_json::to_vec(event)) {
-            line.push(b'\n');
-            let _ = f.write_all(&line);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,7 +67,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         crate::migrate::run(&config).await?;
         let optimizer = Arc::new(Optimizer::new(&config.optimizer()));
-        let db = Db::new(&config)?.with_captures(optimizer.advice.captures());
+        let db = Db::new(&config)?.with_captures(optimizer.captures());
         let auth = Arc::new(Auth::new(&config.auth)?);
         let address = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&address)
@@ -98,16 +98,10 @@ impl Application {
     /// The listener failed.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let maintenance = tokio::spawn(maintenance(self.state.clone()));
-        let sampler = self.state.optimizer.spawn_sampler();
-        let advisor = self.state.optimizer.spawn_advisor();
-        let models = self.state.optimizer.spawn_models(
-            self.state.config.training_interval,
-            self.state.config.telemetry.log_dir.clone(),
-        );
-        let listener = self
-            .state
-            .optimizer
-            .spawn_listener(self.state.config.pg_config()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let optimizer = self.state.optimizer.spawn(async {
+            let _ = stopped.await;
+        });
         tracing::info!(port = self.port(), "listening");
         let service = self
             .router
@@ -116,14 +110,8 @@ impl Application {
             .with_graceful_shutdown(shutdown_signal())
             .await;
         maintenance.abort();
-        sampler.abort();
-        if let Some(advisor) = advisor {
-            advisor.abort();
-        }
-        if let Some(models) = models {
-            models.abort();
-        }
-        listener.abort();
+        let _ = stop.send(());
+        let _ = optimizer.await;
         result.context("serving HTTP")
     }
 }

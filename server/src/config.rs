@@ -1,7 +1,7 @@
 //! Configuration: a TOML file, overridden by environment variables, overridden by flags.
 //!
 //! clap reads each flag and its environment variable (flag wins); whatever neither sets comes
-//! from the TOML file, then from the defaults below. The seed's own variable names (`DB_HOST`,
+//! from the TOML file, then from the defaults below. The conventional variable names (`DB_HOST`,
 //! `DB_USER`, `DB_PASSWORD`, `PORT`) and `DATABASE_URL` are honoured.
 
 use anyhow::{Context, bail};
@@ -33,9 +33,9 @@ pub enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
-    /// Load the seed's five products, and optionally a generated catalogue.
+    /// Load the five sample products, and optionally a generated catalogue.
     Seed {
-        /// Make sure the catalogue holds this many generated products (besides the seed's
+        /// Make sure the catalogue holds this many generated products (besides the
         /// five); re-running with the same number adds nothing.
         #[arg(long, default_value_t = 0)]
         products: u64,
@@ -155,15 +155,15 @@ pub struct ServerConfig {
 pub struct DatabaseConfig {
     /// Full URL; when set, the parts below are ignored.
     pub url: Option<String>,
-    /// Host, as the seed's `DB_HOST`.
+    /// Host (`DB_HOST`).
     pub host: String,
     /// Port.
     pub port: u16,
-    /// User, as the seed's `DB_USER`.
+    /// User (`DB_USER`).
     pub user: String,
-    /// Password, as the seed's `DB_PASSWORD`.
+    /// Password (`DB_PASSWORD`).
     pub password: String,
-    /// Database name (the seed's `ecommerce`).
+    /// Database name (`ecommerce` by default).
     pub name: String,
     /// Maximum pooled connections.
     pub pool_size: usize,

@@ -4,7 +4,7 @@
 //! - [`app`]: start-up (`Application::build`), shared state, the middleware stack.
 //! - [`db`]: the connection pool and the single, parameterized path every statement takes.
 //! - [`migrate`]: embedded SQL migrations, applied under an advisory lock.
-//! - [`seed`]: the seed's five products and a generated catalogue of any size.
+//! - [`seed`]: the five sample products and a generated catalogue of any size.
 //! - [`auth`]: argon2id passwords, bearer tokens, login rate limits, auth extractors.
 //! - [`routes`]: one module per resource (catalogue, search, accounts, cart, checkout, orders,
 //!   analytics, the optimizer's metrics and dashboard, health, OpenAPI).

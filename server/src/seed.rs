@@ -1,4 +1,4 @@
-//! Catalogue data: the seed's five products, and a generated catalogue of any size.
+//! Catalogue data: the five sample products, and a generated catalogue of any size.
 //!
 //! The generated catalogue is deterministic for a given `rng_seed`, spread over several
 //! categories of different sizes, with prices that vary by category and a heavily skewed
@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
-/// The seed's sample products: SKU, name, description, price in cents, category, popularity.
+/// The five sample products: SKU, name, description, price in cents, category, popularity.
 const SEED_PRODUCTS: [(&str, &str, &str, i64, &str, i32); 5] = [
     (
         "SEED-0001",
@@ -241,7 +241,7 @@ impl fmt::Display for SeedReport {
     }
 }
 
-/// Inserts the seed's products if missing, then tops the generated catalogue up to `products`.
+/// Inserts the sample products if missing, then tops the generated catalogue up to `products`.
 ///
 /// # Errors
 /// Any database error; the generated rows are added in one transaction, so a failure adds none.

@@ -1,6 +1,6 @@
 //! The latency model's trees: histogram gradient boosting for a quantile (pinball loss).
 //!
-//! Written here, compactly, because no maintained crate fits (see the README): `perpetual` needs
+//! Written here, compactly, because no maintained crate fits (`docs/dependencies.md`): `perpetual` needs
 //! a nightly compiler in every release, `forust-ml` has no quantile objective, `gbdt` is
 //! unmaintained and has none either, and `lightgbm3` builds LightGBM's C++ from source (cmake,
 //! libclang, minutes per profile). The method follows LightGBM's quantile regression:
@@ -53,7 +53,7 @@ impl Default for Params {
         // 20 trees of depth 4 per quantile at a learning rate of 0.2: on the committed capture
         // the holdout MAE of ln(latency) is 0.363, against 0.364 for 40 trees at 0.1, 0.347 for
         // 100 trees of depth 5 and 0.350 for 200, while ONNX Runtime answers a row in ~3.1 µs
-        // (40 trees: ~4.5; 100 of depth 5: ~12) and the file is 20 KB (README, Results).
+        // (40 trees: ~4.5; 100 of depth 5: ~12) and the file is 20 KB.
         Self {
             trees: 20,
             learning_rate: 0.2,

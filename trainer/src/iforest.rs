@@ -16,7 +16,7 @@
 //! with the default grid vs 0.998 without, on the committed capture's 29 labelled anomalies), but
 //! a forest with few distinct thresholds answers the same for most neighbouring requests: the
 //! server keeps the answers ONNX Runtime gave per cell of the threshold grid and, under steady
-//! load, reuses them for ~98% of requests instead of ~24% (README, "Answers kept per cell").
+//! load, reuses them for most requests (`docs/benchmarks.md`: 92-96% of anomaly scores).
 
 use crate::forest::{Forest, Node, Tree};
 use rand::seq::index::sample;

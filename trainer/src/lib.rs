@@ -1,6 +1,6 @@
 //! The offline half of the optimizer: reads the request logs the server recorded, fits the
 //! latency predictor and the anomaly scorer, and exports them as ONNX files plus a manifest the
-//! server loads (see `DESIGN.md`).
+//! server loads (`docs/models.md`).
 //!
 //! - [`logs`]: finds and reads log files, checks every line against `contract`, builds polars frames.
 //! - [`report`]: `trainer report`, per route and per statement.

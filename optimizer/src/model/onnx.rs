@@ -13,7 +13,7 @@
 //!
 //! Under load a call costs far more than in a tight loop: between two requests the handler,
 //! hyper and the database driver push ONNX Runtime's code and the trees out of the CPU caches,
-//! and one cold call measured ~25 µs against ~3 µs warm (README). [`Pool::run_joined`] therefore
+//! and one cold call measured ~25 µs against ~3 µs warm (`docs/benchmarks.md`). [`Pool::run_joined`] therefore
 //! lets concurrent requests share a call: the first to arrive yields to the scheduler once, the
 //! requests that reach the same point meanwhile add their rows, and one run answers them all.
 

@@ -62,7 +62,7 @@ pub fn run(models: &Models, log_dir: &Path) -> Option<RetrainStatus> {
     tracing::info!(%outcome, "background training");
     models.note("retrain", outcome.clone());
     models.set_retrain(|s| {
-        s.last_ms = Some(super::super::unix_ms());
+        s.last_ms = Some(crate::unix_ms());
         s.last_outcome = Some(outcome);
     });
     Some(models.retrain_status())
@@ -84,7 +84,7 @@ fn attempt(models: &Models, log_dir: &Path) -> Result<String, String> {
     let out = std::env::temp_dir().join(format!(
         "shop-retrain-{}-{}",
         std::process::id(),
-        super::super::unix_ms()
+        crate::unix_ms()
     ));
     let result = train_and_compare(models, &trainer, log_dir, &out);
     let _ = std::fs::remove_dir_all(&out);

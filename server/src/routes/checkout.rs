@@ -84,7 +84,7 @@ pub struct ShippingAddress {
     pub country: String,
 }
 
-/// Checkout request, as in the seed.
+/// Checkout request.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckoutRequest {

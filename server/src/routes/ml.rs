@@ -1,67 +1,47 @@
-//! The optimizer's own endpoints: `/api/ml-metrics` (admin), `/api/stress-test` (admin, low
-//! priority), and `/metrics` (Prometheus text format). The index advisor's trigger is in
-//! [`super::advice`].
+//! The optimizer's admin endpoints, every `/api/ml-metrics*` route: the whole state
+//! (`/api/ml-metrics`), the dashboard's time series and action log tail, and the triggers for
+//! an index advisor pass and a retraining run. Each renders the optimizer's typed snapshot or
+//! history; none reaches into its internals.
 
 use crate::app::AppState;
 use crate::auth::{Admin, AdminView};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
 use crate::routes::Routes;
+use crate::routes::dashboard::hardened;
 use crate::validate;
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use optimizer::admission::PriorityStats;
+use axum::http::header::CACHE_CONTROL;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use optimizer::actions::Action;
 use optimizer::advice::AdviceView;
-use optimizer::anomaly::{ANOMALY_SCORE, Action};
-use optimizer::cache::Kind;
-use optimizer::model::{MemoState, Stale};
+use optimizer::anomaly::Alert;
+use optimizer::history::Sample;
+use optimizer::model::retrain::RetrainStatus;
+use optimizer::series::{self, MAX_POINTS, Point, SAMPLE_SECS};
+use optimizer::snapshot::{
+    AnomalyState, CacheMemory, CacheRoute, Features, ModelHealth, RequestLog, RouteView,
+};
 use optimizer::telemetry::QueryAggregate;
-use optimizer::{Alert, RouteView, Sample};
+use optimizer::{Snapshot, unix_ms};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
 use utoipa::{IntoParams, ToSchema};
 
 /// Routes of this module.
 pub fn router() -> Routes {
     Routes::new()
         .get("/api/ml-metrics", ml_metrics)
-        .get("/api/stress-test", stress_test)
-        .get("/metrics", prometheus)
+        .get("/api/ml-metrics/series", series)
+        .get("/api/ml-metrics/log", optimizer_log)
+        .post("/api/ml-metrics/index-advice", advise_now)
+        .post("/api/ml-metrics/retrain", retrain_now)
 }
 
-/// Which model answers and how healthy it is.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ModelHealth {
-    /// `onnx`, `online` or `off`.
-    pub source: String,
-    /// Why that source (e.g. "no model found: online statistics answer").
-    pub reason: String,
-    /// The loaded model (version, holdout and live error), its counters, refusals and
-    /// background retraining.
-    #[schema(value_type = Object)]
-    pub onnx: optimizer::model::ModelView,
-}
-
-/// Cache numbers for one route.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CacheRoute {
-    /// Route label.
-    pub route: String,
-    /// Hits.
-    pub hits: u64,
-    /// Misses (fills).
-    pub misses: u64,
-    /// Early refreshes.
-    pub refreshes: u64,
-    /// hits / all.
-    pub hit_rate: f64,
-}
+/// Most bytes read from the end of the optimizer log for one answer.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
 
 /// Everything the optimizer knows (admin).
 #[derive(Debug, Serialize, ToSchema)]
@@ -69,27 +49,30 @@ pub struct CacheRoute {
 pub struct MlMetrics {
     /// Seconds since start.
     pub uptime_secs: u64,
-    /// Model source and health.
+    /// Model source and health: `source` (`onnx`, `online` or `off`), `reason`, and `onnx`
+    /// (the loaded model's version, holdout and live error, counters, refusals, retraining).
+    #[schema(value_type = Object)]
     pub model: ModelHealth,
     /// Which optimizer features are on.
     #[schema(value_type = Object)]
-    pub features: serde_json::Value,
+    pub features: Features,
     /// Live accuracy and calibration per route.
     #[schema(value_type = Vec<Object>)]
     pub routes: Vec<RouteView>,
-    /// Cache per route, with totals.
+    /// Cache per route: hits, misses, refreshes, hit rate.
+    #[schema(value_type = Vec<Object>)]
     pub cache: Vec<CacheRoute>,
-    /// Cache memory use (bytes) and entries.
+    /// Cache memory use (bytes), entries and invalidations.
     #[schema(value_type = Object)]
-    pub cache_memory: serde_json::Value,
+    pub cache_memory: CacheMemory,
     /// Admission per priority.
     #[schema(value_type = Vec<Object>)]
-    pub admission: Vec<PriorityStats>,
+    pub admission: Vec<optimizer::admission::PriorityStats>,
     /// Current adaptive concurrency limit.
     pub concurrency_limit: u32,
     /// Anomalous share of recent requests and whether auto-healing is in force.
     #[schema(value_type = Object)]
-    pub anomaly: serde_json::Value,
+    pub anomaly: AnomalyState,
     /// Recent anomaly alerts, newest last.
     #[schema(value_type = Vec<Object>)]
     pub alerts: Vec<Alert>,
@@ -104,7 +87,7 @@ pub struct MlMetrics {
     pub queries: Vec<QueryAggregate>,
     /// Request log records written and dropped.
     #[schema(value_type = Object)]
-    pub request_log: serde_json::Value,
+    pub request_log: RequestLog,
     /// The index advisor: slow statements, index suggestions (with their verified planner cost
     /// reduction), statements without one and why, and indexes built automatically.
     #[schema(value_type = Object)]
@@ -117,366 +100,249 @@ pub struct MlMetrics {
     responses((status = 200, body = MlMetrics), (status = 401, body = ErrorBody)))]
 pub async fn ml_metrics(State(state): State<AppState>, _admin: AdminView) -> Json<MlMetrics> {
     let opt = &state.optimizer;
-    let s = &opt.settings;
-    let cache = Kind::ALL
-        .iter()
-        .map(|kind| {
-            let c = opt.cache.counters(*kind);
-            let (hits, misses, refreshes) = (
-                c.hits.load(Relaxed),
-                c.misses.load(Relaxed),
-                c.refreshes.load(Relaxed),
-            );
-            let all = hits + misses + refreshes;
-            CacheRoute {
-                route: kind.route(),
-                hits,
-                misses,
-                refreshes,
-                hit_rate: if all == 0 {
-                    0.0
-                } else {
-                    hits as f64 / all as f64
-                },
-            }
-        })
-        .collect();
-    let onnx = opt.models.view();
-    let (source, reason) = model_source(s.prediction, onnx.stale);
-    Json(MlMetrics {
-        uptime_secs: opt.uptime().as_secs(),
-        model: ModelHealth {
-            source: source.to_owned(),
-            reason: reason.to_owned(),
-            onnx,
-        },
-        features: serde_json::json!({
-            "performancePrediction": s.prediction, "anomalyDetection": s.anomaly,
-            "caching": s.caching, "priority": s.priority, "telemetry": s.telemetry,
-            "targetLatencyMs": s.target.as_millis(), "predictionThreshold": s.prediction_threshold,
-        }),
-        routes: opt.route_views(),
+    let Snapshot {
+        uptime_secs,
+        model,
+        features,
+        routes,
         cache,
-        cache_memory: serde_json::json!({ "bytes": opt.cache.weight(), "entries": opt.cache.len(),
-            "invalidations": opt.cache.invalidations.load(Relaxed) }),
-        admission: opt.admission.stats(),
-        concurrency_limit: opt.admission.limit(),
-        anomaly: serde_json::json!({ "recentRate": opt.healer.recent_rate(), "healing": opt.healer.is_active(),
-            "threshold": opt.healer.threshold(), "anomalousScore": ANOMALY_SCORE }),
-        alerts: copy(&opt.alerts),
-        actions: copy(&opt.actions),
-        history: copy(&opt.history),
-        queries: opt.telemetry.query_aggregates(),
-        request_log: serde_json::json!({ "written": opt.telemetry.written.load(Relaxed),
-            "dropped": opt.telemetry.dropped.load(Relaxed) }),
-        index_advice: opt.advice.view(),
+        cache_memory,
+        admission,
+        concurrency_limit,
+        anomaly,
+        request_log,
+    } = opt.snapshot();
+    Json(MlMetrics {
+        uptime_secs,
+        model,
+        features,
+        routes,
+        cache,
+        cache_memory,
+        admission,
+        concurrency_limit,
+        anomaly,
+        alerts: opt.alerts(|_| true),
+        actions: opt.actions(|_| true),
+        history: opt.history(|_| true),
+        queries: opt.queries(),
+        request_log,
+        index_advice: opt.advice(),
     })
 }
 
-fn copy<T: Clone>(m: &std::sync::Mutex<std::collections::VecDeque<T>>) -> Vec<T> {
-    m.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .iter()
-        .cloned()
-        .collect()
-}
-
-/// How hard to push.
+/// Which part of the history to chart.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct StressParams {
-    /// Work multiplier, 1-1000 (default 10).
-    pub complexity: Option<u32>,
+pub struct SeriesParams {
+    /// The last this many minutes (1 up to `metrics.retention_hours` × 60; default 60, or the
+    /// whole retention if shorter).
+    pub minutes: Option<u32>,
+    /// At most this many points (10-720, default 240); neighbouring samples are merged.
+    pub points: Option<u32>,
 }
 
-/// What the stress test did.
+/// The dashboard's time series.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct StressReport {
-    /// The complexity run.
-    pub complexity: u32,
-    /// CPU time spent hashing (ms).
-    pub cpu_ms: f64,
-    /// Database time (ms).
-    pub db_ms: f64,
-    /// Rows the database matched (so the work cannot be optimized away).
-    pub matched: i64,
+pub struct Series {
+    /// Seconds between stored samples.
+    pub sample_secs: i64,
+    /// Seconds one point covers.
+    pub bucket_secs: i64,
+    /// Minutes covered.
+    pub window_minutes: u32,
+    /// How long samples are kept (`metrics.retention_hours`).
+    pub retention_hours: u64,
+    /// Oldest first; the last point is the live state (`live: true`).
+    #[schema(value_type = Vec<Object>)]
+    pub points: Vec<Point>,
+    /// Optimizer actions in the window, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub actions: Vec<Action>,
+    /// Anomaly alerts in the window, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub alerts: Vec<Alert>,
 }
 
-/// Real CPU and database work that grows with `complexity`, to provoke anomalies (admin).
-#[utoipa::path(get, path = "/api/stress-test", tag = "optimizer", params(StressParams), security(("admin" = [])),
-    responses((status = 200, body = StressReport), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn stress_test(
+/// The optimizer's history, downsampled: request rate and latency (actual and predicted) per
+/// route, confidence, cache hit rate, anomalous share, optimizations, allocation per priority.
+#[utoipa::path(get, path = "/api/ml-metrics/series", tag = "optimizer", params(SeriesParams),
+    security(("admin" = [])),
+    responses((status = 200, body = Series), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn series(
     State(state): State<AppState>,
-    _admin: Admin,
-    Query(params): Query<StressParams>,
-) -> Result<Json<StressReport>, ApiError> {
-    let complexity = validate::range("complexity", params.complexity.unwrap_or(10), 1, 1000)?;
-    let cpu = tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        let mut digest = [0_u8; 32];
-        for _ in 0..complexity * 2_000 {
-            digest = Sha256::digest(digest).into();
-        }
-        std::hint::black_box(digest);
-        started.elapsed()
-    })
-    .await
-    .map_err(anyhow::Error::from)?;
-    let conn = state.db.conn().await?;
-    let started = Instant::now();
-    let n = i32::try_from(complexity * 2_000).unwrap_or(i32::MAX);
-    let row = conn
-        .query_one(
-            "SELECT count(*) FROM generate_series(1, $1) g WHERE md5(g::text) LIKE 'a%'",
-            &[&n],
-        )
-        .await?;
-    Ok(Json(StressReport {
-        complexity,
-        cpu_ms: cpu.as_secs_f64() * 1000.0,
-        db_ms: started.elapsed().as_secs_f64() * 1000.0,
-        matched: row.get(0),
+    _admin: AdminView,
+    Query(params): Query<SeriesParams>,
+) -> Result<Json<Series>, ApiError> {
+    let retention_hours = state.config.metrics.retention_hours;
+    let longest = u32::try_from(retention_hours.saturating_mul(60))
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let minutes = validate::range(
+        "minutes",
+        params.minutes.unwrap_or(60.min(longest)),
+        1,
+        longest,
+    )?;
+    let max_points = validate::range(
+        "points",
+        params.points.unwrap_or(240),
+        10,
+        u32::try_from(MAX_POINTS).unwrap_or(u32::MAX),
+    )?;
+    let max_points = usize::try_from(max_points).unwrap_or(MAX_POINTS);
+    let opt = &state.optimizer;
+    let start = series::window_start_ms(minutes);
+    let width = series::bucket_ms(i64::from(minutes) * 60_000, max_points);
+    let points = opt.series(start, width, max_points);
+    let in_window = |ts: i64| ts >= start && ts <= unix_ms();
+    let actions = opt.actions(|a| in_window(a.ts_ms));
+    let alerts = opt.alerts(|a| in_window(a.ts_ms));
+    Ok(Json(Series {
+        sample_secs: SAMPLE_SECS,
+        bucket_secs: width / 1000,
+        window_minutes: minutes,
+        retention_hours,
+        points,
+        actions,
+        alerts,
     }))
 }
 
-/// Writes one metric family: its HELP and TYPE lines, then a sample per (labels, value).
-fn family<V: std::fmt::Display>(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (String, V)>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-    }
+/// How much of the log to show.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogParams {
+    /// The last this many lines (1-2000, default 200), from at most the last 64 KiB.
+    pub lines: Option<u32>,
 }
 
-/// Who answers predictions (`onnx`, `online` or `off`) and why.
-fn model_source(prediction: bool, stale: Option<Stale>) -> (&'static str, &'static str) {
-    match (prediction, stale) {
-        (false, _) => ("off", "performance prediction is switched off"),
-        (true, None) => ("onnx", "the ONNX model answers"),
-        (true, Some(stale)) => ("online", stale.describe()),
+/// The tail of the optimizer's action log (`telemetry.optimizer_log`, by default
+/// `logs/ml-optimizer.log`): one JSON object per line, newest last. Empty until the optimizer
+/// has acted. The file's path is in the `x-log-file` header.
+#[utoipa::path(get, path = "/api/ml-metrics/log", tag = "optimizer", params(LogParams),
+    security(("admin" = [])),
+    responses((status = 200, description = "The last lines, text/plain"), (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn optimizer_log(
+    State(state): State<AppState>,
+    _admin: AdminView,
+    Query(params): Query<LogParams>,
+) -> Result<Response, ApiError> {
+    let lines = validate::range("lines", params.lines.unwrap_or(200), 1, 2000)?;
+    let path = state.config.telemetry.optimizer_log.clone();
+    let shown = path.display().to_string();
+    let text = tokio::task::spawn_blocking(move || tail(&path, lines))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(ApiError::Internal)?;
+    let mut response = hardened(StatusCode::OK, "text/plain; charset=utf-8", text);
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(value) = HeaderValue::from_str(&shown) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-log-file"), value);
     }
+    Ok(response)
 }
 
-/// Prometheus text exposition of the optimizer's numbers. Labels are route templates,
-/// priorities, cache outcomes, model names and stale reasons only (bounded sets), never ids or
-/// users.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
-pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
-    let opt = &state.optimizer;
-    let mut out = String::with_capacity(8 * 1024);
-    let routes = opt.route_views();
-    let by_route = |pick: fn(&RouteView) -> f64| {
-        routes
-            .iter()
-            .map(move |r| (format!("route=\"{}\"", r.route), pick(r)))
-            .collect::<Vec<_>>()
+/// The last `lines` complete lines of the file, reading at most [`LOG_TAIL_BYTES`]; empty when
+/// the file does not exist yet.
+fn tail(path: &PathBuf, lines: u32) -> anyhow::Result<String> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(err) => return Err(err.into()),
     };
-    family(
-        &mut out,
-        "shop_requests_total",
-        "counter",
-        "Requests finished, by route.",
-        by_route(|r| r.requests as f64),
-    );
-    family(
-        &mut out,
-        "shop_latency_p50_ms",
-        "gauge",
-        "Recent median latency (ms).",
-        by_route(|r| r.p50_ms),
-    );
-    family(
-        &mut out,
-        "shop_latency_p90_ms",
-        "gauge",
-        "Recent 90th percentile latency (ms).",
-        by_route(|r| r.p90_ms),
-    );
-    family(
-        &mut out,
-        "shop_latency_p99_ms",
-        "gauge",
-        "Recent 99th percentile latency (ms).",
-        by_route(|r| r.p99_ms),
-    );
-    family(
-        &mut out,
-        "shop_prediction_coverage",
-        "gauge",
-        "Share of recent requests at or under their predicted p90.",
-        by_route(|r| r.coverage),
-    );
-    family(
-        &mut out,
-        "shop_prediction_mae_log",
-        "gauge",
-        "Mean absolute error of ln latency of recent predictions.",
-        by_route(|r| r.mae_log),
-    );
-    let priorities = opt.admission.stats();
-    let per_priority = |label: &str, pick: fn(&PriorityStats) -> u64, value: &str| {
-        priorities
-            .iter()
-            .map(|p| {
-                (
-                    format!("priority=\"{}\",{label}=\"{value}\"", p.priority.as_str()),
-                    pick(p),
-                )
-            })
-            .collect::<Vec<_>>()
+    let len = file.metadata()?.len();
+    let from = len.saturating_sub(LOG_TAIL_BYTES);
+    file.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    // A read that starts mid-file starts mid-line: drop that partial first line.
+    let text = if from > 0 {
+        text.split_once('\n').map_or("", |(_, rest)| rest)
+    } else {
+        &text
     };
-    let mut admission = per_priority("outcome", |p| p.admitted, "admitted");
-    admission.extend(per_priority("outcome", |p| p.queued, "queued"));
-    admission.extend(per_priority("outcome", |p| p.shed, "shed"));
-    family(
-        &mut out,
-        "shop_admission_total",
-        "counter",
-        "Admission outcomes by priority.",
-        admission,
-    );
-    let mut permits = per_priority("state", |p| u64::from(p.permits), "allowed");
-    permits.extend(per_priority("state", |p| u64::from(p.in_use), "in_use"));
-    permits.extend(per_priority("state", |p| u64::from(p.waiting), "waiting"));
-    family(
-        &mut out,
-        "shop_permits",
-        "gauge",
-        "Permits by priority.",
-        permits,
-    );
-    family(
-        &mut out,
-        "shop_concurrency_limit",
-        "gauge",
-        "Adaptive concurrency limit.",
-        [(String::new(), opt.admission.limit())],
-    );
-    let cache = Kind::ALL.iter().flat_map(|kind| {
-        let c = opt.cache.counters(*kind);
-        [
-            ("hit", &c.hits),
-            ("miss", &c.misses),
-            ("refresh", &c.refreshes),
-        ]
-        .map(|(outcome, n)| {
-            (
-                format!("route=\"{}\",outcome=\"{outcome}\"", kind.route()),
-                n.load(Relaxed),
-            )
+    let all: Vec<&str> = text.lines().collect();
+    let keep = usize::try_from(lines).unwrap_or(usize::MAX).min(all.len());
+    let mut out = all[all.len() - keep..].join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Runs an index advisor pass now (after any running one) and returns the advisor's view: slow
+/// statements, suggestions with their verified cost reduction, skipped statements and why, and
+/// automatically built indexes with their measured outcome. The same view is `indexAdvice` in
+/// `/api/ml-metrics`.
+#[utoipa::path(post, path = "/api/ml-metrics/index-advice", tag = "optimizer", security(("admin" = [])),
+    responses((status = 200, description = "The advisor's view after the pass (as `indexAdvice` in /api/ml-metrics)"),
+        (status = 401, body = ErrorBody)))]
+pub async fn advise_now(State(state): State<AppState>, _admin: Admin) -> Json<AdviceView> {
+    Json(state.optimizer.advise_now().await)
+}
+
+/// Runs the trainer on the server's request logs and waits for it (at most
+/// `training_timeout_secs`). The new model is adopted only if it predicts the most recent logged
+/// requests (the ones it was not trained on) better than the serving model; the model watcher
+/// then loads it. Answers with the training status (also `model.retrain` in /api/ml-metrics).
+#[utoipa::path(post, path = "/api/ml-metrics/retrain", tag = "optimizer", security(("admin" = [])),
+    responses((status = 200, description = "The training status after the run: runs, adopted, lastOutcome"),
+        (status = 401, body = ErrorBody),
+        (status = 409, description = "A training run is already in progress", body = ErrorBody)))]
+pub async fn retrain_now(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<RetrainStatus>, ApiError> {
+    state
+        .optimizer
+        .retrain_now()
+        .await?
+        .map(Json)
+        .ok_or(ApiError::Conflict {
+            code: "training_in_progress",
+            message: "a training run is already in progress".into(),
         })
-    });
-    family(
-        &mut out,
-        "shop_cache_total",
-        "counter",
-        "Cache outcomes by route.",
-        cache,
-    );
-    family(
-        &mut out,
-        "shop_cache_bytes",
-        "gauge",
-        "Bytes held by the response cache.",
-        [(String::new(), opt.cache.weight())],
-    );
-    family(
-        &mut out,
-        "shop_anomaly_rate",
-        "gauge",
-        "Anomalous share of recent requests.",
-        [(String::new(), opt.healer.recent_rate())],
-    );
-    family(
-        &mut out,
-        "shop_healing",
-        "gauge",
-        "Auto-healing in force (1) or not (0).",
-        [(String::new(), u8::from(opt.healer.is_active()))],
-    );
-    let models = opt.models.view();
-    let (source, _) = model_source(opt.settings.prediction, models.stale);
-    family(
-        &mut out,
-        "shop_model_serving",
-        "gauge",
-        "1 while the ONNX models answer, 0 while online statistics answer (or prediction is off).",
-        [(String::new(), u8::from(source == "onnx"))],
-    );
-    family(
-        &mut out,
-        "shop_model_stale",
-        "gauge",
-        "1, labelled with the reason, while the model cannot answer.",
-        models
-            .stale
-            .map(|stale| (format!("reason=\"{}\"", stale.as_str()), 1)),
-    );
-    let by_model = |(latency, anomaly): (u64, u64)| {
-        [
-            ("model=\"latency\"".to_owned(), latency),
-            ("model=\"anomaly\"".to_owned(), anomaly),
-        ]
-    };
-    family(
-        &mut out,
-        "shop_model_runtime_calls_total",
-        "counter",
-        "ONNX Runtime calls of the serving models (a run shared by several requests counts once; restarts at 0 when a new model loads).",
-        by_model(models.runtime_calls.unwrap_or_default()),
-    );
-    let hits = |state: &MemoState| match state {
-        MemoState::On(view) => view.hits,
-        MemoState::Off { .. } => 0,
-    };
-    family(
-        &mut out,
-        "shop_model_kept_answers_total",
-        "counter",
-        "Rows the serving models answered with a kept answer (a cell seen before), without a runtime call (restarts at 0 when a new model loads).",
-        by_model(
-            models
-                .memo
-                .as_ref()
-                .map_or((0, 0), |(l, a)| (hits(l), hits(a))),
-        ),
-    );
-    family(
-        &mut out,
-        "shop_model_fallbacks_total",
-        "counter",
-        "Requests online statistics answered because the model was stale, absent or busy.",
-        [(String::new(), models.fallbacks)],
-    );
-    family(
-        &mut out,
-        "shop_request_log_total",
-        "counter",
-        "Request log records by outcome.",
-        [
-            (
-                "outcome=\"written\"".to_owned(),
-                opt.telemetry.written.load(Relaxed),
-            ),
-            (
-                "outcome=\"dropped\"".to_owned(),
-                opt.telemetry.dropped.load(Relaxed),
-            ),
-        ],
-    );
-    (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        out,
-    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_tail_keeps_the_last_whole_lines() {
+        let dir = std::env::temp_dir().join(format!("dash-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("ml-optimizer.log");
+        let mut file = std::fs::File::create(&path).expect("file");
+        for i in 0..10_000 {
+            writeln!(file, "{{\"n\":{i}}}").expect("write");
+        }
+        drop(file);
+        let text = tail(&path, 3).expect("tail");
+        assert_eq!(text, "{\"n\":9997}\n{\"n\":9998}\n{\"n\":9999}\n");
+        let long = tail(&path, 2000).expect("tail");
+        assert!(long.len() <= usize::try_from(LOG_TAIL_BYTES).unwrap_or(usize::MAX));
+        assert!(
+            long.lines()
+                .all(|l| l.starts_with("{\"n\":") && l.ends_with('}')),
+            "no partial line"
+        );
+        assert_eq!(
+            tail(&dir.join("missing.log"), 10).expect("tail"),
+            "",
+            "no log yet, no lines"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1,18 +1,18 @@
 //! HTTP routes, one module per resource, merged here.
 
 pub mod accounts;
-pub mod advice;
 pub mod analytics;
 pub mod cart;
 pub mod checkout;
 pub mod dashboard;
 pub mod health;
+pub mod metrics;
 pub mod ml;
 pub mod openapi;
 pub mod orders;
 pub mod products;
-pub mod retrain;
 pub mod search;
+pub mod stress;
 
 use crate::app::AppState;
 use axum::Router;
@@ -31,8 +31,8 @@ pub fn router() -> Routes {
         .merge(analytics::router())
         .merge(health::router())
         .merge(ml::router())
-        .merge(advice::router())
-        .merge(retrain::router())
+        .merge(metrics::router())
+        .merge(stress::router())
         .merge(dashboard::router())
         .merge(openapi::router())
 }

@@ -2,8 +2,7 @@
 
 use crate::routes::Routes;
 use crate::routes::{
-    accounts, advice, analytics, cart, checkout, dashboard, health, ml, orders, products, retrain,
-    search,
+    accounts, analytics, cart, checkout, health, metrics, ml, orders, products, search, stress,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -28,10 +27,8 @@ pub fn router() -> Routes {
         orders::list, orders::detail,
         analytics::analytics,
         health::healthz, health::readyz,
-        ml::ml_metrics, ml::stress_test, ml::prometheus,
-        advice::advise_now,
-        retrain::retrain_now,
-        dashboard::series, dashboard::optimizer_log,
+        ml::ml_metrics, ml::series, ml::optimizer_log, ml::advise_now, ml::retrain_now,
+        stress::stress_test, metrics::prometheus,
     ),
     modifiers(&Security)
 )]

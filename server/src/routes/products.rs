@@ -369,7 +369,7 @@ pub async fn update(
 /// tells the other instances through PostgreSQL `NOTIFY`. A failed NOTIFY is logged, not fatal:
 /// other instances then serve the old entry until its TTL (at most 30 s) runs out.
 async fn announce_change(state: &AppState, id: i64) {
-    state.optimizer.cache.invalidate_product(id);
+    state.optimizer.invalidate_product(id);
     let notified = async {
         let conn = state.db.conn().await?;
         conn.execute("SELECT pg_notify('shop_cache', $1)", &[&id.to_string()])

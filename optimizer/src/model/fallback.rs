@@ -1,0 +1,78 @@
+//! Model first, online statistics otherwise: what the request path calls to predict and score.
+
+use super::{Models, Stale};
+use crate::anomaly::{OnlineScorer, Outcome};
+use crate::predictor::{OnlinePredictor, Prediction};
+use crate::stats::Stats;
+use contract::FeatureVector;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Predicts with the model, or with online statistics when it is stale or absent.
+pub struct ModelPredictor {
+    models: Arc<Models>,
+    online: OnlinePredictor,
+    stats: Arc<Stats>,
+}
+
+impl ModelPredictor {
+    /// A predictor asking `models` first.
+    pub fn new(models: Arc<Models>, stats: Arc<Stats>) -> Self {
+        Self {
+            models,
+            online: OnlinePredictor::new(stats.clone()),
+            stats,
+        }
+    }
+
+    /// The model's prediction, else the online one with the reason; `join` as for
+    /// [`Models::predict`].
+    pub async fn predict(&self, route: usize, features: &FeatureVector, join: bool) -> Prediction {
+        match self
+            .models
+            .predict(route, features, &self.stats, join)
+            .await
+        {
+            Ok(prediction) => prediction,
+            Err(stale) => {
+                if stale != Stale::Busy {
+                    self.models.counters.fallbacks.fetch_add(1, Relaxed);
+                }
+                Prediction {
+                    stale: Some(stale),
+                    ..self.online.predict(route)
+                }
+            }
+        }
+    }
+}
+
+/// Scores with the model, or with online statistics when it is stale or absent.
+pub struct ModelScorer {
+    models: Arc<Models>,
+    online: OnlineScorer,
+}
+
+impl ModelScorer {
+    /// A scorer asking `models` first.
+    pub fn new(models: Arc<Models>, stats: Arc<Stats>) -> Self {
+        Self {
+            models,
+            online: OnlineScorer::new(stats),
+        }
+    }
+
+    /// The model's score, else the online one; `join` as for [`Models::predict`].
+    pub async fn score(
+        &self,
+        route: usize,
+        features: &FeatureVector,
+        outcome: &Outcome,
+        join: bool,
+    ) -> f32 {
+        match self.models.score(features, outcome, join).await {
+            Ok(score) => score,
+            Err(_) => self.online.score(route, outcome),
+        }
+    }
+}
