@@ -2,7 +2,7 @@
 //! auto-healing.
 
 use crate::helpers::{
-    ADMIN, checkout_body, eventually, fixed_limit, header, spawn_app, spawn_app_with,
+    ADMIN, TestApp, checkout_body, eventually, fixed_limit, header, spawn_app, spawn_app_with,
 };
 use contract::RequestRecord;
 use futures::future::join_all;
@@ -81,6 +81,31 @@ async fn with_every_feature_off_only_the_headers_remain() {
     );
 }
 
+/// Waits until a request holds low priority's permit (with a fixed limit of 4 there is one), as
+/// `/api/ml-metrics` shows it.
+async fn low_priority_permit_held(app: &TestApp) {
+    eventually(
+        Duration::from_secs(10),
+        "a stress test holds the low-priority permit",
+        || async move {
+            let metrics = app.ml_metrics().await;
+            let low = metrics["admission"]
+                .as_array()
+                .expect("admission")
+                .iter()
+                .find(|p| p["priority"] == "low")
+                .expect("low")
+                .clone();
+            if low["inUse"].as_u64() >= Some(1) {
+                Ok(())
+            } else {
+                Err(low.to_string())
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn low_priority_is_shed_before_checkout_under_saturation() {
     // A fixed limit of 4: low priority may hold 1 permit, checkout all 4.
@@ -104,13 +129,17 @@ async fn low_priority_is_shed_before_checkout_under_saturation() {
             r.headers().get("x-optimization-applied").cloned(),
         )
     });
-    let checkouts = shoppers.iter().map(|s| async {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        app.post_json(Some(&s.token), "/api/checkout", &checkout_body())
-            .await
-            .status()
-    });
-    let (stress, checkouts) = tokio::join!(join_all(stress), join_all(checkouts));
+    // The checkouts go in while a stress test holds the low-priority permit.
+    let checkouts = async {
+        low_priority_permit_held(&app).await;
+        join_all(shoppers.iter().map(|s| async {
+            app.post_json(Some(&s.token), "/api/checkout", &checkout_body())
+                .await
+                .status()
+        }))
+        .await
+    };
+    let (stress, checkouts) = tokio::join!(join_all(stress), checkouts);
     assert!(
         checkouts.iter().all(|s| *s == StatusCode::CREATED),
         "every checkout goes through: {checkouts:?}"
@@ -158,7 +187,7 @@ async fn a_client_may_lower_but_not_raise_its_priority() {
         .bearer_auth(ADMIN)
         .send();
     let probe = async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        low_priority_permit_held(&app).await;
         // ...then a catalogue read that volunteers to be low priority is shed,
         let lowered = app
             .client
