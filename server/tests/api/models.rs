@@ -318,13 +318,27 @@ async fn replacing_the_files_hot_swaps_without_a_failed_request() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The swap happens under load: the workers are being answered before it...
+    let count: &AtomicU64 = &served;
+    let answered = move |n: u64, what: &'static str| {
+        eventually(Duration::from_secs(10), what, move || async move {
+            let got = count.load(Ordering::Relaxed);
+            if got >= n {
+                Ok(())
+            } else {
+                Err(format!("{got} answered"))
+            }
+        })
+    };
+    answered(8, "the load is under way").await;
     install(fresh, &dir);
     metrics_until(&app, "the new version serves", |m| {
         m["model"]["onnx"]["version"] == new_version
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...and keep being answered after it.
+    let at_swap = served.load(Ordering::Relaxed);
+    answered(at_swap + 50, "the load keeps going after the swap").await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.expect("worker");
@@ -334,19 +348,15 @@ async fn replacing_the_files_hot_swaps_without_a_failed_request() {
         0,
         "no request failed during the swap"
     );
-    assert!(served.load(Ordering::Relaxed) > 50, "the load kept going");
     let response = app.get(&format!("/api/products/{id}")).await;
     assert_eq!(header(&response, "x-ml-source"), "onnx");
-    let m = metrics_until(&app, "a model is logged as loaded", |m| {
-        !actions(m, "model-loaded").is_empty()
+    // The swap reaches the action history with the optimizer's next tick.
+    metrics_until(&app, "the optimizer log records the swap", |m| {
+        actions(m, "model-loaded")
+            .iter()
+            .any(|r| r.contains(&new_version.to_string()))
     })
     .await;
-    assert!(
-        actions(&m, "model-loaded")
-            .iter()
-            .any(|r| r.contains(&new_version.to_string())),
-        "the optimizer log records the swap"
-    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
