@@ -4,10 +4,10 @@
 //! index already serves or from too few calls, nothing built unless asked, and a built index
 //! that does not help dropped again.
 
-use crate::helpers::{ADMIN, TestApp, spawn_app_with};
+use crate::helpers::{ADMIN, TestApp, eventually, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Generated products in each test's catalogue.
 const PRODUCTS: u64 = 20_000;
@@ -50,29 +50,30 @@ async fn browse(app: &TestApp, n: u64) {
 
 /// Waits until the request log writer has counted `calls` executions of the category listing.
 async fn wait_for_calls(app: &TestApp, calls: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = app.ml_metrics().await;
-        let counted = m["queries"]
-            .as_array()
-            .expect("queries")
-            .iter()
-            .filter(|q| {
-                q["statement"]
-                    .as_str()
-                    .is_some_and(|s| s.contains("p.category = $1"))
-            })
-            .filter_map(|q| q["calls"].as_u64())
-            .sum::<u64>();
-        if counted >= calls {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {counted} of {calls} calls counted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        &format!("{calls} calls of the category listing counted"),
+        || async {
+            let m = app.ml_metrics().await;
+            let counted = m["queries"]
+                .as_array()
+                .expect("queries")
+                .iter()
+                .filter(|q| {
+                    q["statement"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("p.category = $1"))
+                })
+                .filter_map(|q| q["calls"].as_u64())
+                .sum::<u64>();
+            if counted >= calls {
+                Ok(())
+            } else {
+                Err(format!("only {counted} counted"))
+            }
+        },
+    )
+    .await;
 }
 
 /// Runs an advisor pass through the admin endpoint.

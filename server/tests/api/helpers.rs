@@ -4,7 +4,9 @@
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 use server::{Application, Config};
+use std::future::Future;
 use std::sync::Once;
+use std::time::{Duration, Instant};
 
 /// The admin token every test server is configured with.
 pub const ADMIN: &str = "test-admin-token-0123456789";
@@ -53,6 +55,34 @@ async fn connect(url: &str) -> tokio_postgres::Client {
         });
     tokio::spawn(connection);
     client
+}
+
+/// How long [`eventually`] waits between two probes.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Waits for something the test cannot be told about directly (a background thread, another
+/// instance, a timer in the server): runs `probe` every 50 ms until it returns `Ok`, and returns
+/// that value. `probe` returns `Err` with what it saw instead. Once `deadline` has passed this
+/// panics, naming `what` and the last thing seen; the last probe starts at the deadline (to the
+/// timer's precision), not a full interval after it.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        let seen = match probe().await {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        let left = deadline.saturating_sub(started.elapsed());
+        assert!(
+            !left.is_zero(),
+            "{what}: not within {deadline:?}; last seen: {seen}"
+        );
+        tokio::time::sleep(left.min(POLL_INTERVAL)).await;
+    }
 }
 
 /// A response header as text; panics when it is missing or not ASCII.

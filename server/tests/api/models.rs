@@ -2,13 +2,13 @@
 //! set by `make test`): a good model answers, a foreign, aged or corrupt one does not, and a new
 //! version is swapped in under load without a failed request.
 
-use crate::helpers::{ADMIN, TestApp, header, spawn_app_with};
+use crate::helpers::{ADMIN, TestApp, eventually, header, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -77,16 +77,18 @@ async fn app_with_models(adjust: impl FnOnce(&Path, &mut server::Config)) -> (Te
     (app, dir)
 }
 
-/// Polls `/api/ml-metrics` until `done` holds (or 10 s pass) and returns the last answer.
-async fn metrics_until(app: &TestApp, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+/// Polls `/api/ml-metrics` until `done` holds, for at most 10 s, and returns that answer.
+async fn metrics_until(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let done = &done;
+    eventually(Duration::from_secs(10), what, || async move {
         let m = app.ml_metrics().await;
-        if done(&m) || Instant::now() > deadline {
-            return m;
+        if done(&m) {
+            Ok(m)
+        } else {
+            Err(format!("model {} actions {}", m["model"], m["actions"]))
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 fn actions(m: &Value, action: &str) -> Vec<String> {
@@ -185,7 +187,10 @@ async fn a_model_with_another_fingerprint_is_refused_and_online_answers() {
         header(&response, "x-ml-source"),
         "online; stale=fingerprint"
     );
-    let m = metrics_until(&app, |m| !actions(m, "model-rejected").is_empty()).await;
+    let m = metrics_until(&app, "the refusal is logged", |m| {
+        !actions(m, "model-rejected").is_empty()
+    })
+    .await;
     assert_eq!(m["model"]["source"], "online");
     assert_eq!(m["model"]["onnx"]["stale"], "fingerprint");
     assert!(m["model"]["onnx"]["version"].is_null(), "nothing loaded");
@@ -213,7 +218,10 @@ async fn an_aged_model_falls_back_to_online_statistics() {
     let response = app.get("/api/products").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(header(&response, "x-ml-source"), "online; stale=aged");
-    let m = metrics_until(&app, |m| !actions(m, "model-stale").is_empty()).await;
+    let m = metrics_until(&app, "the stale model is logged", |m| {
+        !actions(m, "model-stale").is_empty()
+    })
+    .await;
     assert_eq!(m["model"]["onnx"]["stale"], "aged");
     assert!(
         m["model"]["onnx"]["version"].is_u64(),
@@ -246,11 +254,10 @@ async fn a_corrupt_model_is_refused_while_the_old_one_keeps_serving() {
     std::fs::write(dir.join(".manifest.json.tmp"), bad.to_string()).expect("write manifest");
     std::fs::rename(dir.join(".manifest.json.tmp"), dir.join("manifest.json")).expect("rename");
 
-    let m = metrics_until(&app, |m| {
+    let m = metrics_until(&app, "the corrupt version is refused", |m| {
         m["model"]["onnx"]["rejections"].as_u64() >= Some(1)
     })
     .await;
-    assert!(m["model"]["onnx"]["rejections"].as_u64() >= Some(1), "{m}");
     assert_eq!(m["model"]["onnx"]["version"], old["version"]);
     assert_eq!(m["model"]["source"], "onnx");
     let response = app.get("/api/products").await;
@@ -260,7 +267,10 @@ async fn a_corrupt_model_is_refused_while_the_old_one_keeps_serving() {
         "onnx",
         "the old model keeps serving"
     );
-    let m = metrics_until(&app, |m| !actions(m, "model-rejected").is_empty()).await;
+    let m = metrics_until(&app, "the refusal is logged", |m| {
+        !actions(m, "model-rejected").is_empty()
+    })
+    .await;
     let refusals = actions(&m, "model-rejected");
     assert!(
         refusals
@@ -308,30 +318,45 @@ async fn replacing_the_files_hot_swaps_without_a_failed_request() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The swap happens under load: the workers are being answered before it...
+    let count: &AtomicU64 = &served;
+    let answered = move |n: u64, what: &'static str| {
+        eventually(Duration::from_secs(10), what, move || async move {
+            let got = count.load(Ordering::Relaxed);
+            if got >= n {
+                Ok(())
+            } else {
+                Err(format!("{got} answered"))
+            }
+        })
+    };
+    answered(8, "the load is under way").await;
     install(fresh, &dir);
-    let m = metrics_until(&app, |m| m["model"]["onnx"]["version"] == new_version).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    metrics_until(&app, "the new version serves", |m| {
+        m["model"]["onnx"]["version"] == new_version
+    })
+    .await;
+    // ...and keep being answered after it.
+    let at_swap = served.load(Ordering::Relaxed);
+    answered(at_swap + 50, "the load keeps going after the swap").await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.expect("worker");
     }
-    assert_eq!(m["model"]["onnx"]["version"], new_version, "{m}");
     assert_eq!(
         failures.load(Ordering::Relaxed),
         0,
         "no request failed during the swap"
     );
-    assert!(served.load(Ordering::Relaxed) > 50, "the load kept going");
     let response = app.get(&format!("/api/products/{id}")).await;
     assert_eq!(header(&response, "x-ml-source"), "onnx");
-    let m = metrics_until(&app, |m| !actions(m, "model-loaded").is_empty()).await;
-    assert!(
-        actions(&m, "model-loaded")
+    // The swap reaches the action history with the optimizer's next tick.
+    metrics_until(&app, "the optimizer log records the swap", |m| {
+        actions(m, "model-loaded")
             .iter()
-            .any(|r| r.contains(&new_version.to_string())),
-        "the optimizer log records the swap"
-    );
+            .any(|r| r.contains(&new_version.to_string()))
+    })
+    .await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -474,14 +499,19 @@ async fn retraining_adopts_a_better_model_and_keeps_the_serving_one_otherwise() 
     assert_eq!(files, expected);
 
     // The watcher loads it, and it answers requests.
-    let m = metrics_until(&app, |m| m["model"]["onnx"]["version"] == adopted).await;
-    assert_eq!(m["model"]["onnx"]["version"], adopted, "{}", m["model"]);
+    let m = metrics_until(&app, "the adopted version serves", |m| {
+        m["model"]["onnx"]["version"] == adopted
+    })
+    .await;
     assert_eq!(m["model"]["onnx"]["retrain"]["adopted"], 1);
     assert_eq!(
         header(&app.get("/api/products").await, "x-ml-source"),
         "onnx"
     );
-    let m = metrics_until(&app, |m| !actions(m, "retrain").is_empty()).await;
+    let m = metrics_until(&app, "the retraining is logged", |m| {
+        !actions(m, "retrain").is_empty()
+    })
+    .await;
     assert!(
         actions(&m, "retrain")
             .iter()

@@ -1,15 +1,31 @@
 //! The online optimizer seen from outside: headers, shedding, caching, the request log, and
 //! auto-healing.
 
-use crate::helpers::{ADMIN, checkout_body, fixed_limit, header, spawn_app, spawn_app_with};
+use crate::helpers::{
+    ADMIN, TestApp, checkout_body, eventually, fixed_limit, header, spawn_app, spawn_app_with,
+};
 use contract::RequestRecord;
 use futures::future::join_all;
-use reqwest::StatusCode;
+use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// A header the server writes with two decimals (`0.00`, `0.04`, as in the README); its value.
+fn two_decimals(response: &Response, name: &str) -> f32 {
+    let text = header(response, name);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    assert!(
+        text.split_once('.')
+            .is_some_and(|(whole, fraction)| digits(whole)
+                && digits(fraction)
+                && fraction.len() == 2),
+        "{name} is not a number with two decimals: {text:?}"
+    );
+    text.parse().expect("a number")
+}
 
 #[tokio::test]
-async fn every_response_carries_ml_headers_in_range() {
+async fn every_response_carries_the_ml_headers_in_their_documented_format() {
     let app = spawn_app().await;
     let id = app.product_id("Laptop Pro").await;
     let paths = [
@@ -21,18 +37,11 @@ async fn every_response_carries_ml_headers_in_range() {
     for round in 0..40 {
         for path in &paths {
             let response = app.get(path).await;
-            let confidence: u32 = header(&response, "x-ml-prediction-confidence")
-                .parse()
+            header(&response, "x-ml-prediction-confidence")
+                .parse::<u32>()
                 .expect("integer confidence");
-            assert!(confidence <= 100);
-            let score: f32 = header(&response, "x-anomaly-score")
-                .parse()
-                .expect("numeric score");
-            assert!((0.0..=1.0).contains(&score));
-            let predicted: f32 = header(&response, "x-ml-predicted-latency-ms")
-                .parse()
-                .expect("numeric prediction");
-            assert!(predicted >= 0.0);
+            two_decimals(&response, "x-anomaly-score");
+            let predicted = two_decimals(&response, "x-ml-predicted-latency-ms");
             // No model folder where the tests run: online statistics answer, and say why.
             assert_eq!(header(&response, "x-ml-source"), "online; stale=no-model");
             let applied = header(&response, "x-optimization-applied");
@@ -40,6 +49,21 @@ async fn every_response_carries_ml_headers_in_range() {
                 ["none", "cache", "cache-refresh"].contains(&applied),
                 "{applied}"
             );
+            if round == 0 {
+                // Each path is a route of its own, seen for the first time: nothing to predict
+                // from and no baseline to score against yet.
+                let first = [
+                    "x-ml-prediction-confidence",
+                    "x-ml-predicted-latency-ms",
+                    "x-anomaly-score",
+                ]
+                .map(|name| header(&response, name));
+                assert_eq!(
+                    first,
+                    ["0", "0.00", "0.00"],
+                    "a route's first request ({path})"
+                );
+            }
             if round > 30 {
                 assert!(
                     predicted > 0.0,
@@ -79,6 +103,31 @@ async fn with_every_feature_off_only_the_headers_remain() {
     );
 }
 
+/// Waits until a request holds low priority's permit (with a fixed limit of 4 there is one), as
+/// `/api/ml-metrics` shows it.
+async fn low_priority_permit_held(app: &TestApp) {
+    eventually(
+        Duration::from_secs(10),
+        "a stress test holds the low-priority permit",
+        || async move {
+            let metrics = app.ml_metrics().await;
+            let low = metrics["admission"]
+                .as_array()
+                .expect("admission")
+                .iter()
+                .find(|p| p["priority"] == "low")
+                .expect("low")
+                .clone();
+            if low["inUse"].as_u64() >= Some(1) {
+                Ok(())
+            } else {
+                Err(low.to_string())
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn low_priority_is_shed_before_checkout_under_saturation() {
     // A fixed limit of 4: low priority may hold 1 permit, checkout all 4.
@@ -102,13 +151,17 @@ async fn low_priority_is_shed_before_checkout_under_saturation() {
             r.headers().get("x-optimization-applied").cloned(),
         )
     });
-    let checkouts = shoppers.iter().map(|s| async {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        app.post_json(Some(&s.token), "/api/checkout", &checkout_body())
-            .await
-            .status()
-    });
-    let (stress, checkouts) = tokio::join!(join_all(stress), join_all(checkouts));
+    // The checkouts go in while a stress test holds the low-priority permit.
+    let checkouts = async {
+        low_priority_permit_held(&app).await;
+        join_all(shoppers.iter().map(|s| async {
+            app.post_json(Some(&s.token), "/api/checkout", &checkout_body())
+                .await
+                .status()
+        }))
+        .await
+    };
+    let (stress, checkouts) = tokio::join!(join_all(stress), checkouts);
     assert!(
         checkouts.iter().all(|s| *s == StatusCode::CREATED),
         "every checkout goes through: {checkouts:?}"
@@ -156,7 +209,7 @@ async fn a_client_may_lower_but_not_raise_its_priority() {
         .bearer_auth(ADMIN)
         .send();
     let probe = async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        low_priority_permit_held(&app).await;
         // ...then a catalogue read that volunteers to be low priority is shed,
         let lowered = app
             .client
@@ -253,19 +306,19 @@ async fn a_product_change_on_one_instance_invalidates_the_cache_of_another() {
         )
         .await;
     assert_eq!(updated.status(), StatusCode::OK);
-    let deadline = Instant::now() + Duration::from_millis(1500);
-    let mut price = Value::Null;
-    while Instant::now() < deadline {
-        price = get().await.json::<Value>().await.expect("json")["price"].clone();
-        if price == "17.50" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        price, "17.50",
-        "the peer serves the new price instead of its cached copy"
-    );
+    eventually(
+        Duration::from_millis(1500),
+        "the peer serves the new price instead of its cached copy",
+        || async {
+            let price = get().await.json::<Value>().await.expect("json")["price"].clone();
+            if price == "17.50" {
+                Ok(())
+            } else {
+                Err(format!("price {price}"))
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -306,27 +359,30 @@ async fn request_log_records_parse_back_into_the_contract() {
     app.post_json(Some(&user.token), "/api/checkout", &checkout_body())
         .await;
     let dir = app.scratch.join("data/logs");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let records: Vec<RequestRecord> = loop {
-        let mut records = Vec::new();
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let text = std::fs::read_to_string(entry.path()).expect("read log");
-            for line in text.lines() {
-                records.push(
-                    serde_json::from_str::<RequestRecord>(line)
-                        .unwrap_or_else(|e| panic!("bad record {line}: {e}")),
-                );
+    let records: Vec<RequestRecord> =
+        eventually(Duration::from_secs(10), "checkout was logged", || async {
+            let mut records = Vec::new();
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(entry.path()).expect("read log");
+                for line in text.lines() {
+                    records.push(
+                        serde_json::from_str::<RequestRecord>(line)
+                            .unwrap_or_else(|e| panic!("bad record {line}: {e}")),
+                    );
+                }
             }
-        }
-        if records.iter().any(|r| r.route == "POST /api/checkout") || Instant::now() > deadline {
-            break records;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+            if records.iter().any(|r| r.route == "POST /api/checkout") {
+                Ok(records)
+            } else {
+                let routes: Vec<&str> = records.iter().map(|r| r.route.as_str()).collect();
+                Err(format!("records of {routes:?}"))
+            }
+        })
+        .await;
     let checkout = records
         .iter()
         .find(|r| r.route == "POST /api/checkout")
-        .expect("checkout was logged");
+        .expect("found above");
     assert_eq!(checkout.status, 201);
     assert_eq!(checkout.priority, "critical");
     assert_eq!(checkout.schema, contract::features::fingerprint_hex());
@@ -388,25 +444,33 @@ async fn auto_healing_acts_on_a_sustained_spike_and_undoes_itself() {
         assert_eq!(stress(1).await.expect("request").status(), StatusCode::OK);
     }
     // A sustained spike: the same route, twenty times the work, for up to 20 s.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut throttled = false;
-    while Instant::now() < deadline && !throttled {
-        let batch = join_all((0..6).map(|_| stress(20))).await;
-        throttled = batch.into_iter().any(|r| {
-            let r = r.expect("request");
-            r.status() == StatusCode::SERVICE_UNAVAILABLE
-                && r.headers()
-                    .get("x-optimization-applied")
-                    .is_some_and(|v| v == "throttle")
-        });
-    }
-    if !throttled {
-        let metrics: Value = app.ml_metrics().await;
-        panic!(
-            "auto-healing never throttled the stress test: anomaly {} routes {} history {}",
-            metrics["anomaly"], metrics["routes"], metrics["history"]
-        );
-    }
+    eventually(
+        Duration::from_secs(20),
+        "auto-healing throttles the stress test",
+        || async {
+            let batch: Vec<_> = join_all((0..6).map(|_| stress(20)))
+                .await
+                .into_iter()
+                .map(|r| r.expect("request"))
+                .collect();
+            let applied = |r: &Response| r.headers().get("x-optimization-applied").cloned();
+            if batch.iter().any(|r| {
+                r.status() == StatusCode::SERVICE_UNAVAILABLE
+                    && applied(r).is_some_and(|v| v == "throttle")
+            }) {
+                return Ok(());
+            }
+            let seen: Vec<String> = batch
+                .iter()
+                .map(|r| {
+                    let score = r.headers().get("x-anomaly-score").cloned();
+                    format!("{} {:?} score {score:?}", r.status(), applied(r))
+                })
+                .collect();
+            Err(format!("the last spike batch answered {seen:?}"))
+        },
+    )
+    .await;
     let metrics: Value = app.ml_metrics().await;
     assert!(
         metrics["actions"]
@@ -418,22 +482,31 @@ async fn auto_healing_acts_on_a_sustained_spike_and_undoes_itself() {
     assert!(!metrics["alerts"].as_array().expect("alerts").is_empty());
 
     // Healthy traffic afterwards: healing is undone by itself. Generous: on a loaded machine
-    // (tests run in parallel) even health checks can look anomalous for a while.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let mut undone = false;
-    while Instant::now() < deadline && !undone {
-        for _ in 0..10 {
-            app.get("/healthz").await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let metrics: Value = app.ml_metrics().await;
-        undone = metrics["actions"]
-            .as_array()
-            .expect("actions")
-            .iter()
-            .any(|a| a["action"] == "undo");
-    }
-    assert!(undone, "healing was undone after recovery");
+    // (tests run in parallel) even health checks can look anomalous for a while. Each probe
+    // reads the metrics first and then sends the health checks, so the pause between probes
+    // comes before the metrics read, as it always did here. With the pause before the health
+    // checks instead, the anomalous share stayed at 11-14%, above the 10% an undo needs, and
+    // healing was never undone (a health check takes a fraction of a millisecond: the first
+    // one after an idle pause is likely slow enough to score as anomalous).
+    eventually(
+        Duration::from_secs(45),
+        "healing was undone after recovery",
+        || async {
+            let metrics: Value = app.ml_metrics().await;
+            let actions = metrics["actions"].as_array().expect("actions");
+            if actions.iter().any(|a| a["action"] == "undo") {
+                return Ok(());
+            }
+            for _ in 0..10 {
+                app.get("/healthz").await;
+            }
+            Err(format!(
+                "actions {actions:?}, anomaly {}",
+                metrics["anomaly"]
+            ))
+        },
+    )
+    .await;
     assert_eq!(
         stress(1).await.expect("request").status(),
         StatusCode::OK,
@@ -466,34 +539,39 @@ async fn prometheus_metrics_and_ml_metrics_are_served() {
     assert!(text.contains("shop_admission_total{priority=\"normal\",outcome=\"admitted\"}"));
     assert!(app.get("/api/ml-metrics").await.status() == StatusCode::UNAUTHORIZED);
     // Statement aggregates come from the log writer thread, which drains every 50 ms.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let metrics: Value = loop {
-        let metrics: Value = app.ml_metrics().await;
-        let seen = metrics["queries"]
-            .as_array()
-            .expect("queries")
-            .iter()
-            .any(|q| {
-                q["statement"]
-                    .as_str()
-                    .is_some_and(|s| s.contains("FROM products"))
-            });
-        if seen || Instant::now() > deadline {
-            break metrics;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let metrics: Value = eventually(
+        Duration::from_secs(5),
+        "the list's statements are aggregated",
+        || async {
+            let metrics: Value = app.ml_metrics().await;
+            let seen = metrics["queries"]
+                .as_array()
+                .expect("queries")
+                .iter()
+                .any(|q| {
+                    q["statement"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("FROM products"))
+                });
+            if seen {
+                Ok(metrics)
+            } else {
+                Err(format!("queries {}", metrics["queries"]))
+            }
+        },
+    )
+    .await;
     assert_eq!(metrics["model"]["source"], "online");
-    assert!(
-        metrics["queries"]
-            .as_array()
-            .expect("queries")
-            .iter()
-            .any(|q| {
-                q["statement"]
-                    .as_str()
-                    .is_some_and(|s| s.contains("FROM products"))
-                    && q["calls"].as_u64() >= Some(1)
-            })
-    );
+    // The list's statements ran once: the other four requests were answered from the cache.
+    let list: Vec<&Value> = metrics["queries"]
+        .as_array()
+        .expect("queries")
+        .iter()
+        .filter(|q| {
+            q["statement"]
+                .as_str()
+                .is_some_and(|s| s.contains("FROM products"))
+        })
+        .collect();
+    assert!(list.iter().all(|q| q["calls"] == 1), "{list:#?}");
 }
