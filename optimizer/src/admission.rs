@@ -419,7 +419,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_gets_the_released_permit() {
-        let admission = std::sync::Arc::new(Admission::new(2, 2));
+        let admission = Admission::new(2, 2);
         let first = admission
             .admit(Priority::Critical, Duration::ZERO)
             .await
@@ -428,18 +428,13 @@ mod tests {
             .admit(Priority::Critical, Duration::ZERO)
             .await
             .expect("second");
-        let waiter = {
-            let admission = admission.clone();
-            tokio::spawn(async move {
-                admission
-                    .admit(Priority::Critical, Duration::from_secs(5))
-                    .await
-                    .is_ok()
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let waiter = admission.admit(Priority::Critical, Duration::from_secs(5));
+        tokio::pin!(waiter);
+        // Poll once so it is waiting before the first permit is released.
+        assert!(futures::poll!(waiter.as_mut()).is_pending());
+        assert_eq!(admission.stats()[0].waiting, 1);
         drop(first);
-        assert!(waiter.await.expect("join"));
+        assert!(waiter.await.is_ok(), "the waiter gets the released permit");
         drop(second);
     }
 

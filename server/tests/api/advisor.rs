@@ -1,5 +1,5 @@
-//! The index advisor against real PostgreSQL with HypoPG: the seed's slow category filter found
-//! and its index suggested (a generated catalogue, smaller than the README's million rows, with
+//! The index advisor against real PostgreSQL with HypoPG: the slow category filter found and its
+//! index suggested (a generated catalogue, smaller than `make seed-large`'s million rows, with
 //! one rare category, where the planner still prefers the index), no suggestion for what an
 //! index already serves or from too few calls, nothing built unless asked, and a built index
 //! that does not help dropped again.

@@ -20,7 +20,7 @@ async fn cart_add_change_remove_clear() {
     assert_eq!(empty["items"], json!([]));
     assert_eq!(empty["total"], "0");
 
-    // The seed's example body.
+    // The README's example body.
     let response = app
         .post_json(
             Some(&user.token),

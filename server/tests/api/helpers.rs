@@ -149,7 +149,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
 
     let db = connect(&url).await;
     let url_for_peer = url.clone();
-    // The seed's five products, through the real seed path.
+    // The five sample products, through the real seed path.
     let mut seed_config = Config::default();
     seed_config.database.url = Some(url);
     server::seed::run(&seed_config, 0, 1).await.expect("seed");
@@ -389,7 +389,7 @@ pub fn product_names(body: &Value) -> Vec<String> {
         .collect()
 }
 
-/// A valid checkout body (the seed's example).
+/// A valid checkout body (the README's example).
 pub fn checkout_body() -> Value {
     json!({
         "paymentMethod": "credit_card",

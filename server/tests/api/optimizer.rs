@@ -10,7 +10,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// A header the server writes with two decimals (`0.00`, `0.04`, as in the README); its value.
+/// A header the server writes with two decimals (`0.00`, `0.04`); its value.
 fn two_decimals(response: &Response, name: &str) -> f32 {
     let text = header(response, name);
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
