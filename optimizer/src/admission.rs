@@ -417,6 +417,12 @@ mod tests {
         assert_eq!(admission.in_flight(), 0);
     }
 
+    /// Polls a checkout's admission once, so that it queues, and checks that it waits.
+    async fn queue<T>(admission: &Admission, waiter: std::pin::Pin<&mut impl Future<Output = T>>) {
+        assert!(futures::poll!(waiter).is_pending());
+        assert_eq!(admission.stats()[0].waiting, 1);
+    }
+
     #[tokio::test]
     async fn a_waiter_gets_the_released_permit() {
         let admission = Admission::new(2, 2);
@@ -430,9 +436,8 @@ mod tests {
             .expect("second");
         let waiter = admission.admit(Priority::Critical, Duration::from_secs(5));
         tokio::pin!(waiter);
-        // Poll once so it is waiting before the first permit is released.
-        assert!(futures::poll!(waiter.as_mut()).is_pending());
-        assert_eq!(admission.stats()[0].waiting, 1);
+        // Waiting before the first permit is released.
+        queue(&admission, waiter.as_mut()).await;
         drop(first);
         assert!(waiter.await.is_ok(), "the waiter gets the released permit");
         drop(second);
@@ -448,9 +453,8 @@ mod tests {
         {
             let waiting = admission.admit(Priority::Critical, Duration::from_secs(5));
             tokio::pin!(waiting);
-            // Poll once so it registers as waiting, then drop it (a client hanging up).
-            assert!(futures::poll!(waiting.as_mut()).is_pending());
-            assert_eq!(admission.stats()[0].waiting, 1);
+            // Queued, then dropped below (a client hanging up).
+            queue(&admission, waiting.as_mut()).await;
             let low = admission.admit(Priority::Low, Duration::ZERO).await;
             assert_eq!(
                 low.err(),
