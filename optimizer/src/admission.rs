@@ -417,6 +417,14 @@ mod tests {
         assert_eq!(admission.in_flight(), 0);
     }
 
+    /// A checkout's permit, which must be free.
+    async fn free(admission: &Admission) -> Permit<'_> {
+        admission
+            .admit(Priority::Critical, Duration::ZERO)
+            .await
+            .expect("a free permit")
+    }
+
     /// Polls a checkout's admission once, so that it queues, and checks that it waits.
     async fn queue<T>(admission: &Admission, waiter: std::pin::Pin<&mut impl Future<Output = T>>) {
         assert!(futures::poll!(waiter).is_pending());
@@ -426,14 +434,8 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_gets_the_released_permit() {
         let admission = Admission::new(2, 2);
-        let first = admission
-            .admit(Priority::Critical, Duration::ZERO)
-            .await
-            .expect("first");
-        let second = admission
-            .admit(Priority::Critical, Duration::ZERO)
-            .await
-            .expect("second");
+        let first = free(&admission).await;
+        let second = free(&admission).await;
         let waiter = admission.admit(Priority::Critical, Duration::from_secs(5));
         tokio::pin!(waiter);
         // Waiting before the first permit is released.
@@ -446,10 +448,7 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_waiter_does_not_stay_counted_and_no_one_overtakes_a_waiter() {
         let admission = Admission::new(1, 1);
-        let held = admission
-            .admit(Priority::Critical, Duration::ZERO)
-            .await
-            .expect("held");
+        let held = free(&admission).await;
         {
             let waiting = admission.admit(Priority::Critical, Duration::from_secs(5));
             tokio::pin!(waiting);

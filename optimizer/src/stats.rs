@@ -377,13 +377,22 @@ impl Stats {
 mod tests {
     use super::*;
 
-    #[test]
-    fn quantiles_track_the_distribution() {
+    /// A route's statistics after these requests (latency, prediction) finished at one instant.
+    fn recorded(
+        requests: impl IntoIterator<Item = (f64, Option<(f64, f64)>)>,
+    ) -> (RouteStats, Instant) {
         let stats = RouteStats::new(Instant::now());
         let now = Instant::now();
-        for i in 1..=1000 {
-            stats.record(f64::from(i) / 100.0, None, false, now); // 0.01 .. 10 ms uniform
+        for (latency, predicted) in requests {
+            stats.record(latency, predicted, false, now);
         }
+        (stats, now)
+    }
+
+    #[test]
+    fn quantiles_track_the_distribution() {
+        // 0.01 .. 10 ms uniform.
+        let (stats, now) = recorded((1..=1000).map(|i| (f64::from(i) / 100.0, None)));
         let snap = stats.snapshot(now);
         assert!((snap.p50_ms - 5.0).abs() < 0.7, "p50 {}", snap.p50_ms);
         assert!((snap.p90_ms - 9.0).abs() < 1.2, "p90 {}", snap.p90_ms);
@@ -392,12 +401,10 @@ mod tests {
 
     #[test]
     fn snapshot_reports_the_mean_prediction_beside_the_actual_quantiles() {
-        let stats = RouteStats::new(Instant::now());
-        let now = Instant::now();
-        for i in 0..40 {
+        let (stats, now) = recorded((0..40).map(|i| {
             let predicted = if i % 2 == 0 { (4.0, 8.0) } else { (6.0, 12.0) };
-            stats.record(5.0, Some(predicted), false, now);
-        }
+            (5.0, Some(predicted))
+        }));
         stats.record(5.0, None, false, now);
         let snap = stats.snapshot(now);
         assert!((snap.predicted_p50_ms - 5.0).abs() < 1e-9);
@@ -406,12 +413,8 @@ mod tests {
 
     #[test]
     fn coverage_counts_latencies_inside_the_band() {
-        let stats = RouteStats::new(Instant::now());
-        let now = Instant::now();
-        for i in 0..100 {
-            let latency = if i < 70 { 5.0 } else { 50.0 };
-            stats.record(latency, Some((5.0, 10.0)), false, now);
-        }
+        let (stats, now) =
+            recorded((0..100).map(|i| (if i < 70 { 5.0 } else { 50.0 }, Some((5.0, 10.0)))));
         let snap = stats.snapshot(now);
         assert_eq!(snap.predicted, 100);
         assert!((snap.coverage - 0.7).abs() < 1e-9);
@@ -419,11 +422,7 @@ mod tests {
 
     #[test]
     fn one_outlier_barely_moves_the_baseline() {
-        let stats = RouteStats::new(Instant::now());
-        let now = Instant::now();
-        for _ in 0..200 {
-            stats.record(10.0, None, false, now);
-        }
+        let (stats, now) = recorded((0..200).map(|_| (10.0, None)));
         let before = stats.snapshot(now).ewma_log_mean;
         stats.record(10_000.0, None, false, now);
         let after = stats.snapshot(now).ewma_log_mean;

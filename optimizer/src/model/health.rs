@@ -338,7 +338,8 @@ pub struct ModelView {
     pub memo: Option<(MemoState, MemoState)>,
     /// Requests the online statistics answered instead.
     pub fallbacks: u64,
-    /// Of those, because every session was busy.
+    /// Requests online statistics answered because every session was busy (not among the
+    /// fallbacks).
     pub busy: u64,
     /// Inference failures.
     pub errors: u64,

@@ -215,7 +215,7 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
         &mut out,
         "shop_model_fallbacks_total",
         "counter",
-        "Requests online statistics answered because the model was stale, absent or busy.",
+        "Requests online statistics answered because the model was stale or absent (not counting busy sessions).",
         [(String::new(), models.fallbacks)],
     );
     family(
