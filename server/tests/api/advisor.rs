@@ -4,7 +4,7 @@
 //! index already serves or from too few calls, nothing built unless asked, and a built index
 //! that does not help dropped again.
 
-use crate::helpers::{ADMIN, TestApp, eventually, spawn_app_with};
+use crate::helpers::{ADMIN, TestApp, eventually, spawn_app_with, statements_with};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
@@ -55,15 +55,8 @@ async fn wait_for_calls(app: &TestApp, calls: u64) {
         &format!("{calls} calls of the category listing counted"),
         || async {
             let m = app.ml_metrics().await;
-            let counted = m["queries"]
-                .as_array()
-                .expect("queries")
+            let counted = statements_with(&m, "p.category = $1")
                 .iter()
-                .filter(|q| {
-                    q["statement"]
-                        .as_str()
-                        .is_some_and(|s| s.contains("p.category = $1"))
-                })
                 .filter_map(|q| q["calls"].as_u64())
                 .sum::<u64>();
             if counted >= calls {

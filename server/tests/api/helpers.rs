@@ -380,6 +380,27 @@ impl TestApp {
 }
 
 /// The product names of a list or search answer, in order.
+/// The admission numbers of one priority (`low`, `critical`, ...) in an `/api/ml-metrics` answer.
+pub fn admission_of(metrics: &Value, priority: &str) -> Value {
+    metrics["admission"]
+        .as_array()
+        .expect("admission")
+        .iter()
+        .find(|p| p["priority"] == priority)
+        .unwrap_or_else(|| panic!("no {priority} priority in {}", metrics["admission"]))
+        .clone()
+}
+
+/// The tracked statements of an `/api/ml-metrics` answer whose text contains `text`.
+pub fn statements_with<'a>(metrics: &'a Value, text: &str) -> Vec<&'a Value> {
+    metrics["queries"]
+        .as_array()
+        .expect("queries")
+        .iter()
+        .filter(|q| q["statement"].as_str().is_some_and(|s| s.contains(text)))
+        .collect()
+}
+
 pub fn product_names(body: &Value) -> Vec<String> {
     body["products"]
         .as_array()

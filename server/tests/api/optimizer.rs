@@ -2,7 +2,8 @@
 //! auto-healing.
 
 use crate::helpers::{
-    ADMIN, TestApp, checkout_body, eventually, fixed_limit, header, spawn_app, spawn_app_with,
+    ADMIN, TestApp, admission_of, checkout_body, eventually, fixed_limit, header, spawn_app,
+    spawn_app_with, statements_with,
 };
 use contract::RequestRecord;
 use futures::future::join_all;
@@ -111,13 +112,7 @@ async fn low_priority_permit_held(app: &TestApp) {
         "a stress test holds the low-priority permit",
         || async move {
             let metrics = app.ml_metrics().await;
-            let low = metrics["admission"]
-                .as_array()
-                .expect("admission")
-                .iter()
-                .find(|p| p["priority"] == "low")
-                .expect("low")
-                .clone();
+            let low = admission_of(&metrics, "low");
             if low["inUse"].as_u64() >= Some(1) {
                 Ok(())
             } else {
@@ -181,21 +176,9 @@ async fn low_priority_is_shed_before_checkout_under_saturation() {
     );
 
     let metrics: Value = app.ml_metrics().await;
-    let low = metrics["admission"]
-        .as_array()
-        .expect("admission")
-        .iter()
-        .find(|p| p["priority"] == "low")
-        .expect("low")
-        .clone();
+    let low = admission_of(&metrics, "low");
     assert!(low["shed"].as_u64().expect("shed") >= 1);
-    let critical = metrics["admission"]
-        .as_array()
-        .expect("admission")
-        .iter()
-        .find(|p| p["priority"] == "critical")
-        .expect("critical")
-        .clone();
+    let critical = admission_of(&metrics, "critical");
     assert_eq!(critical["shed"], 0);
 }
 
@@ -544,15 +527,7 @@ async fn prometheus_metrics_and_ml_metrics_are_served() {
         "the list's statements are aggregated",
         || async {
             let metrics: Value = app.ml_metrics().await;
-            let seen = metrics["queries"]
-                .as_array()
-                .expect("queries")
-                .iter()
-                .any(|q| {
-                    q["statement"]
-                        .as_str()
-                        .is_some_and(|s| s.contains("FROM products"))
-                });
+            let seen = !statements_with(&metrics, "FROM products").is_empty();
             if seen {
                 Ok(metrics)
             } else {
@@ -563,15 +538,6 @@ async fn prometheus_metrics_and_ml_metrics_are_served() {
     .await;
     assert_eq!(metrics["model"]["source"], "online");
     // The list's statements ran once: the other four requests were answered from the cache.
-    let list: Vec<&Value> = metrics["queries"]
-        .as_array()
-        .expect("queries")
-        .iter()
-        .filter(|q| {
-            q["statement"]
-                .as_str()
-                .is_some_and(|s| s.contains("FROM products"))
-        })
-        .collect();
+    let list = statements_with(&metrics, "FROM products");
     assert!(list.iter().all(|q| q["calls"] == 1), "{list:#?}");
 }
