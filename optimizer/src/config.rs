@@ -38,7 +38,8 @@ pub struct ModelsConfig {
     /// The ONNX Runtime library (`libonnxruntime.so.1.31.1`); unset: `ORT_DYLIB_PATH`. Missing
     /// or broken: a warning, and online statistics answer.
     pub ort_library: Option<PathBuf>,
-    /// A model trained longer ago than this (hours) is stale; 0 means no limit.
+    /// A model this server first served longer ago than this (hours) is stale; 0 means no
+    /// limit ([`crate::model::ledger`]).
     pub max_age_hours: f64,
     /// Live drift: the model is stale when the mean error of ln latency over its recent
     /// predictions exceeds this multiple of its holdout error (0 turns the check off).

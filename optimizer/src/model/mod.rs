@@ -2,6 +2,7 @@
 //!
 //! - [`health`]: why the model may not answer ([`Stale`]), drift and error streaks, its view.
 //! - [`watch`]: the watcher: manifest polling, loading, age checks, `training_interval`.
+//! - [`ledger`]: when this server first served each version (the start of its age).
 //! - [`load`]: loading a model folder and checking it before it may serve.
 //! - [`fallback`]: model first, online statistics otherwise.
 //! - [`onnx`]: the ONNX Runtime environment and the per-model session pools.
@@ -18,6 +19,7 @@
 
 pub mod fallback;
 pub mod health;
+pub mod ledger;
 pub mod load;
 pub mod memo;
 pub mod onnx;
@@ -67,6 +69,10 @@ struct Status {
     seen: Option<String>,
     last_rejection: Option<(i64, String)>,
     loaded_at_ms: Option<i64>,
+    /// When this server first served the loaded version (its age counts from then).
+    served_since_ms: Option<i64>,
+    /// First-served times per version, opened with the first load.
+    ledger: Option<ledger::Ledger>,
     retrain: retrain::RetrainStatus,
 }
 

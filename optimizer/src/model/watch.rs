@@ -1,7 +1,7 @@
 //! The watcher: polls the manifest, loads and checks a new model off the request path, swaps
 //! it in, retires an aged one, and starts background retraining every `training_interval`.
 
-use super::{Models, Stale, load, onnx, retrain};
+use super::{Models, Stale, ledger, load, onnx, retrain};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -32,7 +32,7 @@ impl Models {
                 }
             }
         }
-        self.check_age();
+        self.check_age(crate::unix_ms());
     }
 
     fn load(&self, dir: &std::path::Path) {
@@ -49,7 +49,16 @@ impl Models {
                 self.drift.reset();
                 self.consecutive_errors.store(0, Relaxed);
                 self.counters.loads.fetch_add(1, Relaxed);
-                self.status().loaded_at_ms = Some(crate::unix_ms());
+                {
+                    let now = crate::unix_ms();
+                    let mut status = self.status();
+                    status.loaded_at_ms = Some(now);
+                    let since = status
+                        .ledger
+                        .get_or_insert_with(|| ledger::Ledger::open(dir))
+                        .first_served(version, now);
+                    status.served_since_ms = Some(since);
+                }
                 tracing::info!(version, "model loaded");
                 self.event(
                     "model-loaded",
@@ -85,18 +94,25 @@ impl Models {
         }
     }
 
-    fn check_age(&self) {
+    /// Retires the serving model when this server first served it longer than
+    /// `models.max_age_hours` before `now_ms` ([`ledger`]), and lets it serve again when the
+    /// limit was raised.
+    fn check_age(&self, now_ms: i64) {
         let Some(set) = self.current.load_full() else {
             return;
         };
         let max = self.config.max_age_hours;
-        let age_hours = (crate::unix_ms() as f64 - set.manifest.version as f64) / 3_600_000.0;
+        let since = self
+            .status()
+            .served_since_ms
+            .unwrap_or(i64::try_from(set.manifest.version).unwrap_or(0));
+        let age_hours = ledger::age_hours(since, now_ms);
         let aged = max > 0.0 && age_hours > max;
         match self.stale() {
             None if aged => self.set_state(
                 Some(Stale::Aged),
                 format!(
-                    "version {} is {age_hours:.2} h old, the limit is {max} h",
+                    "version {} was first served here {age_hours:.2} h ago, the limit is {max} h",
                     set.manifest.version
                 ),
             ),

@@ -209,10 +209,37 @@ async fn a_model_with_another_fingerprint_is_refused_and_online_answers() {
 }
 
 #[tokio::test]
-async fn an_aged_model_falls_back_to_online_statistics() {
+async fn the_committed_model_serves_a_fresh_checkout_whatever_the_date() {
+    // The default age limit (a week) counted from when this server first served the model,
+    // not from when it was trained: a newcomer never starts on `stale=aged`.
     let (app, dir) = app_with_models(|_, config| {
-        // A few milliseconds: the committed model is older than that.
-        config.models.max_age_hours = 1e-6;
+        config.models.max_age_hours = server::Config::default().models.max_age_hours;
+    })
+    .await;
+    let response = app.get("/api/products").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "x-ml-source"), "onnx");
+    let ledger: Value = serde_json::from_slice(
+        &std::fs::read(dir.join(".served.json")).expect("the first service is recorded"),
+    )
+    .expect("ledger json");
+    let version = manifest(&dir)["version"].as_u64().expect("version");
+    assert!(ledger[version.to_string()].is_i64(), "{ledger}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_model_first_served_more_than_a_week_ago_is_stale() {
+    let (app, dir) = app_with_models(|dir, config| {
+        config.models.max_age_hours = server::Config::default().models.max_age_hours;
+        // This server first served the committed version eight days ago.
+        let version = manifest(dir)["version"].as_u64().expect("version");
+        let eight_days_ago = chrono::Utc::now().timestamp_millis() - 8 * 24 * 3_600_000;
+        std::fs::write(
+            dir.join(".served.json"),
+            serde_json::json!({ version.to_string(): eight_days_ago }).to_string(),
+        )
+        .expect("write ledger");
     })
     .await;
     let response = app.get("/api/products").await;
@@ -230,7 +257,9 @@ async fn an_aged_model_falls_back_to_online_statistics() {
     assert!(
         actions(&m, "model-stale")
             .iter()
-            .any(|r| r.starts_with("aged"))
+            .any(|r| r.starts_with("aged") && r.contains("first served here 19")),
+        "{:?}",
+        actions(&m, "model-stale")
     );
     let _ = std::fs::remove_dir_all(dir);
 }
