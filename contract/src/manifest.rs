@@ -108,12 +108,15 @@ pub struct LatencyMetrics {
     pub rows: u64,
     /// Mean absolute error of ln(latency ms), model p50.
     pub mae_log: f64,
-    /// The same for the online statistics' prediction logged with each row.
-    pub online_mae_log: f64,
+    /// The same for the online statistics' prediction logged with each row; absent when no
+    /// row had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_mae_log: Option<f64>,
     /// Share of latencies at or below the model's predicted p90 (target 0.9).
     pub p90_coverage: f64,
-    /// The same for the online statistics' p90.
-    pub online_p90_coverage: f64,
+    /// The same for the online statistics' p90; absent when no row had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_p90_coverage: Option<f64>,
 }
 
 /// Anomaly scoring quality on a set of rows.
@@ -123,17 +126,20 @@ pub struct AnomalyMetrics {
     pub rows: u64,
     /// Of them, labelled anomalous (stress-test requests).
     pub labelled: u64,
-    /// ROC AUC of the model's score against the labels.
-    pub auc: f64,
-    /// ROC AUC of the online z-score logged with each row.
-    pub online_auc: f64,
+    /// ROC AUC of the model's score against the labels; absent when the holdout has no
+    /// labelled rows, or only labelled ones (nothing to rank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auc: Option<f64>,
+    /// ROC AUC of the online z-score logged with each row; absent as `auc` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_auc: Option<f64>,
     /// Share of the unlabelled rows scoring at or above the threshold (false alarms), server
-    /// errors (anomalous by rule) left out; absent in manifests written before it was measured.
-    #[serde(default)]
+    /// errors (anomalous by rule) left out; absent when there are no such rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub false_alarm_rate: Option<f64>,
     /// Share of the labelled rows scoring at or above the threshold (anomalies caught), server
-    /// errors left out.
-    #[serde(default)]
+    /// errors left out; absent when there are no labelled rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detection_rate: Option<f64>,
 }
 

@@ -177,18 +177,26 @@ fn share(rate: Option<f64>) -> String {
     rate.map_or_else(|| "n/a".to_owned(), |r| format!("{:.2}%", 100.0 * r))
 }
 
+/// A number with three decimals, or "n/a".
+fn figure(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.3}"))
+}
+
 fn summary(outcome: &train::Outcome) -> String {
     let m = &outcome.manifest;
     let l = &m.latency_holdout;
     let a = &m.anomaly_holdout;
-    let gain = 100.0 * (1.0 - l.mae_log / l.online_mae_log);
+    let gain = l.online_mae_log.map_or_else(
+        || "no online predictions logged".to_owned(),
+        |online| format!("{:.1}% lower", 100.0 * (1.0 - l.mae_log / online)),
+    );
     format!(
         "wrote {path} (version {version})\n\
          rows: {read} read, {train} train, {holdout} holdout, dropped {dropped:?}\n\
-         latency: {lf} ({lb} bytes, {lt} trees), holdout MAE ln(ms) {mae:.3} vs online {omae:.3} \
-         ({gain:.1}% lower), p90 coverage {cov:.1}% vs online {ocov:.1}%\n\
-         anomaly: {af} ({ab} bytes, {at} trees), holdout ROC AUC {auc:.3} vs online z-score \
-         {oauc:.3} ({labelled} labelled of {arows}), threshold {thr:.3} flags {caught} of the \
+         latency: {lf} ({lb} bytes, {lt} trees), holdout MAE ln(ms) {mae:.3} vs online {omae} \
+         ({gain}), p90 coverage {cov:.1}% vs online {ocov}\n\
+         anomaly: {af} ({ab} bytes, {at} trees), holdout ROC AUC {auc} vs online z-score \
+         {oauc} ({labelled} labelled of {arows}), threshold {thr:.3} flags {caught} of the \
          labelled and {alarms} of the rest\n\
          time: load {t0:.1} s, fit {t1:.1} s, evaluate and export {t2:.1} s\n",
         path = outcome.path.display(),
@@ -201,14 +209,14 @@ fn summary(outcome: &train::Outcome) -> String {
         lb = m.latency_model.bytes,
         lt = m.latency_model.trees,
         mae = l.mae_log,
-        omae = l.online_mae_log,
+        omae = figure(l.online_mae_log),
         cov = 100.0 * l.p90_coverage,
-        ocov = 100.0 * l.online_p90_coverage,
+        ocov = share(l.online_p90_coverage),
         af = m.anomaly_model.file,
         ab = m.anomaly_model.bytes,
         at = m.anomaly_model.trees,
-        auc = a.auc,
-        oauc = a.online_auc,
+        auc = figure(a.auc),
+        oauc = figure(a.online_auc),
         labelled = a.labelled,
         arows = a.rows,
         thr = m.anomaly_threshold,

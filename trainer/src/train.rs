@@ -171,16 +171,14 @@ fn latency_metrics(data: &Rows, rows: &[usize], predicted: &[(f64, f64)]) -> Lat
             compared
                 .iter()
                 .filter_map(|&i| data.online(i).map(|o| (actual(i), o.0))),
-        )
-        .unwrap_or(f64::NAN),
+        ),
         p90_coverage: metrics::coverage(compared.iter().map(|&i| (actual(i), model(i).1)))
             .unwrap_or(f64::NAN),
         online_p90_coverage: metrics::coverage(
             compared
                 .iter()
                 .filter_map(|&i| data.online(i).map(|o| (actual(i), o.1))),
-        )
-        .unwrap_or(f64::NAN),
+        ),
     }
 }
 
@@ -341,8 +339,8 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
     let anomaly_holdout = AnomalyMetrics {
         rows: holdout_idx.len() as u64,
         labelled: labels.iter().filter(|&&l| l).count() as u64,
-        auc: metrics::auc(&scores, &labels).unwrap_or(f64::NAN),
-        online_auc: metrics::auc(&online, &labels).unwrap_or(f64::NAN),
+        auc: metrics::auc(&scores, &labels),
+        online_auc: metrics::auc(&online, &labels),
         false_alarm_rate: flagged(false),
         detection_rate: flagged(true),
     };
