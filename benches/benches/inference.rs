@@ -101,7 +101,7 @@ fn bench(c: &mut Criterion) {
         for _ in 0..30 {
             stats
                 .route(route)
-                .record(f64::from(r.latency_ms), None, false, now);
+                .record(f64::from(r.latency_ms), None, None, false, now);
         }
     }
 

@@ -42,6 +42,14 @@ pub struct RequestRecord {
     pub confidence: f32,
     /// Which predictor answered: `onnx` or `online`.
     pub source: String,
+    /// The model's own p50 and p90 (ms) for this request, whether or not it answered (0 when it
+    /// could not run; absent in logs written before the shadow evaluation).
+    #[serde(default)]
+    pub model_ms: [f32; 2],
+    /// The online statistics' p50 and p90 (ms) for this request, whether or not they answered
+    /// (0 when unknown; absent in older logs).
+    #[serde(default)]
+    pub online_ms: [f32; 2],
     /// HTTP status.
     pub status: u16,
     /// Total time in the server (ms), queueing included.

@@ -41,8 +41,9 @@ pub struct ModelsConfig {
     /// A model this server first served longer ago than this (hours) is stale; 0 means no
     /// limit ([`crate::model::ledger`]).
     pub max_age_hours: f64,
-    /// Live drift: the model is stale when the mean error of ln latency over its recent
-    /// predictions exceeds this multiple of its holdout error (0 turns the check off).
+    /// Live drift: the model is stale when its mean error of ln latency over recent requests is
+    /// above this multiple of the online statistics' on the same requests, and serves again
+    /// once it is below theirs divided by it (0 turns the check off).
     pub drift_factor: f64,
     /// How often the manifest is checked for a new version (ms).
     pub reload_interval_ms: u64,
@@ -160,7 +161,7 @@ impl Default for ModelsConfig {
             dir: "models".into(),
             ort_library: None,
             max_age_hours: 24.0 * 7.0,
-            drift_factor: 2.0,
+            drift_factor: 1.05,
             reload_interval_ms: 2_000,
             sessions: 0,
             memo_cells: 16_384,

@@ -552,6 +552,13 @@ impl Optimizer {
                     coverage: snap.coverage,
                     mae_log: snap.mae_log,
                     errors_in_window: snap.errors,
+                    shadow: (snap.shadowed > 0).then_some(snapshot::ShadowView {
+                        requests: snap.shadowed,
+                        model_mae_log: snap.model_mae_log,
+                        online_mae_log: snap.online_mae_log,
+                        model_p90_coverage: snap.model_coverage,
+                        online_p90_coverage: snap.online_coverage,
+                    }),
                 })
             })
             .collect()

@@ -12,6 +12,7 @@ use super::cache::{CacheOutcome, Entry, Kind};
 use super::policy::{self, Policy};
 use super::predictor::{Prediction, Source};
 use super::queries::{QUERIES, QueryExec};
+use super::stats::Shadow;
 use super::telemetry::Pending;
 use super::{Alert, Optimizer, unix_ms};
 use axum::body::{Body, Bytes, to_bytes};
@@ -521,8 +522,17 @@ pub async fn optimize<H: Host>(
         .is_known()
         .then(|| (f64::from(prediction.p50_ms), f64::from(prediction.p90_ms)));
     if !shed {
-        route_stats.record(latency_ms, predicted, status >= 500, arrived + latency);
-        opt.models.observe(route, &prediction, latency_ms);
+        let [model, online] = [prediction.model_ms, prediction.online_ms]
+            .map(|[p50, p90]| [f64::from(p50), f64::from(p90)]);
+        let shadow = Shadow { model, online };
+        route_stats.record(
+            latency_ms,
+            predicted,
+            Some(shadow),
+            status >= 500,
+            arrived + latency,
+        );
+        opt.models.observe(&prediction, latency_ms);
     }
     let db: Duration = queries.iter().map(|q| q.duration).sum();
     opt.telemetry.send(Pending {
@@ -634,7 +644,7 @@ mod tests {
             p90_ms: 40.0,
             confidence: 0.9,
             source: Source::Online,
-            stale: None,
+            ..Prediction::NONE
         };
         let unsure = Prediction {
             confidence: 0.1,

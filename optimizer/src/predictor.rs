@@ -46,6 +46,13 @@ pub struct Prediction {
     pub source: Source,
     /// Why the model did not answer, when online statistics did in its place.
     pub stale: Option<Stale>,
+    /// The model's own p50 and p90 (ms) for this request, whether or not it answered (the
+    /// shadow evaluation: a model retired for drift keeps predicting beside the online
+    /// statistics, so it can earn its place back); 0 when it could not run.
+    pub model_ms: [f32; 2],
+    /// The online statistics' p50 and p90 (ms) for this request, computed beside the model on
+    /// every request; 0 when unknown.
+    pub online_ms: [f32; 2],
 }
 
 impl Prediction {
@@ -56,6 +63,8 @@ impl Prediction {
         confidence: 0.0,
         source: Source::Off,
         stale: None,
+        model_ms: [0.0; 2],
+        online_ms: [0.0; 2],
     };
 
     /// The `x-ml-source` value: `onnx`, `off`, `online`, or `online; stale=<reason>` when the
@@ -103,12 +112,15 @@ impl OnlinePredictor {
         } else {
             0.0
         };
+        let (p50, p90) = (snap.p50_ms as f32, snap.p90_ms as f32);
         Prediction {
-            p50_ms: snap.p50_ms as f32,
-            p90_ms: snap.p90_ms as f32,
+            p50_ms: p50,
+            p90_ms: p90,
             confidence: confidence as f32,
             source: Source::Online,
             stale: None,
+            model_ms: [0.0; 2],
+            online_ms: [p50, p90],
         }
     }
 }

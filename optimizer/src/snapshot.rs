@@ -150,4 +150,23 @@ pub struct RouteView {
     pub mae_log: f64,
     /// Server errors in the window.
     pub errors_in_window: u32,
+    /// The model beside the online statistics on the same requests in the window (the shadow
+    /// evaluation), whichever of them answered; absent when the model did not run.
+    pub shadow: Option<ShadowView>,
+}
+
+/// The model's and the online statistics' errors on the same requests.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowView {
+    /// Requests both predicted.
+    pub requests: u32,
+    /// The model's mean |ln actual − ln predicted p50|.
+    pub model_mae_log: f64,
+    /// The online statistics' on the same requests.
+    pub online_mae_log: f64,
+    /// Share at or under the model's p90.
+    pub model_p90_coverage: f64,
+    /// Share at or under the online p90.
+    pub online_p90_coverage: f64,
 }

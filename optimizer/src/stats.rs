@@ -54,6 +54,23 @@ struct Window {
     predicted_p50_sum: f64,
     predicted_p90_sum: f64,
     errors: u32,
+    /// Requests both the model and the online statistics predicted (the shadow evaluation),
+    /// their errors of ln latency and how many landed at or under each one's p90.
+    shadowed: u32,
+    model_error: f64,
+    online_error: f64,
+    model_covered: u32,
+    online_covered: u32,
+}
+
+/// The model's and the online statistics' p50 and p90 (ms) for one request, both known: what
+/// the shadow evaluation compares, whichever of them answered.
+#[derive(Debug, Clone, Copy)]
+pub struct Shadow {
+    /// The model's p50 and p90.
+    pub model: [f64; 2],
+    /// The online statistics' p50 and p90.
+    pub online: [f64; 2],
 }
 
 impl Default for Window {
@@ -67,6 +84,11 @@ impl Default for Window {
             predicted_p50_sum: 0.0,
             predicted_p90_sum: 0.0,
             errors: 0,
+            shadowed: 0,
+            model_error: 0.0,
+            online_error: 0.0,
+            model_covered: 0,
+            online_covered: 0,
         }
     }
 }
@@ -163,6 +185,16 @@ pub struct RouteSnapshot {
     pub predicted_p90_ms: f64,
     /// Server errors in the windows.
     pub errors: u32,
+    /// Requests in the windows both the model and the online statistics predicted.
+    pub shadowed: u32,
+    /// Of them: the model's mean |ln actual - ln p50|, 0 when none.
+    pub model_mae_log: f64,
+    /// The online statistics' on the same requests.
+    pub online_mae_log: f64,
+    /// The share at or under the model's p90.
+    pub model_coverage: f64,
+    /// The share at or under the online p90.
+    pub online_coverage: f64,
 }
 
 /// Statistics for one route.
@@ -207,6 +239,7 @@ impl RouteStats {
         &self,
         latency_ms: f64,
         predicted: Option<(f64, f64)>,
+        shadow: Option<Shadow>,
         server_error: bool,
         now: Instant,
     ) {
@@ -232,6 +265,15 @@ impl RouteStats {
             w.abs_log_error += (log - p50.ln()).abs();
             w.predicted_p50_sum += p50;
             w.predicted_p90_sum += p90;
+        }
+        if let Some(Shadow { model, online }) =
+            shadow.filter(|s| s.model[0] > 0.0 && s.online[0] > 0.0)
+        {
+            w.shadowed += 1;
+            w.model_error += (log - model[0].ln()).abs();
+            w.online_error += (log - online[0].ln()).abs();
+            w.model_covered += u32::from(latency_ms <= model[1]);
+            w.online_covered += u32::from(latency_ms <= online[1]);
         }
         if s.samples == 0 {
             s.ewma_mean = log;
@@ -296,6 +338,14 @@ impl RouteState {
                 sum / f64::from(predicted)
             }
         };
+        let shadowed = s.current.shadowed + s.previous.shadowed;
+        let per_shadowed = |sum: f64| {
+            if shadowed == 0 {
+                0.0
+            } else {
+                sum / f64::from(shadowed)
+            }
+        };
         RouteSnapshot {
             p50_ms: s.quantile(0.5).unwrap_or_else(|| from_ewma(0.0)),
             p90_ms: s.quantile(0.9).unwrap_or_else(|| from_ewma(1.2816)),
@@ -319,6 +369,15 @@ impl RouteState {
             predicted_p50_ms: mean(s.current.predicted_p50_sum + s.previous.predicted_p50_sum),
             predicted_p90_ms: mean(s.current.predicted_p90_sum + s.previous.predicted_p90_sum),
             errors: s.current.errors + s.previous.errors,
+            shadowed,
+            model_mae_log: per_shadowed(s.current.model_error + s.previous.model_error),
+            online_mae_log: per_shadowed(s.current.online_error + s.previous.online_error),
+            model_coverage: per_shadowed(f64::from(
+                s.current.model_covered + s.previous.model_covered,
+            )),
+            online_coverage: per_shadowed(f64::from(
+                s.current.online_covered + s.previous.online_covered,
+            )),
         }
     }
 }
@@ -384,7 +443,7 @@ mod tests {
         let stats = RouteStats::new(Instant::now());
         let now = Instant::now();
         for (latency, predicted) in requests {
-            stats.record(latency, predicted, false, now);
+            stats.record(latency, predicted, None, false, now);
         }
         (stats, now)
     }
@@ -405,7 +464,7 @@ mod tests {
             let predicted = if i % 2 == 0 { (4.0, 8.0) } else { (6.0, 12.0) };
             (5.0, Some(predicted))
         }));
-        stats.record(5.0, None, false, now);
+        stats.record(5.0, None, None, false, now);
         let snap = stats.snapshot(now);
         assert!((snap.predicted_p50_ms - 5.0).abs() < 1e-9);
         assert!((snap.predicted_p90_ms - 10.0).abs() < 1e-9);
@@ -424,7 +483,7 @@ mod tests {
     fn one_outlier_barely_moves_the_baseline() {
         let (stats, now) = recorded((0..200).map(|_| (10.0, None)));
         let before = stats.snapshot(now).ewma_log_mean;
-        stats.record(10_000.0, None, false, now);
+        stats.record(10_000.0, None, None, false, now);
         let after = stats.snapshot(now).ewma_log_mean;
         assert!((after - before).abs() < 0.05, "{before} -> {after}");
     }
@@ -434,10 +493,10 @@ mod tests {
         let stats = RouteStats::new(Instant::now());
         let now = Instant::now();
         for _ in 0..200 {
-            stats.record(2.0, None, false, now);
+            stats.record(2.0, None, None, false, now);
         }
         for _ in 0..30 {
-            stats.record(200.0, None, false, now);
+            stats.record(200.0, None, None, false, now);
         }
         let snap = stats.snapshot(now);
         let z = (200.0_f64.ln() - snap.ewma_log_mean) / snap.ewma_log_sd.max(0.25);
@@ -446,7 +505,7 @@ mod tests {
             "30 spikes later, a spike is still far out: z = {z}"
         );
         for _ in 0..2000 {
-            stats.record(200.0, None, false, now);
+            stats.record(200.0, None, None, false, now);
         }
         let snap = stats.snapshot(now);
         assert!(

@@ -77,7 +77,8 @@ pub fn feature_column(i: usize) -> String {
 pub struct Logs {
     /// One row per request: `ts_ms`, `route`, `priority`, `status`, `latency_ms`, `db_ms`,
     /// `queue_ms`, `shed`, `cache`, `source`, `predicted_p50_ms`, `predicted_p90_ms`,
-    /// `anomaly_score`, and the features `f0` … `f15`.
+    /// `model_p50_ms`, `model_p90_ms`, `online_p50_ms`, `online_p90_ms` (0 in logs written
+    /// before the shadow evaluation), `anomaly_score`, and the features `f0` … `f16`.
     pub requests: DataFrame,
     /// One row per executed statement: `fingerprint`, `route`, `duration_ms`, `rows`.
     pub queries: DataFrame,
@@ -195,6 +196,10 @@ struct Columns {
     source: Vec<String>,
     predicted_p50_ms: Vec<f32>,
     predicted_p90_ms: Vec<f32>,
+    model_p50_ms: Vec<f32>,
+    model_p90_ms: Vec<f32>,
+    online_p50_ms: Vec<f32>,
+    online_p90_ms: Vec<f32>,
     anomaly_score: Vec<f32>,
     features: Vec<Vec<f32>>,
     q_fingerprint: Vec<String>,
@@ -223,6 +228,10 @@ impl Columns {
         self.source.push(record.source);
         self.predicted_p50_ms.push(record.predicted_p50_ms);
         self.predicted_p90_ms.push(record.predicted_p90_ms);
+        self.model_p50_ms.push(record.model_ms[0]);
+        self.model_p90_ms.push(record.model_ms[1]);
+        self.online_p50_ms.push(record.online_ms[0]);
+        self.online_p90_ms.push(record.online_ms[1]);
         self.anomaly_score.push(record.anomaly_score);
         for (column, value) in self.features.iter_mut().zip(record.features) {
             column.push(value);
@@ -243,6 +252,10 @@ impl Columns {
             Column::new("source".into(), self.source),
             Column::new("predicted_p50_ms".into(), self.predicted_p50_ms),
             Column::new("predicted_p90_ms".into(), self.predicted_p90_ms),
+            Column::new("model_p50_ms".into(), self.model_p50_ms),
+            Column::new("model_p90_ms".into(), self.model_p90_ms),
+            Column::new("online_p50_ms".into(), self.online_p50_ms),
+            Column::new("online_p90_ms".into(), self.online_p90_ms),
             Column::new("anomaly_score".into(), self.anomaly_score),
         ];
         for (i, values) in self.features.into_iter().enumerate() {

@@ -68,6 +68,8 @@ struct Rows {
     latency: Vec<f32>,
     features: Vec<FeatureVector>,
     source: Vec<String>,
+    predicted_p50: Vec<f32>,
+    predicted_p90: Vec<f32>,
     online_p50: Vec<f32>,
     online_p90: Vec<f32>,
     online_score: Vec<f32>,
@@ -90,14 +92,18 @@ impl Rows {
         self.route[i] == ANOMALY_ROUTE
     }
 
-    /// The online statistics' prediction logged with row `i`, when it had one.
+    /// The online statistics' prediction (ln ms, p50 and p90) logged with row `i`, when it had
+    /// one: logged beside the model's on every request since the shadow evaluation, and in
+    /// older logs the served prediction when the online statistics answered.
     fn online(&self, i: usize) -> Option<(f64, f64)> {
-        (self.source[i] == "online" && self.online_p50[i] > 0.0).then(|| {
-            (
-                f64::from(self.online_p50[i]).ln(),
-                f64::from(self.online_p90[i].max(self.online_p50[i])).ln(),
-            )
-        })
+        let (p50, p90) = if self.online_p50[i] > 0.0 {
+            (self.online_p50[i], self.online_p90[i])
+        } else if self.source[i] == "online" {
+            (self.predicted_p50[i], self.predicted_p90[i])
+        } else {
+            return None;
+        };
+        (p50 > 0.0).then(|| (f64::from(p50).ln(), f64::from(p90.max(p50)).ln()))
     }
 }
 
@@ -142,8 +148,10 @@ fn served_rows(logs: &Logs) -> PolarsResult<Rows> {
         latency: f32s("latency_ms")?,
         features,
         source: strings("source")?,
-        online_p50: f32s("predicted_p50_ms")?,
-        online_p90: f32s("predicted_p90_ms")?,
+        predicted_p50: f32s("predicted_p50_ms")?,
+        predicted_p90: f32s("predicted_p90_ms")?,
+        online_p50: f32s("online_p50_ms")?,
+        online_p90: f32s("online_p90_ms")?,
         online_score: f32s("anomaly_score")?,
     })
 }

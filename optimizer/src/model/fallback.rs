@@ -26,23 +26,35 @@ impl ModelPredictor {
     }
 
     /// The model's prediction, else the online one with the reason; `join` as for
-    /// [`Models::predict`].
+    /// [`Models::predict`]. Either way the other's answer rides along (`model_ms`,
+    /// `online_ms`), for the shadow evaluation and the logs.
     pub async fn predict(&self, route: usize, features: &FeatureVector, join: bool) -> Prediction {
-        match self
+        let online = self.online.predict(route);
+        let answer = self
             .models
             .predict(route, features, &self.stats, join)
-            .await
-        {
-            Ok(prediction) => prediction,
+            .await;
+        let model_ms = answer.as_ref().map_or([0.0; 2], |p| p.model_ms);
+        let chosen = match answer {
+            Ok(prediction) if prediction.stale.is_none() => prediction,
+            Ok(Prediction { stale, .. }) => {
+                self.models.counters.fallbacks.fetch_add(1, Relaxed);
+                Prediction { stale, ..online }
+            }
             Err(stale) => {
                 if stale != Stale::Busy {
                     self.models.counters.fallbacks.fetch_add(1, Relaxed);
                 }
                 Prediction {
                     stale: Some(stale),
-                    ..self.online.predict(route)
+                    ..online
                 }
             }
+        };
+        Prediction {
+            model_ms,
+            online_ms: online.online_ms,
+            ..chosen
         }
     }
 }

@@ -1,11 +1,12 @@
-//! The model's health: why it may not answer ([`Stale`]), the live drift check against its
-//! holdout error, inference error streaks, and the view `/api/ml-metrics` shows.
+//! The model's health: why it may not answer ([`Stale`]), the live drift check against the
+//! online statistics on the same requests, inference error streaks, and the view
+//! `/api/ml-metrics` shows.
 //!
 //! Whether the set may answer is one atomic byte, written by the watcher and by these live
 //! checks; the request path reads it with one load.
 
 use super::{Models, memo, onnx, retrain};
-use crate::predictor::{Prediction, Source};
+use crate::predictor::Prediction;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
@@ -22,7 +23,7 @@ pub enum Stale {
     Fingerprint = 3,
     /// The model is older than `models.max_age_hours`.
     Aged = 4,
-    /// Its live error drifted well above its holdout error.
+    /// Its live error is worse than the online statistics' on the same requests.
     Drift = 5,
     /// ONNX Runtime failed repeatedly.
     InferenceErrors = 6,
@@ -91,7 +92,7 @@ impl Stale {
             }
             Self::Aged => "the model is older than models.max_age_hours: online statistics answer",
             Self::Drift => {
-                "the model's live error drifted well above its holdout error: online statistics answer"
+                "the model's live error is worse than the online statistics' on the same requests: online statistics answer (the model keeps predicting in their shadow and serves again once it is better)"
             }
             Self::InferenceErrors => "ONNX Runtime failed repeatedly: online statistics answer",
             Self::Rejected => "the only model found was refused: online statistics answer",
@@ -100,20 +101,22 @@ impl Stale {
     }
 }
 
-/// Predictions per drift window: the live error is judged over this many model predictions.
+/// Requests per drift window: the model's live error is judged against the online statistics'
+/// over this many requests that both predicted.
 const DRIFT_WINDOW: u32 = 512;
 /// Consecutive inference failures after which the model is stale.
 const MAX_CONSECUTIVE_ERRORS: u32 = 3;
 
-/// Live error against holdout error, accumulated in fixed point (micro-units of ln ms) so the
-/// request path needs only atomic adds. Window boundaries are approximate under concurrency (a
-/// request may land in the next window), which does not matter for a ratio of sums.
+/// The shadow evaluation: the model's and the online statistics' errors of ln latency on the
+/// same requests, accumulated in fixed point (micro-units of ln ms) so the request path needs
+/// only atomic adds. Window boundaries are approximate under concurrency (a request may land in
+/// the next window), which does not matter for a ratio of sums.
 #[derive(Default)]
 pub(super) struct Drift {
     count: AtomicU32,
-    error: AtomicU64,
-    reference: AtomicU64,
-    /// Last completed window: live and holdout mean error (f32 bits each).
+    model: AtomicU64,
+    online: AtomicU64,
+    /// Last completed window: the model's and the online mean error (f32 bits each).
     last: AtomicU64,
 }
 
@@ -121,9 +124,27 @@ impl Drift {
     /// Starts a new window (a new model is judged on its own predictions only).
     pub(super) fn reset(&self) {
         self.count.store(0, Relaxed);
-        self.error.store(0, Relaxed);
-        self.reference.store(0, Relaxed);
+        self.model.store(0, Relaxed);
+        self.online.store(0, Relaxed);
+        self.last.store(0, Relaxed);
     }
+
+    /// The last completed window's mean errors, model and online.
+    fn last(&self) -> Option<(f32, f32)> {
+        let last = self.last.load(Relaxed);
+        (last != 0).then(|| {
+            (
+                f32::from_bits((last >> 32) as u32),
+                f32::from_bits(last as u32),
+            )
+        })
+    }
+}
+
+/// |ln actual - ln predicted| in micro-units, capped.
+fn micro_error(latency_ms: f64, predicted_ms: f32) -> u64 {
+    let error = (latency_ms.max(0.001).ln() - f64::from(predicted_ms).ln()).abs();
+    (error.min(100.0) * 1e6) as u64
 }
 
 impl Models {
@@ -193,43 +214,48 @@ impl Models {
         }
     }
 
-    /// Records a finished request's actual latency against the model's prediction, and marks
-    /// the model stale when its error over the last window is well above its holdout error.
-    pub fn observe(&self, route: usize, prediction: &Prediction, latency_ms: f64) {
+    /// Records a finished request's actual latency against what the model and the online
+    /// statistics predicted for it (whichever answered). Over each window of requests both
+    /// predicted, the model is retired for drift when its mean error of ln latency is above
+    /// `drift_factor` x the online statistics', and serves again when it is below theirs
+    /// divided by the same factor (hysteresis, so it does not flap).
+    pub fn observe(&self, prediction: &Prediction, latency_ms: f64) {
         let factor = self.config.drift_factor;
-        if prediction.source != Source::Onnx || factor == 0.0 || prediction.p50_ms <= 0.0 {
+        let [model, _] = prediction.model_ms;
+        let [online, _] = prediction.online_ms;
+        if factor == 0.0 || model <= 0.0 || online <= 0.0 {
             return;
         }
-        let set = self.current.load();
-        let Some(set) = set.as_ref() else { return };
-        let reference = f64::from(set.holdout_mae[route.min(set.holdout_mae.len() - 1)]);
-        let error = (latency_ms.max(0.001).ln() - f64::from(prediction.p50_ms).ln()).abs();
-        {
-            self.drift
-                .error
-                .fetch_add((error.min(100.0) * 1e6) as u64, Relaxed);
-            self.drift
-                .reference
-                .fetch_add((reference * 1e6) as u64, Relaxed);
-        }
+        self.drift
+            .model
+            .fetch_add(micro_error(latency_ms, model), Relaxed);
+        self.drift
+            .online
+            .fetch_add(micro_error(latency_ms, online), Relaxed);
         if self.drift.count.fetch_add(1, Relaxed) + 1 < DRIFT_WINDOW {
             return;
         }
         self.drift.count.store(0, Relaxed);
-        let (live, holdout) = (
-            self.drift.error.swap(0, Relaxed) as f64 / 1e6 / f64::from(DRIFT_WINDOW),
-            self.drift.reference.swap(0, Relaxed) as f64 / 1e6 / f64::from(DRIFT_WINDOW),
+        let (model, online) = (
+            self.drift.model.swap(0, Relaxed) as f64 / 1e6 / f64::from(DRIFT_WINDOW),
+            self.drift.online.swap(0, Relaxed) as f64 / 1e6 / f64::from(DRIFT_WINDOW),
         );
         let packed =
-            (u64::from((live as f32).to_bits()) << 32) | u64::from((holdout as f32).to_bits());
-        self.drift.last.store(packed, Relaxed);
-        if live > factor * holdout {
-            self.set_state(
+            (u64::from((model as f32).to_bits()) << 32) | u64::from((online as f32).to_bits());
+        self.drift.last.store(packed.max(1), Relaxed);
+        let figures = format!(
+            "mean |ln error| {model:.3} against the online statistics' {online:.3} on the last {DRIFT_WINDOW} requests"
+        );
+        match self.stale() {
+            None if model > factor * online => self.set_state(
                 Some(Stale::Drift),
-                format!(
-                    "mean |ln error| {live:.2} over the last {DRIFT_WINDOW} predictions, more than {factor} x the holdout's {holdout:.2}"
-                ),
-            );
+                format!("{figures}, more than {factor} x theirs"),
+            ),
+            Some(Stale::Drift) if model * factor < online => self.set_state(
+                None,
+                format!("better than the online statistics again: {figures}"),
+            ),
+            _ => {}
         }
     }
 
@@ -237,11 +263,7 @@ impl Models {
     pub fn view(&self) -> ModelView {
         let set = self.current.load_full();
         let status = self.status();
-        let last = self.drift.last.load(Relaxed);
-        let (live, holdout) = (
-            f32::from_bits((last >> 32) as u32),
-            f32::from_bits(last as u32),
-        );
+        let last = self.drift.last();
         ModelView {
             stale: self.stale(),
             dir: self.config.dir.display().to_string(),
@@ -254,8 +276,8 @@ impl Models {
                 .map(|s| s.manifest.latency_holdout.p90_coverage),
             anomaly_threshold: set.as_ref().map(|s| s.manifest.anomaly_threshold),
             sessions: self.sessions,
-            live_mae_log: (last != 0).then_some(live),
-            live_reference_mae_log: (last != 0).then_some(holdout),
+            live_mae_log: last.map(|l| l.0),
+            live_online_mae_log: last.map(|l| l.1),
             drift_factor: self.config.drift_factor,
             max_age_hours: self.config.max_age_hours,
             predictions: self.counters.predictions.load(Relaxed),
@@ -317,11 +339,13 @@ pub struct ModelView {
     pub anomaly_threshold: Option<f64>,
     /// Sessions per model.
     pub sessions: usize,
-    /// Mean |ln error| of the model over the last drift window.
+    /// Mean |ln error| of the model over the last drift window (also while it is retired: it
+    /// keeps predicting in the online statistics' shadow).
     pub live_mae_log: Option<f32>,
-    /// The holdout error of the same requests' routes.
-    pub live_reference_mae_log: Option<f32>,
-    /// Drift factor.
+    /// The online statistics' mean |ln error| on the same requests.
+    pub live_online_mae_log: Option<f32>,
+    /// Drift factor: retired above this multiple of the online error, serving again below it
+    /// divided by the factor.
     pub drift_factor: f64,
     /// Age limit (hours, 0 none).
     pub max_age_hours: f64,

@@ -84,8 +84,6 @@ pub struct ModelSet {
     pub anomaly_memo: Result<Memo, String>,
     /// Per route index: holdout p90 coverage (the calibration the confidence starts from).
     pub calibration: [f32; ROUTE_COUNT],
-    /// Per route index: holdout MAE of ln latency (the reference for live drift).
-    pub holdout_mae: [f32; ROUTE_COUNT],
     /// Anomaly score the trainer counts as anomalous.
     pub threshold: f32,
 }
@@ -244,23 +242,15 @@ pub fn load(
     )?;
     probe(&manifest, &latency, &anomaly)?;
 
-    let overall = (
-        manifest.latency_holdout.p90_coverage as f32,
-        manifest.latency_holdout.mae_log as f32,
-    );
-    let mut calibration = [overall.0; ROUTE_COUNT];
-    let mut holdout_mae = [overall.1; ROUTE_COUNT];
-    for route in 0..ROUTE_COUNT {
-        // A route with only a handful of holdout rows keeps the overall figures.
+    let mut calibration = [manifest.latency_holdout.p90_coverage as f32; ROUTE_COUNT];
+    for (route, calibrated) in calibration.iter_mut().enumerate() {
+        // A route with only a handful of holdout rows keeps the overall figure.
         if let Some(m) = manifest
             .latency_by_route
             .get(&route_label(route))
             .filter(|m| m.rows >= 30)
         {
-            {
-                calibration[route] = m.p90_coverage as f32;
-                holdout_mae[route] = m.mae_log as f32;
-            }
+            *calibrated = m.p90_coverage as f32;
         }
     }
     let threshold = manifest.anomaly_threshold as f32;
@@ -277,7 +267,6 @@ pub fn load(
         latency_memo,
         anomaly_memo,
         calibration,
-        holdout_mae,
         threshold,
     })
 }

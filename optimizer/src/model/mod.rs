@@ -195,9 +195,25 @@ impl Models {
         self.serving()?.as_ref().cloned().ok_or(Stale::NoModel)
     }
 
+    /// The set to predict with: the serving one, or the one retired for drift, which keeps
+    /// predicting in the shadow of the online statistics ([`Models::observe`]).
+    fn predicting_set(&self) -> Result<(Arc<ModelSet>, Option<Stale>), Stale> {
+        match self.serving_set() {
+            Ok(set) => Ok((set, None)),
+            Err(Stale::Drift) => self
+                .current
+                .load_full()
+                .map(|set| (set, Some(Stale::Drift)))
+                .ok_or(Stale::NoModel),
+            Err(stale) => Err(stale),
+        }
+    }
+
     /// The model's latency prediction for one request, with a confidence of the route's live
     /// p90 coverage once enough predictions have been checked, else the holdout's. With `join`
-    /// the row shares a run with concurrent requests ([`onnx::Pool::run_joined`]).
+    /// the row shares a run with concurrent requests ([`onnx::Pool::run_joined`]). A model
+    /// retired for drift still predicts, with `stale` set: the caller serves the online
+    /// statistics and keeps the model's answer as the shadow.
     ///
     /// # Errors
     /// Why the model cannot answer.
@@ -208,7 +224,7 @@ impl Models {
         stats: &Stats,
         join: bool,
     ) -> Result<Prediction, Stale> {
-        let set = self.serving_set()?;
+        let (set, stale) = self.predicting_set()?;
         let out = self
             .infer(&set.latency, set.latency_memo.as_ref().ok(), features, join)
             .await?;
@@ -223,13 +239,17 @@ impl Models {
         } else {
             set.calibration[route]
         };
-        self.counters.predictions.fetch_add(1, Relaxed);
+        if stale.is_none() {
+            self.counters.predictions.fetch_add(1, Relaxed);
+        }
         Ok(Prediction {
             p50_ms: p50,
             p90_ms: p90,
             confidence,
             source: Source::Onnx,
-            stale: None,
+            stale,
+            model_ms: [p50, p90],
+            online_ms: [0.0; 2],
         })
     }
 

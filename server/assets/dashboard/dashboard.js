@@ -290,6 +290,10 @@ function drawMetrics(m) {
     cell(tr, String(r.requests), true);
     cell(tr, r.predictedInWindow > 0 ? pct(r.coverage) : '–', true);
     cell(tr, r.predictedInWindow > 0 ? fmt(r.maeLog) : '–', true);
+    // The shadow evaluation: the model and the online statistics on the same requests,
+    // whichever of them answered.
+    cell(tr, r.shadow ? fmt(r.shadow.modelMaeLog) : '–', true);
+    cell(tr, r.shadow ? fmt(r.shadow.onlineMaeLog) : '–', true);
     cell(tr, String(r.errorsInWindow), true);
     return tr;
   }));

@@ -89,6 +89,32 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
         "Mean absolute error of ln latency of recent predictions.",
         by_route(|r| r.mae_log),
     );
+    let shadowed = |pick: fn(&optimizer::snapshot::ShadowView) -> f64| {
+        routes
+            .iter()
+            .filter_map(move |r| {
+                r.shadow
+                    .as_ref()
+                    .map(|s| (format!("route=\"{}\"", r.route), pick(s)))
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut shadow = shadowed(|s| s.model_mae_log)
+        .into_iter()
+        .map(|(labels, v)| (format!("{labels},predictor=\"model\""), v))
+        .collect::<Vec<_>>();
+    shadow.extend(
+        shadowed(|s| s.online_mae_log)
+            .into_iter()
+            .map(|(labels, v)| (format!("{labels},predictor=\"online\""), v)),
+    );
+    family(
+        &mut out,
+        "shop_shadow_mae_log",
+        "gauge",
+        "Mean absolute error of ln latency of the model and of the online statistics on the same recent requests, whichever answered.",
+        shadow,
+    );
     let priorities = &snapshot.admission;
     let per_priority = |label: &str, pick: fn(&PriorityStats) -> u64, value: &str| {
         priorities

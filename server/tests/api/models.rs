@@ -390,7 +390,7 @@ async fn replacing_the_files_hot_swaps_without_a_failed_request() {
 }
 
 #[tokio::test]
-async fn live_drift_retires_the_model_until_a_good_one_is_loaded() {
+async fn the_shadow_drift_rule_judges_the_model_against_online_statistics() {
     use optimizer::model::{Models, Stale};
     use optimizer::predictor::{Prediction, Source};
     require_runtime();
@@ -399,24 +399,45 @@ async fn live_drift_retires_the_model_until_a_good_one_is_loaded() {
     let config = server::config::ModelsConfig {
         dir: dir.clone(),
         max_age_hours: 0.0,
-        drift_factor: 2.0,
         ..server::config::ModelsConfig::default()
     };
     let models = Models::new(&config);
     models.poll();
     assert_eq!(models.stale(), None);
-    // The model keeps predicting 1 ms for requests that take a second.
-    let prediction = Prediction {
-        p50_ms: 1.0,
-        p90_ms: 2.0,
+    // Requests take 100 ms. `model` and `online` are what each predicted for them.
+    let request = |model: f32, online: f32| Prediction {
+        p50_ms: model,
+        p90_ms: model * 2.0,
         confidence: 0.9,
         source: Source::Onnx,
         stale: None,
+        model_ms: [model, model * 2.0],
+        online_ms: [online, online * 2.0],
     };
+    // Far off (ln error 2.3), but the online statistics are further off (3.0): it keeps serving.
+    for _ in 0..1100 {
+        models.observe(&request(10.0, 5.0), 100.0);
+    }
+    assert_eq!(
+        models.stale(),
+        None,
+        "worse than its holdout, better than online"
+    );
+    // Now the model is off by 2x and the online statistics are right: retired.
     for _ in 0..600 {
-        models.observe(1, &prediction, 1000.0);
+        models.observe(&request(200.0, 100.0), 100.0);
     }
     assert_eq!(models.stale(), Some(Stale::Drift));
+    let m = models.view();
+    assert!(
+        m.live_mae_log.expect("model error") > m.live_online_mae_log.expect("online error"),
+        "{m:?}"
+    );
+    // Retired, it keeps predicting in the shadow; once it is clearly better, it serves again.
+    for _ in 0..600 {
+        models.observe(&request(100.0, 300.0), 100.0);
+    }
+    assert_eq!(models.stale(), None, "better than online again");
     let events = models.take_events();
     assert!(
         events
@@ -424,11 +445,38 @@ async fn live_drift_retires_the_model_until_a_good_one_is_loaded() {
             .any(|(a, r)| *a == "model-stale" && r.starts_with("drift")),
         "{events:?}"
     );
-    // A new manifest (here the same models, rewritten) is checked and loaded: serving again.
-    let text = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest");
-    std::fs::write(dir.join("manifest.json"), format!("{text}\n")).expect("rewrite");
-    models.poll();
-    assert_eq!(models.stale(), None);
+    assert!(
+        events
+            .iter()
+            .any(|(a, r)| *a == "model-serving" && r.contains("better than the online")),
+        "{events:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn every_request_is_predicted_by_both_the_model_and_online_statistics() {
+    let (app, dir) = app_with_models(|_, _| {}).await;
+    let id = app.product_id("Laptop Pro").await;
+    for _ in 0..30 {
+        let response = app.get(&format!("/api/products/{id}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    // Both predicted every request: the route shows both errors side by side.
+    let m = app.ml_metrics().await;
+    let route = m["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .find(|r| r["route"] == "GET /api/products/{id}")
+        .expect("the product route")
+        .clone();
+    let shadow = &route["shadow"];
+    assert!(shadow["requests"].as_u64() >= Some(20), "{route}");
+    assert!(
+        shadow["modelMaeLog"].is_f64() && shadow["onlineMaeLog"].is_f64(),
+        "{route}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
