@@ -53,9 +53,8 @@ run: db ## Build and run the server: migrate, seed, serve on PORT (default 3000)
 	# The ONNX Runtime library for the models in models/; without it the server still runs, on
 	# online statistics (x-ml-source: online; stale=no-runtime).
 	if ORT_DYLIB_PATH="$$(scripts/ort.sh)"; then export ORT_DYLIB_PATH; fi
-	# training_interval runs the trainer beside the server binary; build it when asked for.
-	if [[ "$${TRAINING_INTERVAL:-0}" != 0 ]]; then cargo build --release -p trainer; fi
-	cargo build --release -p server
+	# training_interval (on by default) runs the trainer beside the server binary.
+	cargo build --release -p server -p trainer
 	"$(SERVER)" migrate
 	"$(SERVER)" seed
 	echo "dashboard: http://localhost:$$PORT/dashboard (sign in with $$token_hint)"

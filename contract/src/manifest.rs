@@ -58,6 +58,11 @@ pub struct Manifest {
     pub rows: RowCounts,
     /// Latency model file, relative to the manifest.
     pub latency_model: ModelFile,
+    /// The feature the latency model's output is relative to: ln latency is the output plus
+    /// that feature (a correction on the route's live baseline, which carries over between
+    /// catalogues and machines). Absent: the output is ln latency itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_baseline: Option<String>,
     /// Anomaly model file, relative to the manifest.
     pub anomaly_model: ModelFile,
     /// Latency model quality on the time-ordered holdout, beside the online baseline.
@@ -71,6 +76,22 @@ pub struct Manifest {
     pub anomaly_threshold: f64,
     /// Rows with their expected outputs, for the server's sanity check before it swaps in a model.
     pub probes: Vec<Probe>,
+}
+
+impl Manifest {
+    /// Index of [`Manifest::latency_baseline`] in the feature vector: `Ok(None)` without one,
+    /// `Err` naming it when it is not a feature.
+    pub fn baseline_index(&self) -> Result<Option<usize>, String> {
+        self.latency_baseline
+            .as_deref()
+            .map(|name| {
+                crate::FEATURE_NAMES
+                    .iter()
+                    .position(|f| *f == name)
+                    .ok_or_else(|| format!("latency_baseline {name:?} is not a feature"))
+            })
+            .transpose()
+    }
 }
 
 /// Row counts of a training run.

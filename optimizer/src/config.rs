@@ -142,7 +142,7 @@ impl Default for Config {
     /// The defaults of every table, a pool of 32 connections and no database for the advisor.
     fn default() -> Self {
         Self {
-            training_interval: 0,
+            training_interval: 10,
             prediction_threshold: 0.7,
             optimization: OptimizationConfig::default(),
             features: FeaturesConfig::default(),

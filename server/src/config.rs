@@ -120,7 +120,8 @@ pub struct Config {
     /// Input limits.
     pub limits: LimitsConfig,
     /// Minutes between background retraining runs on the request logs (0 = never); a new model
-    /// is adopted only when it beats the serving one on the most recent requests.
+    /// is adopted only when it beats both the serving one and the online statistics on the most
+    /// recent requests it never saw.
     pub training_interval: u64,
     /// Confidence (0-1) a prediction needs before the optimizer acts on it (refresh-ahead,
     /// predicted-cost shedding); below it the optimizer falls back to conservative defaults.

@@ -70,6 +70,12 @@ pub enum Command {
         /// Isolation splits use each feature's N-quantiles and N even steps (0: any value).
         #[arg(long, default_value_t = iforest::Params::default().grid)]
         anomaly_grid: usize,
+        /// Fit ln latency itself instead of a correction on the route's live baseline.
+        #[arg(long)]
+        absolute: bool,
+        /// Fit on one thread (what background retraining beside a server uses).
+        #[arg(long)]
+        one_thread: bool,
     },
     /// Summarize what the logs say, per route and per query fingerprint, slowest first.
     Report {
@@ -124,6 +130,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             anomaly_trees,
             anomaly_sample,
             anomaly_grid,
+            absolute,
+            one_thread,
         } => {
             let mut opts = train::Options::new(logs, out);
             opts.holdout = holdout;
@@ -133,6 +141,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             opts.iforest.trees = anomaly_trees;
             opts.iforest.sample = anomaly_sample;
             opts.iforest.grid = anomaly_grid;
+            opts.relative = !absolute;
+            opts.one_thread = one_thread;
             let outcome = train::train(&opts)?;
             print!("{}", summary(&outcome));
         }

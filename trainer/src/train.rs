@@ -3,8 +3,9 @@
 //! 1. Load and validate the logs ([`crate::logs`]); leave out shed requests (their latency is
 //!    the cost of saying no, not of serving).
 //! 2. Sort by time; the most recent `holdout` share is never trained on.
-//! 3. Fit the latency quantiles (p50, p90 of ln latency) with [`crate::gbdt`] and the anomaly
-//!    scorer with [`crate::iforest`] on the older rows.
+//! 3. Fit the latency quantiles (p50, p90 of ln latency, by default as a correction on the
+//!    route's live baseline `route_ewma_log_ms`) with [`crate::gbdt`] and the anomaly scorer
+//!    with [`crate::iforest`] on the older rows.
 //! 4. Measure both on the holdout beside what the online statistics logged for the same rows.
 //! 5. Export ONNX, then write files under new names and the manifest last, each through a
 //!    temporary file and a rename: a run that fails anywhere leaves the old models in use.
@@ -43,7 +44,17 @@ pub struct Options {
     pub iforest: iforest::Params,
     /// Share of unlabelled training rows allowed above the anomaly threshold.
     pub false_alarm_rate: f64,
+    /// Fit on one thread (background retraining beside a serving server); else the two latency
+    /// quantiles are fitted side by side.
+    pub one_thread: bool,
+    /// Fit the latency model as a correction on the route's live baseline
+    /// ([`BASELINE_FEATURE`]) rather than absolute ln latency.
+    pub relative: bool,
 }
+
+/// The feature a relative latency model corrects: the route's recent mean of ln latency, what
+/// the online statistics know about the route's level on this catalogue and machine.
+pub const BASELINE_FEATURE: &str = "route_ewma_log_ms";
 
 impl Options {
     /// Defaults for these logs and this output folder.
@@ -56,6 +67,8 @@ impl Options {
             gbdt: gbdt::Params::default(),
             iforest: iforest::Params::default(),
             false_alarm_rate: 0.005,
+            relative: true,
+            one_thread: false,
         }
     }
 }
@@ -262,25 +275,38 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
         ((0..cut).collect(), (cut..n).collect());
     let loaded = started.elapsed().as_secs_f64();
 
-    // Latency: two quantile models of ln(latency).
+    // Latency: two quantile models of ln(latency), or of its excess over the route's baseline.
     let fit_started = Instant::now();
+    let baseline = opts.relative.then(|| {
+        contract::FEATURE_NAMES
+            .iter()
+            .position(|f| *f == BASELINE_FEATURE)
+            .expect("the baseline is a feature")
+    });
+    let base = |i: usize| baseline.map_or(0.0, |b| data.features[i][b]);
     let columns: Vec<Vec<f32>> = (0..FEATURE_COUNT)
         .map(|f| train_idx.iter().map(|&i| data.features[i][f]).collect())
         .collect();
     let y: Vec<f32> = train_idx
         .iter()
-        .map(|&i| data.log_latency(i) as f32)
+        .map(|&i| data.log_latency(i) as f32 - base(i))
         .collect();
-    // The two quantiles are independent: one per core.
-    let (p50, p90) = std::thread::scope(|scope| {
-        let p90 = scope.spawn(|| gbdt::fit_quantile(&columns, &y, 0.9, opts.gbdt));
-        let p50 = gbdt::fit_quantile(&columns, &y, 0.5, opts.gbdt);
-        (p50, p90.join())
-    });
+    // The two quantiles are independent: one per core, unless asked for one thread.
+    let fit = |q: f64| gbdt::fit_quantile(&columns, &y, q, opts.gbdt);
+    let (p50, p90) = if opts.one_thread {
+        (fit(0.5), fit(0.9))
+    } else {
+        std::thread::scope(|scope| {
+            let p90 = scope.spawn(|| fit(0.9));
+            let p50 = fit(0.5);
+            (
+                p50,
+                p90.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            )
+        })
+    };
     let p50 = p50.context("fitting the p50 model")?;
-    let p90 = p90
-        .map_err(|_| anyhow::anyhow!("the p90 fit panicked"))?
-        .context("fitting the p90 model")?;
+    let p90 = p90.context("fitting the p90 model")?;
     drop(columns);
 
     // Anomaly: isolation forest over features plus outcome.
@@ -294,8 +320,8 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
     let export_started = Instant::now();
     let predict = |i: usize| -> (f64, f64) {
         let x = &data.features[i];
-        let lo = f64::from(p50.eval(x));
-        (lo, f64::from(p90.eval(x)).max(lo))
+        let lo = f64::from(p50.eval(x) + base(i));
+        (lo, f64::from(p90.eval(x) + base(i)).max(lo))
     };
     let mut predicted = vec![(0.0, 0.0); n];
     for &i in &holdout_idx {
@@ -431,6 +457,7 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
             &latency_bytes,
             &[&p50, &p90],
         ),
+        latency_baseline: baseline.map(|_| BASELINE_FEATURE.to_owned()),
         anomaly_model: model_file(
             format!("anomaly-{version}.onnx"),
             &anomaly_bytes,

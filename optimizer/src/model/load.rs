@@ -86,6 +86,16 @@ pub struct ModelSet {
     pub calibration: [f32; ROUTE_COUNT],
     /// Anomaly score the trainer counts as anomalous.
     pub threshold: f32,
+    /// The feature the latency model's output is relative to ([`Manifest::latency_baseline`]).
+    pub baseline: Option<usize>,
+}
+
+impl ModelSet {
+    /// ln latency (p50, p90) from the latency model's raw output for `features`.
+    pub fn log_latency(&self, raw: [f32; 2], features: &[f32]) -> [f32; 2] {
+        let base = self.baseline.map_or(0.0, |i| features[i]);
+        [raw[0] + base, raw[1] + base]
+    }
 }
 
 /// Reads the manifest of a model folder.
@@ -253,6 +263,12 @@ pub fn load(
             *calibrated = m.p90_coverage as f32;
         }
     }
+    let baseline = manifest
+        .baseline_index()
+        .map_err(|message| LoadError::Manifest {
+            path: dir.join(MANIFEST_FILE),
+            message,
+        })?;
     let threshold = manifest.anomaly_threshold as f32;
     if threshold.is_nan() || threshold <= 0.0 || threshold >= 1.0 {
         return Err(LoadError::Manifest {
@@ -268,5 +284,6 @@ pub fn load(
         anomaly_memo,
         calibration,
         threshold,
+        baseline,
     })
 }

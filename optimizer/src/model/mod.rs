@@ -228,7 +228,8 @@ impl Models {
         let out = self
             .infer(&set.latency, set.latency_memo.as_ref().ok(), features, join)
             .await?;
-        let (p50, p90) = (out[0].exp(), out[0].max(out[1]).exp());
+        let [lo, hi] = set.log_latency([out[0], out[1]], features);
+        let (p50, p90) = (lo.exp(), lo.max(hi).exp());
         if !(p50.is_finite() && p90.is_finite()) {
             return Err(self.failed("non-finite prediction"));
         }

@@ -2,11 +2,14 @@
 //!
 //! Runs the trainer binary (a separate process, so its memory and CPU spikes never share the
 //! server's heap, and a crash costs nothing) on the log folder into a fresh temporary folder,
+//! niced and on one thread so that it never looks like an incident to the server beside it, and
 //! bounded by `models.training_timeout_secs`. The candidate is then loaded and checked like any
-//! model, and both it and the serving model predict the most recent logged requests (the rows
-//! the trainer held out, so the candidate never saw them). Only when the candidate's error is
-//! lower are its files copied into the model folder, the manifest last and atomically, where the
-//! watcher picks them up. One run at a time; the watcher does not start another while one runs.
+//! model, and it, the serving model and the online statistics (their answer logged with each
+//! request) are judged on the most recent logged requests (the rows the trainer held out, so the
+//! candidate never saw them). Only when the candidate's error is lower than both are its files
+//! copied into the model folder, the manifest last and atomically, where the watcher picks them
+//! up. One run at a time; the watcher does not start another while one runs, nor one before
+//! [`MIN_NEW_ROWS`] requests were logged since the last.
 
 use super::Models;
 use super::load::{self, ModelSet};
@@ -35,10 +38,37 @@ pub struct RetrainStatus {
 
 /// Most recent logged requests compared on.
 const MAX_COMPARE_ROWS: usize = 5_000;
+/// Requests logged since the last run before the next scheduled one trains.
+pub const MIN_NEW_ROWS: usize = 1_000;
+
+/// One logged request a model is judged on.
+struct Row {
+    ts_ms: i64,
+    features: contract::FeatureVector,
+    latency_ms: f32,
+    /// The online statistics' p50 for it (ms), when logged.
+    online_p50_ms: Option<f32>,
+}
 
 /// One training run, start to finish (blocking), and the status after it; `None` without
 /// running when another run is in progress.
 pub fn run(models: &Models, log_dir: &Path) -> Option<RetrainStatus> {
+    run_if(models, log_dir, false)
+}
+
+/// [`run`], skipped (`None`) when `scheduled` and fewer than [`MIN_NEW_ROWS`] requests were
+/// logged since the last run.
+pub fn run_if(models: &Models, log_dir: &Path, scheduled: bool) -> Option<RetrainStatus> {
+    if scheduled
+        && let Some(last) = models.retrain_status().last_ms
+        && recent_rows(log_dir, MIN_NEW_ROWS)
+            .iter()
+            .filter(|r| r.ts_ms > last)
+            .count()
+            < MIN_NEW_ROWS
+    {
+        return None;
+    }
     if models
         .retraining
         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -97,8 +127,19 @@ fn train_and_compare(
     log_dir: &Path,
     out: &Path,
 ) -> Result<String, String> {
-    let mut child = Command::new(trainer)
+    // Niced (when `nice` is there) and on one thread: the server beside it comes first.
+    let mut command = match which_nice() {
+        Some(nice) => {
+            let mut c = Command::new(nice);
+            c.arg("-n").arg("19").arg(trainer);
+            c
+        }
+        None => Command::new(trainer),
+    };
+    let mut child = command
+        .env("POLARS_MAX_THREADS", "1")
         .arg("train")
+        .arg("--one-thread")
         .arg("--logs")
         .arg(log_dir)
         .arg("--out")
@@ -148,25 +189,40 @@ fn train_and_compare(
             rows.len()
         ));
     }
-    let new_mae = mae(&candidate, &rows)?;
-    let (verdict, old) = match models.current() {
-        Some(current) => {
-            let old_mae = mae(&current, &rows)?;
-            (new_mae < old_mae, Some(old_mae))
-        }
-        None => (true, None),
+    let new = errors(&candidate, &rows)?;
+    let current = models.current();
+    let old = current.as_deref().map(|c| errors(c, &rows)).transpose()?;
+    // The online statistics, on the rows that logged their answer (not a route's first
+    // request after a restart), against the candidate on the same rows.
+    let (online, new_there): (Vec<f64>, Vec<f64>) = rows
+        .iter()
+        .zip(&new)
+        .filter_map(|(r, n)| {
+            r.online_p50_ms
+                .map(|p| (log_error(r.latency_ms, p.ln()), *n))
+        })
+        .unzip();
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let new_mae = mean(&new).unwrap_or(f64::INFINITY);
+    let old_mae = old.as_deref().and_then(mean);
+    let (online_mae, new_online_mae) = (mean(&online), mean(&new_there));
+    let figure = |v: Option<f64>, what: &str| {
+        v.map_or_else(|| format!("{what} none"), |v| format!("{what} {v:.3}"))
     };
-    let compared = match old {
-        Some(old) => format!(
-            "on the {} most recent requests: new MAE(ln ms) {new_mae:.3}, current {old:.3}",
-            rows.len()
-        ),
-        None => format!(
-            "on the {} most recent requests: new MAE(ln ms) {new_mae:.3}, no current model",
-            rows.len()
-        ),
+    let compared = format!(
+        "on the {} most recent requests (the candidate never saw them): MAE(ln ms) new {new_mae:.3}, {}; on the {} of them with an online answer: {}, {}",
+        rows.len(),
+        figure(old_mae, "serving"),
+        online.len(),
+        figure(new_online_mae, "new"),
+        figure(online_mae, "online"),
+    );
+    let beats_serving = old_mae.is_none_or(|o| new_mae < o);
+    let beats_online = match (new_online_mae, online_mae) {
+        (Some(n), Some(o)) => n < o,
+        _ => true,
     };
-    if !verdict {
+    if !(beats_serving && beats_online) {
         return Err(compared);
     }
     let serving = models.current();
@@ -188,10 +244,10 @@ fn train_and_compare(
     ))
 }
 
-/// The most recent `n` (at least a few hundred, at most [`MAX_COMPARE_ROWS`]) requests from the
-/// server's own logs that a model can be judged on: this schema, not shed, no server error.
-fn recent_rows(log_dir: &Path, n: usize) -> Vec<(contract::FeatureVector, f32)> {
-    let want = n.clamp(300, MAX_COMPARE_ROWS);
+/// The most recent `n` (at most [`MAX_COMPARE_ROWS`]) requests from the server's own logs that
+/// a model can be judged on: this schema, not shed, no server error.
+fn recent_rows(log_dir: &Path, n: usize) -> Vec<Row> {
+    let want = n.min(MAX_COMPARE_ROWS);
     let schema = contract::features::fingerprint_hex();
     let mut files: Vec<PathBuf> = std::fs::read_dir(log_dir)
         .map(|dir| {
@@ -202,7 +258,7 @@ fn recent_rows(log_dir: &Path, n: usize) -> Vec<(contract::FeatureVector, f32)> 
         })
         .unwrap_or_default();
     files.sort();
-    let mut rows: Vec<(i64, contract::FeatureVector, f32)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     // Newest files first, until enough rows.
     for path in files.iter().rev() {
         let Ok(file) = std::fs::File::open(path) else {
@@ -215,30 +271,52 @@ fn recent_rows(log_dir: &Path, n: usize) -> Vec<(contract::FeatureVector, f32)> 
                 && r.status < 500
                 && r.latency_ms.is_finite()
             {
-                rows.push((r.ts_ms, r.features, r.latency_ms));
+                let online = if r.online_ms[0] > 0.0 {
+                    Some(r.online_ms[0])
+                } else {
+                    (r.source == "online" && r.predicted_p50_ms > 0.0).then_some(r.predicted_p50_ms)
+                };
+                rows.push(Row {
+                    ts_ms: r.ts_ms,
+                    features: r.features,
+                    latency_ms: r.latency_ms,
+                    online_p50_ms: online,
+                });
             }
         }
         if rows.len() >= want {
             break;
         }
     }
-    rows.sort_by_key(|r| r.0);
+    rows.sort_by_key(|r| r.ts_ms);
     let skip = rows.len().saturating_sub(want);
-    rows.into_iter()
-        .skip(skip)
-        .map(|(_, f, l)| (f, l))
+    rows.drain(..skip);
+    rows
+}
+
+fn log_error(latency_ms: f32, predicted_log: f32) -> f64 {
+    f64::from((latency_ms.max(0.001).ln() - predicted_log).abs())
+}
+
+/// The model's |ln error| on each row.
+fn errors(set: &ModelSet, rows: &[Row]) -> Result<Vec<f64>, String> {
+    let mut out = [0.0_f32; 2];
+    rows.iter()
+        .map(|r| {
+            set.latency
+                .run_waiting(&r.features[..FEATURE_COUNT], &mut out)?;
+            let [p50, _] = set.log_latency(out, &r.features);
+            Ok(log_error(r.latency_ms, p50))
+        })
         .collect()
 }
 
-fn mae(set: &ModelSet, rows: &[(contract::FeatureVector, f32)]) -> Result<f64, String> {
-    let mut sum = 0.0;
-    let mut out = [0.0_f32; 2];
-    for (features, latency) in rows {
-        set.latency
-            .run_waiting(&features[..FEATURE_COUNT], &mut out)?;
-        sum += f64::from((latency.max(0.001).ln() - out[0]).abs());
-    }
-    Ok(sum / rows.len() as f64)
+/// `nice`, when it is on the usual paths.
+fn which_nice() -> Option<PathBuf> {
+    ["/usr/bin/nice", "/bin/nice"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
 }
 
 /// Copies the model files, then the manifest through a temporary file and a rename, so the

@@ -151,7 +151,9 @@ impl Models {
                     let (m, logs) = (models.clone(), log_dir.clone());
                     // In the background, bounded by training_timeout_secs; `retrain::run`
                     // refuses to start a second run beside an admin-triggered one.
-                    drop(tokio::task::spawn_blocking(move || retrain::run(&m, &logs)));
+                    drop(tokio::task::spawn_blocking(move || {
+                        retrain::run_if(&m, &logs, true)
+                    }));
                 }
             }
         })

@@ -501,6 +501,11 @@ fn trainer_binary() -> PathBuf {
 /// Writes the committed sample's records as one plain NDJSON request log in `logs`, as the
 /// server's telemetry would have.
 fn seed_request_logs(logs: &Path) {
+    seed_request_logs_where(logs, |_| true);
+}
+
+/// [`seed_request_logs`], keeping only the lines `keep` accepts.
+fn seed_request_logs_where(logs: &Path, keep: impl Fn(&str) -> bool) {
     use std::io::{BufRead, Write};
     std::fs::create_dir_all(logs).expect("log folder");
     let mut out = std::io::BufWriter::new(
@@ -509,7 +514,10 @@ fn seed_request_logs(logs: &Path) {
     let sample = repo().join("data/sample").to_string_lossy().into_owned();
     for file in trainer::logs::find_files(&sample).expect("sample logs") {
         for line in trainer::logs::open(&file).expect("open sample").lines() {
-            writeln!(out, "{}", line.expect("sample line")).expect("write log");
+            let line = line.expect("sample line");
+            if keep(&line) {
+                writeln!(out, "{line}").expect("write log");
+            }
         }
     }
     out.flush().expect("flush log");
@@ -627,6 +635,54 @@ async fn retraining_adopts_a_better_model_and_keeps_the_serving_one_otherwise() 
         adopted,
         "the serving model stays"
     );
+    assert_eq!(
+        header(&app.get("/api/products").await, "x-ml-source"),
+        "onnx"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn retraining_on_logs_without_anomalies_is_adopted_against_online_statistics() {
+    // No model yet, and logs of ordinary traffic only: no stress-test (labelled) rows, so the
+    // trainer has no anomaly AUC to measure. Its manifest must still load, and the candidate
+    // must beat the online statistics on the newest rows to be adopted.
+    let (app, dir) = app_with_models(|dir, config| {
+        for entry in std::fs::read_dir(dir).expect("model folder") {
+            std::fs::remove_file(entry.expect("entry").path()).expect("remove model file");
+        }
+        seed_request_logs_where(&config.telemetry.log_dir, |line| {
+            !line.contains(trainer::train::ANOMALY_ROUTE)
+        });
+        config.telemetry.enabled = false;
+        config.models.trainer = Some(trainer_binary());
+    })
+    .await;
+    assert_eq!(
+        header(&app.get("/api/products").await, "x-ml-source"),
+        "online; stale=no-model"
+    );
+    let response = app
+        .post_json(
+            Some(ADMIN),
+            "/api/ml-metrics/retrain",
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let status: Value = response.json().await.expect("status json");
+    let outcome = status["lastOutcome"].as_str().expect("outcome");
+    assert!(outcome.starts_with("adopted version"), "{status}");
+    assert!(
+        outcome.contains("serving none") && outcome.contains(", online "),
+        "the verdict gives the figures it was judged on: {outcome}"
+    );
+    let m = manifest(&dir);
+    assert!(m["anomaly_holdout"].get("auc").is_none(), "{m}");
+    metrics_until(&app, "the adopted version serves", |m| {
+        m["model"]["onnx"]["version"] == manifest(&dir)["version"]
+    })
+    .await;
     assert_eq!(
         header(&app.get("/api/products").await, "x-ml-source"),
         "onnx"
