@@ -219,25 +219,37 @@ function checkout(data, token) {
   }
 }
 
-export default function (data) {
+// Cumulative shares of detail views, list pages, searches and cart adds; the rest checks out.
+export const MIXES = {
+  browse: [0.7, 0.8, 0.9, 0.97],
+  search: [0.3, 0.4, 0.9, 0.97],
+  cart: [0.4, 0.5, 0.6, 0.9],
+};
+
+// One shopper's step, drawn from `mix` (see MIXES).
+export function step(data, mix = MIXES.browse) {
   const token = data.tokens[(exec.vu.idInTest - 1) % data.tokens.length];
   const r = Math.random();
-  if (r < 0.7) {
+  if (r < mix[0]) {
     const id = data.ids[(sampleRank(VIEW_CDF) - 1) % data.ids.length];
     read('detail', `${BASE_URL}/api/products/${id}`, 'GET /api/products/{id}');
-  } else if (r < 0.8) {
+  } else if (r < mix[1]) {
     // Shoppers mostly stay on the first pages.
     const page = 1 + Math.min(49, Math.floor(-Math.log(1 - Math.random()) * 2));
     const category = Math.random() < 0.5 ? `&category=${CATEGORIES[Math.floor(Math.random() * CATEGORIES.length)]}` : '';
     read('list', `${BASE_URL}/api/products?page=${page}&limit=20${category}`, 'GET /api/products');
-  } else if (r < 0.9) {
+  } else if (r < mix[2]) {
     const q = Math.random() < 0.8 ? WORDS[Math.floor(Math.random() * WORDS.length)] : PHRASES[Math.floor(Math.random() * PHRASES.length)];
     read('search', `${BASE_URL}/api/search?q=${encodeURIComponent(q)}`, 'GET /api/search');
-  } else if (r < 0.97) {
+  } else if (r < mix[3]) {
     addToCart(data, token);
   } else {
     checkout(data, token);
   }
+}
+
+export default function (data) {
+  step(data);
   if (THINK_MS > 0) sleep((-Math.log(1 - Math.random()) * THINK_MS) / 1000);
 }
 

@@ -4,6 +4,7 @@
 //!
 //! - [`logs`]: finds and reads log files, checks every line against `contract`, builds polars frames.
 //! - [`report`]: `trainer report`, per route and per statement.
+//! - [`evaluate`]: `trainer evaluate`, the model beside the online statistics on a scenario's logs.
 //! - [`gbdt`]: histogram gradient boosting for the latency quantiles.
 //! - [`iforest`]: the isolation forest for anomaly scores.
 //! - [`forest`]: the plain tree ensemble both become, and its evaluation.
@@ -12,6 +13,7 @@
 //! - [`train`]: the training run, from logs to an atomically written model folder.
 //! - [`resample`]: synthetic volume from a real capture, for the scale benchmark.
 
+pub mod evaluate;
 pub mod forest;
 pub mod gbdt;
 pub mod iforest;
@@ -96,6 +98,22 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         min_calls: u64,
     },
+    /// The model beside the online statistics on the same logged requests, and how well the
+    /// served predictions anticipated latency-target misses (JSON).
+    Evaluate {
+        /// A log folder or a glob of log files.
+        #[arg(long)]
+        logs: String,
+        /// Only requests that arrived at or after this (Unix ms).
+        #[arg(long, default_value_t = 0)]
+        since_ms: i64,
+        /// Latency target (ms): a slower request missed it.
+        #[arg(long, default_value_t = 100.0)]
+        target_ms: f64,
+        /// Incidents injected during the run: a JSON array of {kind, start_ms, end_ms}.
+        #[arg(long)]
+        incidents: Option<PathBuf>,
+    },
     /// Write `rows` records drawn from real logs, with times stretched to follow on, to measure
     /// training at scale.
     Resample {
@@ -168,6 +186,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", report::render(&report));
             }
+        }
+        Command::Evaluate {
+            logs,
+            since_ms,
+            target_ms,
+            incidents,
+        } => {
+            let incidents = match incidents {
+                Some(path) => evaluate::read_incidents(&path)?,
+                None => Vec::new(),
+            };
+            let figures = evaluate::evaluate(&evaluate::Options {
+                logs,
+                since_ms,
+                target_ms,
+                incidents,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
         }
         Command::Resample {
             logs,

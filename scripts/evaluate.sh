@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# The scenario suite: drive a real release server on a real PostgreSQL with k6
+# (benches/k6/scenario.js) through scenarios the models were not trained on, force one
+# background retrain after the warm-up, inject incidents from outside the server, and measure
+# the model beside the online statistics on every request since the retrain (trainer evaluate).
+#
+#   scripts/evaluate.sh [scenario ...]     (or: make evaluate) evaluation scenarios, default all
+#   scripts/evaluate.sh --capture          (or: make capture-suite) training captures: other
+#                                          seeds, mixes and arrivals than any evaluation run
+#   scripts/evaluate.sh --list             the scenarios and what they set
+#
+# Each evaluation scenario starts its own server on a copy of the committed models (models/),
+# with its request log, k6 summary, final /api/ml-metrics and figures in
+# target/evaluate/<scenario>/; the suite's results are target/evaluate/results.json and
+# target/evaluate/results.md. Training captures go to data/logs/suite-<scenario>/.
+#
+# Environment:
+#   DURATION      length of each scenario, warm-up included (default 180s)
+#   WARMUP        seconds before the forced retrain (default 60)
+#   TARGET_MS     the latency target misses are counted against (default 100, the server's
+#                 optimization.target_latency_ms)
+#   PORT, DATABASE_URL, ADMIN_TOKEN, CARGO_TARGET_DIR: as for scripts/loadtest.sh
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$REPO"
+
+OUT=target/evaluate
+TRAINER=${CARGO_TARGET_DIR:-target}/release/trainer
+PORT=${PORT:-3000}
+export DURATION=${DURATION:-180s} TARGET_MS=${TARGET_MS:-100}
+WARMUP=${WARMUP:-60}
+
+log() { printf 'evaluate: %s\n' "$*" >&2; }
+die() { printf 'evaluate: error: %s\n' "$*" >&2; exit 2; }
+
+# name|k6 environment|incident. Seeds 1-99 evaluate, 101+ capture: no run is both. Catalogue
+# sizes only grow (seed tops up), so the large catalogue runs last.
+EVALUATION=(
+    "steady|ARRIVAL=steady RATE=150 MIX=browse SEED=11 PRODUCTS=10000|"
+    "bursty|ARRIVAL=bursty RATE=100 MIX=browse SEED=12 PRODUCTS=10000|"
+    "monday|ARRIVAL=monday RATE=200 MIX=cart SEED=13 PRODUCTS=10000|"
+    "mix-shift|ARRIVAL=steady RATE=150 MIX=browse MIX_LATER=search SEED=14 PRODUCTS=10000|"
+    "lock|ARRIVAL=steady RATE=150 MIX=browse SEED=15 PRODUCTS=10000|lock"
+    "cpu|ARRIVAL=steady RATE=150 MIX=search SEED=16 PRODUCTS=10000|cpu"
+    "overload|ARRIVAL=steady RATE=1200 MIX=browse SEED=17 PRODUCTS=10000|"
+    "large-catalogue|ARRIVAL=steady RATE=150 MIX=browse SEED=18 PRODUCTS=100000|"
+)
+CAPTURE=(
+    "steady|ARRIVAL=steady RATE=120 MIX=cart SEED=101 PRODUCTS=10000|"
+    "bursty|ARRIVAL=bursty RATE=80 MIX=search SEED=102 PRODUCTS=10000|"
+    "monday|ARRIVAL=monday RATE=250 MIX=browse SEED=103 PRODUCTS=10000|"
+)
+
+admin_token() {
+    if [[ -n ${ADMIN_TOKEN:-} ]]; then
+        printf '%s' "$ADMIN_TOKEN"
+    elif [[ -s .local/admin-token ]]; then
+        cat .local/admin-token
+    fi
+}
+
+database_url() { printf '%s' "${DATABASE_URL:-$(scripts/pg.sh url)}"; }
+
+retrained() { # ml-metrics.json -> exit 0 once a retrain run finished
+    python3 - "$1" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+sys.exit(0 if m["model"]["onnx"]["retrain"].get("lastMs") else 1)
+PY
+}
+
+# Injects `kind` 20 s after the forced retrain finished, and records it in $1.
+inject() { # incidents.json kind
+    local file=$1 kind=$2 token deadline=$((SECONDS + 900)) tmp
+    token=$(admin_token)
+    tmp=$(mktemp)
+    while ((SECONDS < deadline)); do
+        if curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/api/ml-metrics" >"$tmp" 2>/dev/null &&
+            retrained "$tmp"; then
+            break
+        fi
+        sleep 1
+    done
+    rm -f "$tmp"
+    sleep 20
+    local start end
+    start=$(date +%s%3N)
+    case $kind in
+        lock)
+            # Another session holds the products table for 5 s: every catalogue read waits.
+            psql -q "$(database_url)" -c "BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(5); COMMIT;" >/dev/null
+            ;;
+        cpu)
+            # A neighbour takes every core for 8 s.
+            local pids=() i
+            for i in 1 2 3 4; do
+                timeout 8 bash -c 'while :; do :; done' &
+                pids+=($!)
+            done
+            wait "${pids[@]}" || true
+            ;;
+        *) die "unknown incident $kind" ;;
+    esac
+    end=$(date +%s%3N)
+    printf '[{"kind": "%s", "start_ms": %s, "end_ms": %s}]\n' "$kind" "$start" "$end" >"$file"
+    log "incident $kind from $start to $end"
+}
+
+run_one() { # mode name env incident
+    local mode=$1 name=$2 env=$3 incident=$4 dir logs config
+    if [[ $mode == capture ]]; then
+        dir=data/logs/suite-$name
+        [[ ! -e $dir ]] || die "$dir already exists"
+        logs=$dir
+    else
+        dir=$OUT/$name
+        rm -rf "$dir"
+        logs=$dir/logs
+    fi
+    mkdir -p "$dir" "$logs"
+    dir=$(cd "$dir" && pwd -P)
+    logs=$(cd "$logs" && pwd -P)
+    mkdir -p "$dir/models"
+    cp models/*.onnx models/manifest.json "$dir/models/"
+    config=$dir/server.toml
+    # The forced retrain is the one this scenario measures; training_interval stays off.
+    printf 'training_interval = 0\n[telemetry]\nlog_dir = "%s"\n[models]\ndir = "%s"\n' \
+        "$logs" "$dir/models" >"$config"
+    log "$mode $name: $env${incident:+ incident=$incident}"
+    local injector=
+    if [[ -n $incident ]]; then
+        inject "$dir/incidents.json" "$incident" &
+        injector=$!
+    fi
+    local warmup=$WARMUP
+    [[ $mode == capture ]] && warmup=0
+    local status=0
+    # shellcheck disable=SC2086 # $env is a list of NAME=value words
+    env $env WARMUP="$warmup" SHOP_CONFIG="$config" SUMMARY_DIR="$dir/k6" PORT="$PORT" \
+        scripts/loadtest.sh scenario.js || status=$?
+    if [[ -n $injector ]]; then
+        wait "$injector" || status=$?
+    fi
+    rm -rf "$dir/models"
+    ((status == 0)) || die "$name: the run failed (exit $status)"
+    [[ $mode == capture ]] && return 0
+    local since
+    since=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["model"]["onnx"]["retrain"].get("lastMs") or 0)' "$dir/k6/ml-metrics.json")
+    "$TRAINER" evaluate --logs "$logs" --since-ms "$since" --target-ms "$TARGET_MS" \
+        --incidents "$dir/incidents.json" >"$dir/figures.json"
+    python3 - "$dir" "$name" "$env" <<'PY'
+import json, sys
+d, name, env = sys.argv[1:4]
+f = json.load(open(f"{d}/figures.json"))
+m = json.load(open(f"{d}/k6/ml-metrics.json"))
+f["scenario"] = name
+f["settings"] = env
+f["retrain"] = m["model"]["onnx"]["retrain"].get("lastOutcome")
+json.dump(f, open(f"{d}/figures.json", "w"), indent=1)
+PY
+}
+
+table() {
+    python3 - "$OUT" <<'PY'
+import glob, json, os, sys
+out = sys.argv[1]
+rows = [json.load(open(p)) for p in sorted(glob.glob(f"{out}/*/figures.json"))]
+json.dump(rows, open(f"{out}/results.json", "w"), indent=1)
+def n(v, pct=False):
+    if v is None:
+        return "–"
+    return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+lines = [
+    "| Scenario | Requests | Shed | Model answered | MAE ln (model) | MAE ln (online) | Gain | p90 cov. (model) | p90 cov. (online) | Miss recall | Miss precision | Retrain |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+]
+for r in rows:
+    v = r["violations"]
+    verdict = (r.get("retrain") or "none").split(" (")[0].split(":")[0]
+    lines.append(
+        f"| {r['scenario']} | {r['requests']} | {r['shed']} | {n(r['model_share'], True)} "
+        f"| {n(r['model_mae_log'])} | {n(r['online_mae_log'])} | {n(r['gain'], True)} "
+        f"| {n(r['model_p90_coverage'], True)} | {n(r['online_p90_coverage'], True)} "
+        f"| {n(v['recall'])} | {n(v['precision'])} | {verdict} |"
+    )
+for r in rows:
+    for i in r["violations"]["incidents"]:
+        lines.append("")
+        lines.append(
+            f"{r['scenario']}: incident {i['kind']}: {i['early_misses']} misses in its first 2 s, "
+            f"recall {n(i['early_recall'])}, lead time of the first predicted miss {i['lead_ms']} ms"
+        )
+open(f"{out}/results.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+}
+
+main() {
+    local mode=evaluate
+    case ${1:-} in
+        --capture) mode=capture; shift ;;
+        --list)
+            printf 'evaluation:\n'; printf '  %s\n' "${EVALUATION[@]}"
+            printf 'capture:\n'; printf '  %s\n' "${CAPTURE[@]}"
+            return 0
+            ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; return 0 ;;
+    esac
+    command -v python3 >/dev/null || die "python3 is needed"
+    command -v curl >/dev/null || die "curl is needed"
+    cargo build --release -p server -p trainer
+    local entries=("${EVALUATION[@]}")
+    [[ $mode == capture ]] && entries=("${CAPTURE[@]}")
+    local entry name rest env incident picked=0
+    for entry in "${entries[@]}"; do
+        name=${entry%%|*}
+        rest=${entry#*|}
+        env=${rest%%|*}
+        incident=${rest#*|}
+        if (($# > 0)) && [[ " $* " != *" $name "* ]]; then
+            continue
+        fi
+        picked=$((picked + 1))
+        run_one "$mode" "$name" "$env" "$incident"
+    done
+    ((picked > 0)) || die "no such scenario: $* (see --list)"
+    [[ $mode == capture ]] || table
+}
+
+main "$@"
