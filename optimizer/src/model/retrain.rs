@@ -226,6 +226,10 @@ fn train_and_compare(
         return Err(compared);
     }
     let serving = models.current();
+    // The serving model stays as the rollback (`POST /api/ml-metrics/rollback`).
+    if let Some(serving) = &serving {
+        keep_previous(&models.config().dir, serving)?;
+    }
     install(out, &models.config().dir, &candidate)?;
     // The new files and the serving ones stay (the watcher has not switched yet).
     let mut keep = vec![
@@ -309,6 +313,88 @@ fn errors(set: &ModelSet, rows: &[Row]) -> Result<Vec<f64>, String> {
             Ok(log_error(r.latency_ms, p50))
         })
         .collect()
+}
+
+/// Folder (inside the model folder) holding the model an adoption replaced.
+pub const PREVIOUS_DIR: &str = "previous";
+
+/// Copies the serving set's files and manifest into `dir/previous`, replacing what was there.
+fn keep_previous(dir: &Path, serving: &ModelSet) -> Result<(), String> {
+    let previous = dir.join(PREVIOUS_DIR);
+    let staging = dir.join(format!(".{PREVIOUS_DIR}.tmp"));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| format!("creating {}: {e}", staging.display()))?;
+    for file in [
+        &serving.manifest.latency_model.file,
+        &serving.manifest.anomaly_model.file,
+    ] {
+        std::fs::copy(dir.join(file), staging.join(file))
+            .map_err(|e| format!("keeping {file} for rollback: {e}"))?;
+    }
+    let manifest = serde_json::to_vec_pretty(&serving.manifest).map_err(|e| e.to_string())?;
+    std::fs::write(staging.join(MANIFEST_FILE), manifest)
+        .map_err(|e| format!("keeping the manifest for rollback: {e}"))?;
+    let _ = std::fs::remove_dir_all(&previous);
+    std::fs::rename(&staging, &previous)
+        .map_err(|e| format!("installing {}: {e}", previous.display()))
+}
+
+/// Restores the model the last adoption replaced (`dir/previous`), checked like any model, and
+/// keeps the one serving now as the new previous, so a rollback can be undone. Blocking.
+///
+/// # Errors
+/// No previous model, or it was refused, or the files could not be copied.
+pub fn rollback(models: &Models) -> Result<String, String> {
+    let dir = &models.config().dir;
+    let previous = dir.join(PREVIOUS_DIR);
+    if !previous.join(MANIFEST_FILE).is_file() {
+        return Err(
+            "no previous model to roll back to (one is kept when a retrain adopts a new model)"
+                .into(),
+        );
+    }
+    let runtime = super::onnx::runtime(models.config().ort_library.as_deref());
+    let restored = load::load(&previous, runtime, 1, 0)
+        .map_err(|e| format!("the previous model was refused: {e}"))?;
+    // Out of the folder first: keeping the serving set replaces `previous`.
+    let staging = std::env::temp_dir().join(format!(
+        "shop-rollback-{}-{}",
+        std::process::id(),
+        crate::unix_ms()
+    ));
+    copy_set(&previous, &staging, &restored)?;
+    let serving = models.current();
+    if let Some(serving) = &serving {
+        keep_previous(dir, serving)?;
+    }
+    let result = install(&staging, dir, &restored);
+    let _ = std::fs::remove_dir_all(&staging);
+    result?;
+    let message = format!(
+        "rolled back to version {}{}; the watcher loads it",
+        restored.manifest.version,
+        serving.map_or_else(String::new, |s| format!(
+            " (version {} is kept as the previous one)",
+            s.manifest.version
+        ))
+    );
+    models.note("rollback", message.clone());
+    Ok(message)
+}
+
+/// Copies a set's files and manifest from one folder into a new one.
+fn copy_set(from: &Path, to: &Path, set: &ModelSet) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("creating {}: {e}", to.display()))?;
+    for file in [
+        &set.manifest.latency_model.file,
+        &set.manifest.anomaly_model.file,
+        &MANIFEST_FILE.to_owned(),
+    ] {
+        std::fs::copy(from.join(file), to.join(file))
+            .map_err(|e| format!("copying {file}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// `nice`, when it is on the usual paths.

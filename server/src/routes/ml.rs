@@ -38,6 +38,7 @@ pub fn router() -> Routes {
         .get("/api/ml-metrics/log", optimizer_log)
         .post("/api/ml-metrics/index-advice", advise_now)
         .post("/api/ml-metrics/retrain", retrain_now)
+        .post("/api/ml-metrics/rollback", rollback)
 }
 
 /// Most bytes read from the end of the optimizer log for one answer.
@@ -312,6 +313,33 @@ pub async fn retrain_now(
             code: "training_in_progress",
             message: "a training run is already in progress".into(),
         })
+}
+
+/// What a rollback did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RollbackOutcome {
+    /// The version restored and the one kept as the new previous.
+    pub outcome: String,
+}
+
+/// Restores the model the last adopted retrain replaced (kept in the model folder's
+/// `previous/`), checked like any model; the one serving now becomes the previous, so a rollback
+/// can be undone the same way. The model watcher then loads it.
+#[utoipa::path(post, path = "/api/ml-metrics/rollback", tag = "optimizer", security(("admin" = [])),
+    responses((status = 200, body = RollbackOutcome),
+        (status = 401, body = ErrorBody),
+        (status = 409, description = "No previous model, or it was refused", body = ErrorBody)))]
+pub async fn rollback(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<RollbackOutcome>, ApiError> {
+    match state.optimizer.rollback().await? {
+        Ok(outcome) => Ok(Json(RollbackOutcome { outcome })),
+        Err(message) => Err(ApiError::Conflict {
+            code: "no_rollback",
+            message: message.into(),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub fn router() -> Routes {
         analytics::analytics,
         health::healthz, health::readyz,
         ml::ml_metrics, ml::series, ml::optimizer_log, ml::advise_now, ml::retrain_now,
+        ml::rollback,
         stress::stress_test, metrics::prometheus,
     ),
     modifiers(&Security)

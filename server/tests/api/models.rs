@@ -639,6 +639,35 @@ async fn retraining_adopts_a_better_model_and_keeps_the_serving_one_otherwise() 
         header(&app.get("/api/products").await, "x-ml-source"),
         "onnx"
     );
+
+    // The adoption kept the weak model as the rollback: the admin restores it, and the adopted
+    // one becomes the previous, so the rollback can itself be undone.
+    let anonymous = app
+        .post_json(None, "/api/ml-metrics/rollback", &empty)
+        .await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let back = app
+        .post_json(Some(ADMIN), "/api/ml-metrics/rollback", &empty)
+        .await;
+    assert_eq!(back.status(), StatusCode::OK);
+    let outcome: Value = back.json().await.expect("rollback json");
+    assert!(
+        outcome["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains(&weak_version.to_string())),
+        "{outcome}"
+    );
+    assert_eq!(manifest(&dir)["version"], weak_version);
+    assert_eq!(manifest(&dir.join("previous"))["version"], adopted);
+    metrics_until(&app, "the weak model serves again", |m| {
+        m["model"]["onnx"]["version"] == weak_version
+    })
+    .await;
+    let again = app
+        .post_json(Some(ADMIN), "/api/ml-metrics/rollback", &empty)
+        .await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(manifest(&dir)["version"], adopted, "undone");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -661,6 +690,18 @@ async fn retraining_on_logs_without_anomalies_is_adopted_against_online_statisti
     assert_eq!(
         header(&app.get("/api/products").await, "x-ml-source"),
         "online; stale=no-model"
+    );
+    let nothing = app
+        .post_json(
+            Some(ADMIN),
+            "/api/ml-metrics/rollback",
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(
+        nothing.status(),
+        StatusCode::CONFLICT,
+        "no previous model yet"
     );
     let response = app
         .post_json(
