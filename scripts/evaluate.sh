@@ -62,12 +62,17 @@ CAPTURE=(
     "monday|ARRIVAL=monday RATE=250 MIX=browse SEED=103 PRODUCTS=10000|"
 )
 
-admin_token() {
-    if [[ -n ${ADMIN_TOKEN:-} ]]; then
-        printf '%s' "$ADMIN_TOKEN"
-    elif [[ -s .local/admin-token ]]; then
-        cat .local/admin-token
+# The admin token the servers and k6 use (ADMIN_TOKEN, else .local/admin-token, made here when
+# missing as `make run` does), exported before any server or injector starts.
+ensure_admin_token() {
+    if [[ -z ${ADMIN_TOKEN:-} ]]; then
+        if [[ ! -s .local/admin-token ]]; then
+            mkdir -p .local
+            (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >.local/admin-token)
+        fi
+        ADMIN_TOKEN=$(<.local/admin-token)
     fi
+    export ADMIN_TOKEN
 }
 
 database_url() { printf '%s' "${DATABASE_URL:-$(scripts/pg.sh url)}"; }
@@ -82,17 +87,22 @@ PY
 
 # Injects `kind` INCIDENT_DELAY s after the forced retrain finished, and records it in $1.
 inject() { # incidents.json kind
-    local file=$1 kind=$2 token deadline=$((SECONDS + 900)) tmp
-    token=$(admin_token)
+    local file=$1 kind=$2 deadline=$((SECONDS + 900)) tmp seen=0
     tmp=$(mktemp)
     while ((SECONDS < deadline)); do
-        if curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/api/ml-metrics" >"$tmp" 2>/dev/null &&
+        if curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$PORT/api/ml-metrics" >"$tmp" 2>/dev/null &&
             retrained "$tmp"; then
+            seen=1
             break
         fi
         sleep 1
     done
     rm -f "$tmp"
+    if ((seen == 0)); then
+        log "no retrain verdict within 900 s: incident $kind not injected"
+        printf '[]\n' >"$file"
+        return 0
+    fi
     sleep "$INCIDENT_DELAY"
     local start end
     start=$(date +%s%3N)
@@ -159,6 +169,10 @@ run_one() { # mode name env incident extra-config
     since=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["model"]["onnx"]["retrain"].get("lastMs") or 0)' "$dir/k6/ml-metrics.json")
     "$TRAINER" evaluate --logs "$logs" --since-ms "$since" --target-ms "$TARGET_MS" \
         --incidents "$dir/incidents.json" >"$dir/figures.json"
+    # The committed model before the retrain: how it transfers from the captures it was
+    # trained on to this scenario's warm-up.
+    "$TRAINER" evaluate --logs "$logs" --until-ms "$since" --target-ms "$TARGET_MS" \
+        >"$dir/figures-before-retrain.json"
     python3 - "$dir" "$name" "$env" <<'PY'
 import json, sys
 d, name, env = sys.argv[1:4]
@@ -167,6 +181,7 @@ m = json.load(open(f"{d}/k6/ml-metrics.json"))
 f["scenario"] = name
 f["settings"] = env
 f["retrain"] = m["model"]["onnx"]["retrain"].get("lastOutcome")
+f["before_retrain"] = json.load(open(f"{d}/figures-before-retrain.json"))
 json.dump(f, open(f"{d}/figures.json", "w"), indent=1)
 PY
 }
@@ -182,8 +197,8 @@ def n(v, pct=False):
         return "–"
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 lines = [
-    "| Scenario | Requests | Shed | Model answered | MAE ln (model) | MAE ln (online) | Gain | p90 cov. (model) | p90 cov. (online) | Miss recall | Miss precision | Retrain |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| Scenario | Requests | Shed | Model answered | MAE ln (model) | MAE ln (online) | Gain | p90 cov. (model) | p90 cov. (online) | Miss recall | Miss precision | Retrain | Committed model's gain before it |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 for r in rows:
     v = r["violations"]
@@ -192,7 +207,8 @@ for r in rows:
         f"| {r['scenario']} | {r['requests']} | {r['shed']} | {n(r['model_share'], True)} "
         f"| {n(r['model_mae_log'])} | {n(r['online_mae_log'])} | {n(r['gain'], True)} "
         f"| {n(r['model_p90_coverage'], True)} | {n(r['online_p90_coverage'], True)} "
-        f"| {n(v['recall'])} | {n(v['precision'])} | {verdict} |"
+        f"| {n(v['recall'])} | {n(v['precision'])} | {verdict} "
+        f"| {n((r.get('before_retrain') or {}).get('gain'), True)} |"
     )
 for r in rows:
     for i in r["violations"]["incidents"]:
@@ -233,6 +249,7 @@ main() {
     ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/ort.sh)}
     export ORT_DYLIB_PATH
     command -v curl >/dev/null || die "curl is needed"
+    ensure_admin_token
     if [[ $PROFILE == release ]]; then
         cargo build --release -p server -p trainer
     else

@@ -19,6 +19,8 @@ pub struct Options {
     /// Only requests that arrived at or after this (Unix ms), for example once the forced
     /// retrain finished.
     pub since_ms: i64,
+    /// Only requests that arrived before this (Unix ms).
+    pub until_ms: i64,
     /// The latency target (ms) a request misses when it takes longer.
     pub target_ms: f64,
     /// Incidents injected during the run.
@@ -120,7 +122,7 @@ pub fn evaluate(opts: &Options) -> Result<Evaluation, LoadError> {
     let mut per_incident = vec![(0_u64, 0_u64, None::<i64>, None::<i64>); opts.incidents.len()];
     for path in logs::find_files(&opts.logs)? {
         logs::for_each_record(&path, |_, r| {
-            if r.ts_ms < opts.since_ms {
+            if r.ts_ms < opts.since_ms || r.ts_ms >= opts.until_ms {
                 return Ok(());
             }
             requests += 1;
@@ -276,6 +278,7 @@ mod tests {
         let e = evaluate(&Options {
             logs: dir.path().to_string_lossy().into_owned(),
             since_ms: 50,
+            until_ms: i64::MAX,
             target_ms: 100.0,
             incidents: vec![Incident {
                 kind: "lock".into(),

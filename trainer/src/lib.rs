@@ -107,6 +107,9 @@ pub enum Command {
         /// Only requests that arrived at or after this (Unix ms).
         #[arg(long, default_value_t = 0)]
         since_ms: i64,
+        /// Only requests that arrived before this (Unix ms).
+        #[arg(long, default_value_t = i64::MAX)]
+        until_ms: i64,
         /// Latency target (ms): a slower request missed it.
         #[arg(long, default_value_t = 100.0)]
         target_ms: f64,
@@ -190,6 +193,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evaluate {
             logs,
             since_ms,
+            until_ms,
             target_ms,
             incidents,
         } => {
@@ -200,6 +204,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let figures = evaluate::evaluate(&evaluate::Options {
                 logs,
                 since_ms,
+                until_ms,
                 target_ms,
                 incidents,
             })?;
