@@ -31,7 +31,8 @@ cd "$REPO"
 
 OUT=${EVALUATE_DIR:-target/evaluate}
 export PROFILE=${PROFILE:-release}
-TRAINER=${CARGO_TARGET_DIR:-target}/$PROFILE/trainer
+# The trainer of PROFILE (--smoke switches PROFILE to debug).
+trainer() { "${CARGO_TARGET_DIR:-target}/$PROFILE/trainer" "$@"; }
 PORT=${PORT:-3000}
 export DURATION=${DURATION:-180s} TARGET_MS=${TARGET_MS:-100}
 WARMUP=${WARMUP:-60}
@@ -179,11 +180,11 @@ run_one() { # mode name env incident extra-config
     [[ $mode == capture ]] && return 0
     local since
     since=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["model"]["onnx"]["retrain"].get("lastMs") or 0)' "$dir/k6/ml-metrics.json")
-    "$TRAINER" evaluate --logs "$logs" --since-ms "$since" --target-ms "$TARGET_MS" \
+    trainer evaluate --logs "$logs" --since-ms "$since" --target-ms "$TARGET_MS" \
         --incidents "$dir/incidents.json" >"$dir/figures.json"
     # The committed model before the retrain: how it transfers from the captures it was
     # trained on to this scenario's warm-up.
-    "$TRAINER" evaluate --logs "$logs" --until-ms "$since" --target-ms "$TARGET_MS" \
+    trainer evaluate --logs "$logs" --until-ms "$since" --target-ms "$TARGET_MS" \
         >"$dir/figures-before-retrain.json"
     if ((REFERENCE)); then
         "$VENV_PY" scripts/reference.py --logs "$logs" --split-ms "$since" >"$dir/reference.json" ||
@@ -276,7 +277,8 @@ main() {
     if [[ $PROFILE == release ]]; then
         cargo build --release -p server -p trainer
     else
-        cargo build -p server -p trainer
+        # With the tests' feature set: after `cargo test --workspace` (make test) a no-op.
+        cargo build --workspace --bins --tests
     fi
     local entries=("${EVALUATION[@]}")
     [[ $mode == capture ]] && entries=("${CAPTURE[@]}")

