@@ -67,3 +67,27 @@ pub struct RequestRecord {
     /// Statements executed.
     pub queries: Vec<QueryRecord>,
 }
+
+/// The online statistics' p50 and p90 (ms) logged with a request, when it has them: `online_ms`
+/// since the shadow evaluation, and in older logs the served prediction when the online
+/// statistics answered. The one reading the trainer and the server's retrain judge by.
+pub fn online_answer(online_ms: [f32; 2], source: &str, predicted: [f32; 2]) -> Option<[f32; 2]> {
+    if online_ms[0] > 0.0 {
+        Some(online_ms)
+    } else if source == "online" && predicted[0] > 0.0 {
+        Some(predicted)
+    } else {
+        None
+    }
+}
+
+impl RequestRecord {
+    /// [`online_answer`] of this record.
+    pub fn online_answer(&self) -> Option<[f32; 2]> {
+        online_answer(
+            self.online_ms,
+            &self.source,
+            [self.predicted_p50_ms, self.predicted_p90_ms],
+        )
+    }
+}

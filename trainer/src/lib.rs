@@ -76,7 +76,7 @@ pub enum Command {
         /// What the latency model predicts: ln latency (`absolute`), its excess over the
         /// route's live baseline (`relative`), or whichever does better on the holdout (`auto`).
         #[arg(long, value_enum, default_value = "auto")]
-        form: FormArg,
+        form: train::Form,
         /// Fit on one thread (what background retraining beside a server uses).
         #[arg(long)]
         one_thread: bool,
@@ -137,17 +137,6 @@ pub enum Command {
     },
 }
 
-/// `--form` of `trainer train`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum FormArg {
-    /// ln latency outright.
-    Absolute,
-    /// ln latency's excess over the route's live baseline.
-    Relative,
-    /// Whichever of the two does better on the holdout.
-    Auto,
-}
-
 /// Runs one command.
 ///
 /// # Errors
@@ -175,11 +164,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             opts.iforest.trees = anomaly_trees;
             opts.iforest.sample = anomaly_sample;
             opts.iforest.grid = anomaly_grid;
-            opts.form = match form {
-                FormArg::Absolute => train::Form::Absolute,
-                FormArg::Relative => train::Form::Relative,
-                FormArg::Auto => train::Form::Auto,
-            };
+            opts.form = form;
             opts.one_thread = one_thread;
             let outcome = train::train(&opts)?;
             print!("{}", summary(&outcome));

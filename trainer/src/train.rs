@@ -51,8 +51,8 @@ pub struct Options {
     pub form: Form,
 }
 
-/// What the latency model predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the latency model predicts (`trainer train --form`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Form {
     /// ln latency outright.
     Absolute,
@@ -119,14 +119,12 @@ impl Rows {
     /// one: logged beside the model's on every request since the shadow evaluation, and in
     /// older logs the served prediction when the online statistics answered.
     fn online(&self, i: usize) -> Option<(f64, f64)> {
-        let (p50, p90) = if self.online_p50[i] > 0.0 {
-            (self.online_p50[i], self.online_p90[i])
-        } else if self.source[i] == "online" {
-            (self.predicted_p50[i], self.predicted_p90[i])
-        } else {
-            return None;
-        };
-        (p50 > 0.0).then(|| (f64::from(p50).ln(), f64::from(p90.max(p50)).ln()))
+        contract::log::online_answer(
+            [self.online_p50[i], self.online_p90[i]],
+            &self.source[i],
+            [self.predicted_p50[i], self.predicted_p90[i]],
+        )
+        .map(|[p50, p90]| (f64::from(p50).ln(), f64::from(p90.max(p50)).ln()))
     }
 }
 

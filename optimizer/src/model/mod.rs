@@ -69,9 +69,8 @@ struct Status {
     seen: Option<String>,
     last_rejection: Option<(i64, String)>,
     loaded_at_ms: Option<i64>,
-    /// When this server first served the loaded version (its age counts from then).
-    served_since_ms: Option<i64>,
-    /// First-served times per version, opened with the first load.
+    /// First-served times per version (where a model's age counts from), opened with the
+    /// first load.
     ledger: Option<ledger::Ledger>,
     retrain: retrain::RetrainStatus,
 }

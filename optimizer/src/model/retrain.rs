@@ -275,11 +275,7 @@ fn recent_rows(log_dir: &Path, n: usize) -> Vec<Row> {
                 && r.status < 500
                 && r.latency_ms.is_finite()
             {
-                let online = if r.online_ms[0] > 0.0 {
-                    Some(r.online_ms[0])
-                } else {
-                    (r.source == "online" && r.predicted_p50_ms > 0.0).then_some(r.predicted_p50_ms)
-                };
+                let online = r.online_answer().map(|[p50, _]| p50);
                 rows.push(Row {
                     ts_ms: r.ts_ms,
                     features: r.features,
@@ -323,15 +319,8 @@ fn keep_previous(dir: &Path, serving: &ModelSet) -> Result<(), String> {
     let previous = dir.join(PREVIOUS_DIR);
     let staging = dir.join(format!(".{PREVIOUS_DIR}.tmp"));
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging)
-        .map_err(|e| format!("creating {}: {e}", staging.display()))?;
-    for file in [
-        &serving.manifest.latency_model.file,
-        &serving.manifest.anomaly_model.file,
-    ] {
-        std::fs::copy(dir.join(file), staging.join(file))
-            .map_err(|e| format!("keeping {file} for rollback: {e}"))?;
-    }
+    copy_model_files(dir, &staging, serving)
+        .map_err(|e| format!("keeping the serving model for rollback: {e}"))?;
     let manifest = serde_json::to_vec_pretty(&serving.manifest).map_err(|e| e.to_string())?;
     std::fs::write(staging.join(MANIFEST_FILE), manifest)
         .map_err(|e| format!("keeping the manifest for rollback: {e}"))?;
@@ -385,11 +374,18 @@ pub fn rollback(models: &Models) -> Result<String, String> {
 
 /// Copies a set's files and manifest from one folder into a new one.
 fn copy_set(from: &Path, to: &Path, set: &ModelSet) -> Result<(), String> {
+    copy_model_files(from, to, set)?;
+    std::fs::copy(from.join(MANIFEST_FILE), to.join(MANIFEST_FILE))
+        .map_err(|e| format!("copying {MANIFEST_FILE}: {e}"))?;
+    Ok(())
+}
+
+/// Copies a set's two model files from one folder into another (created when missing).
+fn copy_model_files(from: &Path, to: &Path, set: &ModelSet) -> Result<(), String> {
     std::fs::create_dir_all(to).map_err(|e| format!("creating {}: {e}", to.display()))?;
     for file in [
         &set.manifest.latency_model.file,
         &set.manifest.anomaly_model.file,
-        &MANIFEST_FILE.to_owned(),
     ] {
         std::fs::copy(from.join(file), to.join(file))
             .map_err(|e| format!("copying {file}: {e}"))?;
@@ -408,14 +404,7 @@ fn which_nice() -> Option<PathBuf> {
 /// Copies the model files, then the manifest through a temporary file and a rename, so the
 /// watcher never sees a manifest naming files that are not there yet.
 fn install(from: &Path, dir: &Path, set: &ModelSet) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    for file in [
-        &set.manifest.latency_model.file,
-        &set.manifest.anomaly_model.file,
-    ] {
-        std::fs::copy(from.join(file), dir.join(file))
-            .map_err(|e| format!("copying {file}: {e}"))?;
-    }
+    copy_model_files(from, dir, set)?;
     let tmp = dir.join(format!(".{MANIFEST_FILE}.tmp"));
     std::fs::copy(from.join(MANIFEST_FILE), &tmp).map_err(|e| format!("copying manifest: {e}"))?;
     std::fs::rename(&tmp, dir.join(MANIFEST_FILE)).map_err(|e| format!("installing manifest: {e}"))

@@ -53,11 +53,10 @@ impl Models {
                     let now = crate::unix_ms();
                     let mut status = self.status();
                     status.loaded_at_ms = Some(now);
-                    let since = status
+                    status
                         .ledger
                         .get_or_insert_with(|| ledger::Ledger::open(dir))
                         .first_served(version, now);
-                    status.served_since_ms = Some(since);
                 }
                 tracing::info!(version, "model loaded");
                 self.event(
@@ -102,10 +101,13 @@ impl Models {
             return;
         };
         let max = self.config.max_age_hours;
+        let version = set.manifest.version;
         let since = self
             .status()
-            .served_since_ms
-            .unwrap_or(i64::try_from(set.manifest.version).unwrap_or(0));
+            .ledger
+            .as_ref()
+            .and_then(|l| l.get(version))
+            .unwrap_or(i64::try_from(version).unwrap_or(0));
         let age_hours = ledger::age_hours(since, now_ms);
         let aged = max > 0.0 && age_hours > max;
         match self.stale() {
