@@ -3,6 +3,8 @@
 # Environment:
 #   DATABASE_URL      use this database instead of the local cluster (scripts/pg.sh)
 #   SHOP_PG_PORT      port of the local cluster (default 54329)
+#   SHOP_PG_UNSAFE    1: the local cluster runs with fsync, full_page_writes and
+#                     synchronous_commit off (fast, loses acknowledged writes on a crash)
 #   ADMIN_TOKEN       admin token for `make run` (default: generated into .local/admin-token)
 #   PORT              HTTP port for `make run` (default 3000)
 #   CARGO_TARGET_DIR  cargo build folder (default target/)

@@ -9,7 +9,12 @@
 #   scripts/pg.sh destroy  stop it and delete the cluster, its password and its log
 #
 # Everything lives under <repo>/.local/pg/ (git-ignored). Port: ${SHOP_PG_PORT:-54329},
-# TCP on 127.0.0.1 only. This is a throwaway dev/test cluster, tuned for speed, not safety.
+# TCP on 127.0.0.1 only.
+#
+# Durable by default: fsync, full_page_writes and synchronous_commit stay on (PostgreSQL's own
+# defaults), so an order the server acknowledged survives a crash. SHOP_PG_UNSAFE=1 turns all
+# three off for speed (throwaway test clusters only: a crash can lose acknowledged writes and a
+# power loss can corrupt the cluster); the setting is rewritten on every start.
 set -euo pipefail
 
 PG_BIN=/usr/lib/postgresql/15/bin
@@ -172,6 +177,26 @@ ensure_password() {
     mv "$tmp" "$PASSWORD_FILE"
 }
 
+# Crash safety: PostgreSQL's durable defaults, or all off with SHOP_PG_UNSAFE=1.
+durability() {
+    if [[ ${SHOP_PG_UNSAFE:-0} == 1 ]]; then
+        printf '%s\n' "# UNSAFE (SHOP_PG_UNSAFE=1): fast, but a crash can lose acknowledged writes" \
+            "# and a power loss can corrupt the cluster; recreate it with 'make clean-db'." \
+            'fsync = off' 'synchronous_commit = off' 'full_page_writes = off'
+    else
+        printf '%s\n' "# Durable (PostgreSQL's defaults): an acknowledged commit survives a crash." \
+            'fsync = on' 'synchronous_commit = on' 'full_page_writes = on'
+    fi
+}
+
+durability_word() {
+    if [[ ${SHOP_PG_UNSAFE:-0} == 1 ]]; then
+        printf 'UNSAFE: fsync, full_page_writes and synchronous_commit off (SHOP_PG_UNSAFE=1)'
+    else
+        printf 'durable: fsync, full_page_writes and synchronous_commit on'
+    fi
+}
+
 # Settings live in a file we rewrite on every start, included from postgresql.conf,
 # so changing the port or socket folder needs no re-init.
 write_config() {
@@ -183,11 +208,7 @@ port = $PORT
 unix_socket_directories = '$sock_q'
 max_connections = 300
 shared_buffers = 256MB
-# Throwaway dev/test cluster: trade crash safety for speed.
-# A power loss can corrupt it; recreate with 'make clean-db'.
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+$(durability)
 # shared_preload_libraries stays unset: hypopg is loaded by CREATE EXTENSION.
 EOF
     chmod 644 "$conf"
@@ -287,6 +308,10 @@ cmd_start() {
         local rport
         rport=$(running_port)
         [[ $rport == "$PORT" ]] || die "already running on port $rport (pid $pid), but SHOP_PG_PORT is $PORT; run scripts/pg.sh stop first"
+        # The durability settings all take effect on a reload.
+        write_config
+        as_pg "$PG_BIN/pg_ctl" reload -D "$DATA" >>"$LOG_FILE" 2>&1 || die "pg_ctl reload failed; see $LOG_FILE"
+        log "running: $(durability_word)"
         return 0
     fi
 
@@ -303,7 +328,7 @@ cmd_start() {
         || { tail -n 20 "$LOG_FILE" >&2; die "pg_ctl start failed; see $LOG_FILE"; }
     wait_ready
     ensure_database
-    log "ready: database $DB_NAME on 127.0.0.1:$PORT (scripts/pg.sh url)"
+    log "ready: database $DB_NAME on 127.0.0.1:$PORT (scripts/pg.sh url), $(durability_word)"
 }
 
 cmd_stop() {

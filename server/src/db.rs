@@ -102,6 +102,20 @@ impl Conn {
             captures: self.captures.clone(),
         })
     }
+
+    /// Starts a transaction whose commit is acknowledged only once it is on disk
+    /// (`synchronous_commit = on`), whatever the cluster's setting: for anything that moves
+    /// money or stock, so that an acknowledged order survives a crash of PostgreSQL.
+    ///
+    /// # Errors
+    /// The database refused to begin.
+    pub async fn durable_transaction(&mut self) -> Result<Tx<'_>, tokio_postgres::Error> {
+        let tx = self.transaction().await?;
+        tx.inner
+            .batch_execute("SET LOCAL synchronous_commit = on")
+            .await?;
+        Ok(tx)
+    }
 }
 
 impl Tx<'_> {

@@ -275,7 +275,8 @@ async fn place_order(
     request: &CheckoutRequest,
     key: Option<&str>,
 ) -> Result<Order, ApiError> {
-    let tx = conn.transaction().await?;
+    // An acknowledged order must survive a crash: durable whatever the cluster's setting.
+    let tx = conn.durable_transaction().await?;
     // Product order is fixed (by id) so concurrent checkouts lock inventory rows in the same
     // order and cannot deadlock.
     let lines = tx

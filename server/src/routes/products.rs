@@ -274,7 +274,8 @@ pub async fn create(
         None => format!("SKU-{:016X}", rand::random::<u64>()),
     };
     let mut conn = state.db.conn().await?;
-    let tx = conn.transaction().await?;
+    // Prices and stock: durable whatever the cluster's setting.
+    let tx = conn.durable_transaction().await?;
     let row = tx
         .query_one(
             "INSERT INTO products (sku, name, description, price, category, popularity, active) \
@@ -338,7 +339,8 @@ pub async fn update(
         .map(|v| validate::range("popularity", v, 0, 1_000_000_000))
         .transpose()?;
     let mut conn = state.db.conn().await?;
-    let tx = conn.transaction().await?;
+    // Prices and stock: durable whatever the cluster's setting.
+    let tx = conn.durable_transaction().await?;
     let updated = tx
         .execute(
             "UPDATE products SET name = COALESCE($2, name), description = COALESCE($3, description), \

@@ -73,3 +73,25 @@ async fn unknown_routes_and_methods_get_json_errors() {
     )
     .await;
 }
+
+/// The cluster `make run` and `make test` create (scripts/pg.sh) keeps PostgreSQL's durable
+/// defaults, so an acknowledged order survives a crash; `SHOP_PG_UNSAFE=1` is the one way to
+/// turn them off, and then all three are off. A `DATABASE_URL` of your own must be durable too.
+#[tokio::test]
+async fn the_database_is_durable_unless_asked_not_to_be() {
+    let app = spawn_app().await;
+    let unsafe_mode = std::env::var("SHOP_PG_UNSAFE").is_ok_and(|v| v == "1");
+    let expected = if unsafe_mode { "off" } else { "on" };
+    for setting in ["fsync", "full_page_writes", "synchronous_commit"] {
+        let value: String = app
+            .db
+            .query_one(&format!("SHOW {setting}"), &[])
+            .await
+            .expect("show")
+            .get(0);
+        assert_eq!(
+            value, expected,
+            "{setting} (SHOP_PG_UNSAFE={unsafe_mode}); restart the cluster with scripts/pg.sh start"
+        );
+    }
+}
