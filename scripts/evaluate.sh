@@ -23,6 +23,10 @@
 #   TARGET_MS     the latency target misses are counted against (default 100, the server's
 #                 optimization.target_latency_ms)
 #   PROFILE       release (default) or debug build of the server and trainer
+#   RETRAIN       1 (default): force the retrain after WARMUP and measure what follows its
+#                 verdict; 0: no retrain, the committed models serve throughout, an incident
+#                 comes WARMUP + INCIDENT_DELAY s after the server answers, and every request
+#                 is measured (how the committed models alone do)
 #   PORT, DATABASE_URL, ADMIN_TOKEN, CARGO_TARGET_DIR: as for scripts/loadtest.sh
 set -euo pipefail
 
@@ -36,8 +40,11 @@ trainer() { "${CARGO_TARGET_DIR:-target}/$PROFILE/trainer" "$@"; }
 PORT=${PORT:-3000}
 export DURATION=${DURATION:-180s} TARGET_MS=${TARGET_MS:-100}
 WARMUP=${WARMUP:-60}
+RETRAIN=${RETRAIN:-1}
 # Seconds between the forced retrain's verdict and an incident.
 INCIDENT_DELAY=${INCIDENT_DELAY:-20}
+# Seconds between incidents in a training capture.
+INCIDENT_EVERY=${INCIDENT_EVERY:-40}
 
 log() { printf 'evaluate: %s\n' "$*" >&2; }
 die() { printf 'evaluate: error: %s\n' "$*" >&2; exit 2; }
@@ -53,14 +60,20 @@ EVALUATION=(
     "lock|ARRIVAL=steady RATE=150 MIX=browse SEED=15 PRODUCTS=10000|lock"
     "lock-no-shedding|ARRIVAL=steady RATE=150 MIX=cart SEED=19 PRODUCTS=10000|lock|[features]\npriority = false"
     "cpu|ARRIVAL=steady RATE=150 MIX=search SEED=16 PRODUCTS=10000|cpu"
-    "overload|ARRIVAL=steady RATE=1200 MIX=browse SEED=17 PRODUCTS=10000|"
-    "overload-no-shedding|ARRIVAL=steady RATE=1200 MIX=search SEED=20 PRODUCTS=10000||[features]\npriority = false"
+    "pool|ARRIVAL=steady RATE=150 MIX=cart SEED=21 PRODUCTS=10000|pool"
+    "pool-no-shedding|ARRIVAL=bursty RATE=100 MIX=cart SEED=22 PRODUCTS=10000|pool|[features]\npriority = false"
+    "overload|ARRIVAL=steady RATE=3000 MIX=cart SEED=17 PRODUCTS=10000|"
+    "overload-no-shedding|ARRIVAL=bursty RATE=1200 MIX=cart SEED=20 PRODUCTS=10000||[features]\npriority = false"
     "large-catalogue|ARRIVAL=steady RATE=150 MIX=browse SEED=18 PRODUCTS=100000|"
 )
 CAPTURE=(
     "steady|ARRIVAL=steady RATE=120 MIX=cart SEED=101 PRODUCTS=10000|"
     "bursty|ARRIVAL=bursty RATE=80 MIX=search SEED=102 PRODUCTS=10000|"
     "monday|ARRIVAL=monday RATE=250 MIX=browse SEED=103 PRODUCTS=10000|"
+    "lock|ARRIVAL=steady RATE=100 MIX=search SEED=104 PRODUCTS=10000|lock"
+    "lock-no-shedding|ARRIVAL=monday RATE=150 MIX=browse SEED=107 PRODUCTS=10000|lock|[features]\npriority = false"
+    "cpu|ARRIVAL=bursty RATE=120 MIX=cart SEED=105 PRODUCTS=10000|cpu"
+    "overload|ARRIVAL=monday RATE=2000 MIX=cart SEED=106 PRODUCTS=10000 DURATION=90s|"
 )
 
 # The admin token the servers and k6 use (ADMIN_TOKEN, else .local/admin-token, made here when
@@ -98,31 +111,19 @@ sys.exit(0 if m["model"]["onnx"]["retrain"].get("lastMs") else 1)
 PY
 }
 
-# Injects `kind` INCIDENT_DELAY s after the forced retrain finished, and records it in $1.
-inject() { # incidents.json kind
-    local file=$1 kind=$2 deadline=$((SECONDS + 900)) tmp seen=0
-    tmp=$(mktemp)
-    while ((SECONDS < deadline)); do
-        if curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$PORT/api/ml-metrics" >"$tmp" 2>/dev/null &&
-            retrained "$tmp"; then
-            seen=1
-            break
-        fi
-        sleep 1
-    done
-    rm -f "$tmp"
-    if ((seen == 0)); then
-        log "no retrain verdict within 900 s: incident $kind not injected"
-        printf '[]\n' >"$file"
-        return 0
-    fi
-    sleep "$INCIDENT_DELAY"
-    local start end
+# One incident of `kind`, from outside the server; prints its record (JSON).
+incident() { # kind
+    local kind=$1 start end
     start=$(date +%s%3N)
     case $kind in
         lock)
             # Another session holds the products table for 5 s: every catalogue read waits.
             psql -q "$(database_url)" -c "BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(5); COMMIT;" >/dev/null
+            ;;
+        pool)
+            # Another session holds the cart for 6 s: cart requests keep their connections while
+            # they wait, until the pool runs dry and every database read waits for a connection.
+            psql -q "$(database_url)" -c "BEGIN; LOCK TABLE cart_items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;" >/dev/null
             ;;
         cpu)
             # A neighbour takes every core for 8 s.
@@ -136,8 +137,47 @@ inject() { # incidents.json kind
         *) die "unknown incident $kind" ;;
     esac
     end=$(date +%s%3N)
-    printf '[{"kind": "%s", "start_ms": %s, "end_ms": %s}]\n' "$kind" "$start" "$end" >"$file"
     log "incident $kind from $start to $end"
+    printf '{"kind": "%s", "start_ms": %s, "end_ms": %s}' "$kind" "$start" "$end"
+}
+
+# Injects incidents of `kind` and records them in $1. Evaluating: one, INCIDENT_DELAY s after
+# the forced retrain's verdict. Capturing: from 30 s after the server answers, one every
+# INCIDENT_EVERY s while at least 20 s of the run remain, so the models see incidents begin,
+# last and end.
+inject() { # incidents.json kind mode seconds
+    local file=$1 kind=$2 mode=$3 seconds=$4 deadline=$((SECONDS + 900)) tmp seen=0
+    tmp=$(mktemp)
+    while ((SECONDS < deadline)); do
+        if [[ $mode == capture || $RETRAIN == 0 ]]; then
+            curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && { seen=1; break; }
+        elif curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$PORT/api/ml-metrics" >"$tmp" 2>/dev/null &&
+            retrained "$tmp"; then
+            seen=1
+            break
+        fi
+        sleep 1
+    done
+    rm -f "$tmp"
+    if ((seen == 0)); then
+        log "no server or retrain verdict within 900 s: incident $kind not injected"
+        printf '[]\n' >"$file"
+        return 0
+    fi
+    if [[ $mode != capture ]]; then
+        ((RETRAIN == 1)) || sleep "$WARMUP"
+        sleep "$INCIDENT_DELAY"
+        printf '[%s]\n' "$(incident "$kind")" >"$file"
+        return 0
+    fi
+    local began=$SECONDS records=()
+    sleep 30
+    while ((SECONDS - began + 20 < seconds)); do
+        records+=("$(incident "$kind")")
+        sleep "$INCIDENT_EVERY"
+    done
+    local IFS=,
+    printf '[%s]\n' "${records[*]}" >"$file"
 }
 
 run_one() { # mode name env incident extra-config
@@ -163,11 +203,15 @@ run_one() { # mode name env incident extra-config
     log "$mode $name: $env${incident:+ incident=$incident}"
     local injector=
     if [[ -n $incident ]]; then
-        inject "$dir/incidents.json" "$incident" &
+        local seconds=${DURATION%s} word
+        for word in $env; do
+            if [[ $word == DURATION=* ]]; then seconds=${word#DURATION=}; seconds=${seconds%s}; fi
+        done
+        inject "$dir/incidents.json" "$incident" "$mode" "$seconds" &
         injector=$!
     fi
     local warmup=$WARMUP
-    [[ $mode == capture ]] && warmup=0
+    [[ $mode == capture || $RETRAIN == 0 ]] && warmup=0
     local status=0
     # shellcheck disable=SC2086 # $env is a list of NAME=value words
     env $env WARMUP="$warmup" SHOP_CONFIG="$config" SUMMARY_DIR="$dir/k6" PORT="$PORT" \
