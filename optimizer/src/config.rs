@@ -45,6 +45,10 @@ pub struct ModelsConfig {
     /// above this multiple of the online statistics' on the same requests, and serves again
     /// once it is below theirs divided by it (0 turns the check off).
     pub drift_factor: f64,
+    /// Shortest drift window (seconds): a verdict needs at least this long as well as 512
+    /// requests, so that at thousands of requests a second the model is not retired and
+    /// restored on a fraction of a second's noise (0: 512 requests alone).
+    pub drift_min_secs: f64,
     /// How often the manifest is checked for a new version (ms).
     pub reload_interval_ms: u64,
     /// Sessions per model (0: one per CPU core). A request never waits for a busy session.
@@ -162,6 +166,7 @@ impl Default for ModelsConfig {
             ort_library: None,
             max_age_hours: 24.0 * 7.0,
             drift_factor: 1.05,
+            drift_min_secs: 10.0,
             reload_interval_ms: 2_000,
             sessions: 0,
             memo_cells: 16_384,

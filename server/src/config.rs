@@ -369,6 +369,9 @@ impl Config {
         if !m.drift_factor.is_finite() || (m.drift_factor != 0.0 && m.drift_factor < 1.0) {
             bail!("models.drift_factor must be 0 (off) or at least 1");
         }
+        if !m.drift_min_secs.is_finite() || m.drift_min_secs < 0.0 {
+            bail!("models.drift_min_secs must be a non-negative number of seconds");
+        }
         if m.reload_interval_ms == 0 || m.training_timeout_secs == 0 {
             bail!("models.reload_interval_ms and models.training_timeout_secs must be positive");
         }

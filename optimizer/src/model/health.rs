@@ -101,8 +101,9 @@ impl Stale {
     }
 }
 
-/// Requests per drift window: the model's live error is judged against the online statistics'
-/// over this many requests that both predicted.
+/// Fewest requests per drift window: the model's live error is judged against the online
+/// statistics' over at least this many requests that both predicted (and at least
+/// `drift_min_secs`).
 const DRIFT_WINDOW: u32 = 512;
 /// Consecutive inference failures after which the model is stale.
 const MAX_CONSECUTIVE_ERRORS: u32 = 3;
@@ -114,6 +115,8 @@ const MAX_CONSECUTIVE_ERRORS: u32 = 3;
 #[derive(Default)]
 pub(super) struct Drift {
     count: AtomicU32,
+    /// When the current window began (Unix ms; 0 before its first request).
+    started_ms: AtomicU64,
     model: AtomicU64,
     online: AtomicU64,
     /// Last completed window: the model's and the online mean error (f32 bits each).
@@ -124,6 +127,7 @@ impl Drift {
     /// Starts a new window (a new model is judged on its own predictions only).
     pub(super) fn reset(&self) {
         self.count.store(0, Relaxed);
+        self.started_ms.store(0, Relaxed);
         self.model.store(0, Relaxed);
         self.online.store(0, Relaxed);
         self.last.store(0, Relaxed);
@@ -220,12 +224,27 @@ impl Models {
     /// `drift_factor` x the online statistics', and serves again when it is below theirs
     /// divided by the same factor (hysteresis, so it does not flap).
     pub fn observe(&self, prediction: &Prediction, latency_ms: f64) {
+        self.observe_at(prediction, latency_ms, crate::unix_ms());
+    }
+
+    /// [`Models::observe`] at `now_ms` (Unix ms): a window closes once it holds 512 requests
+    /// and has lasted `drift_min_secs`.
+    pub fn observe_at(&self, prediction: &Prediction, latency_ms: f64, now_ms: i64) {
         let factor = self.config.drift_factor;
         let [model, _] = prediction.model_ms;
         let [online, _] = prediction.online_ms;
         if factor == 0.0 || model <= 0.0 || online <= 0.0 {
             return;
         }
+        let now = u64::try_from(now_ms).unwrap_or(0).max(1);
+        let started = match self
+            .drift
+            .started_ms
+            .compare_exchange(0, now, Relaxed, Relaxed)
+        {
+            Ok(_) => now,
+            Err(started) => started,
+        };
         self.drift
             .model
             .fetch_add(micro_error(latency_ms, model), Relaxed);
@@ -235,16 +254,30 @@ impl Models {
         if self.drift.count.fetch_add(1, Relaxed) + 1 < DRIFT_WINDOW {
             return;
         }
-        self.drift.count.store(0, Relaxed);
+        #[allow(clippy::cast_precision_loss)]
+        let lasted_secs = now.saturating_sub(started) as f64 / 1000.0;
+        if lasted_secs < self.config.drift_min_secs {
+            return;
+        }
+        // One request closes the window: the one that moves its start on.
+        if self
+            .drift
+            .started_ms
+            .compare_exchange(started, now, Relaxed, Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let count = self.drift.count.swap(0, Relaxed).max(1);
         let (model, online) = (
-            self.drift.model.swap(0, Relaxed) as f64 / 1e6 / f64::from(DRIFT_WINDOW),
-            self.drift.online.swap(0, Relaxed) as f64 / 1e6 / f64::from(DRIFT_WINDOW),
+            self.drift.model.swap(0, Relaxed) as f64 / 1e6 / f64::from(count),
+            self.drift.online.swap(0, Relaxed) as f64 / 1e6 / f64::from(count),
         );
         let packed =
             (u64::from((model as f32).to_bits()) << 32) | u64::from((online as f32).to_bits());
         self.drift.last.store(packed.max(1), Relaxed);
         let figures = format!(
-            "mean |ln error| {model:.3} against the online statistics' {online:.3} on the last {DRIFT_WINDOW} requests"
+            "mean |ln error| {model:.3} against the online statistics' {online:.3} on the last {count} requests ({lasted_secs:.1} s)"
         );
         match self.stale() {
             None if model > factor * online => self.set_state(

@@ -399,6 +399,8 @@ async fn the_shadow_drift_rule_judges_the_model_against_online_statistics() {
     let config = server::config::ModelsConfig {
         dir: dir.clone(),
         max_age_hours: 0.0,
+        // Windows of 512 requests however fast they come (the time floor has its own test).
+        drift_min_secs: 0.0,
         ..server::config::ModelsConfig::default()
     };
     let models = Models::new(&config);
@@ -449,6 +451,51 @@ async fn the_shadow_drift_rule_judges_the_model_against_online_statistics() {
         events
             .iter()
             .any(|(a, r)| *a == "model-serving" && r.contains("better than the online")),
+        "{events:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn at_thousands_of_requests_a_second_drift_is_judged_over_seconds_not_a_moment() {
+    use optimizer::model::{Models, Stale};
+    use optimizer::predictor::{Prediction, Source};
+    require_runtime();
+    let dir = std::env::temp_dir().join(format!("shop-models-{}", uuid::Uuid::new_v4().simple()));
+    install(&repo().join("models"), &dir);
+    let config = server::config::ModelsConfig {
+        dir: dir.clone(),
+        max_age_hours: 0.0,
+        ..server::config::ModelsConfig::default()
+    };
+    assert!(config.drift_min_secs >= 5.0, "{config:?}");
+    let models = Models::new(&config);
+    models.poll();
+    let request = |model: f32, online: f32| Prediction {
+        p50_ms: model,
+        p90_ms: model * 2.0,
+        confidence: 0.9,
+        source: Source::Onnx,
+        stale: None,
+        model_ms: [model, model * 2.0],
+        online_ms: [online, online * 2.0],
+    };
+    let start = optimizer::unix_ms();
+    // 5,000 requests in one second (a faked clock), the model 2x off and online right: a
+    // moment's worth, however many requests, is no verdict.
+    for i in 0..5_000 {
+        models.observe_at(&request(200.0, 100.0), 100.0, start + i / 5);
+    }
+    assert_eq!(models.stale(), None, "retired on one second of requests");
+    // The same error sustained past the floor retires it.
+    let later = start + (config.drift_min_secs * 1000.0) as i64 + 1;
+    models.observe_at(&request(200.0, 100.0), 100.0, later);
+    assert_eq!(models.stale(), Some(Stale::Drift));
+    let events = models.take_events();
+    assert!(
+        events
+            .iter()
+            .any(|(a, r)| *a == "model-stale" && r.contains("5001 requests")),
         "{events:?}"
     );
     let _ = std::fs::remove_dir_all(dir);
