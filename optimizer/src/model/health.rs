@@ -237,13 +237,17 @@ impl Models {
             return;
         }
         let now = u64::try_from(now_ms).unwrap_or(0).max(1);
-        let started = match self
-            .drift
-            .started_ms
-            .compare_exchange(0, now, Relaxed, Relaxed)
-        {
-            Ok(_) => now,
-            Err(started) => started,
+        // A plain load on the request path; the compare-exchange only opens a window.
+        let started = match self.drift.started_ms.load(Relaxed) {
+            0 => match self
+                .drift
+                .started_ms
+                .compare_exchange(0, now, Relaxed, Relaxed)
+            {
+                Ok(_) => now,
+                Err(started) => started,
+            },
+            started => started,
         };
         self.drift
             .model
@@ -259,11 +263,12 @@ impl Models {
         if lasted_secs < self.config.drift_min_secs {
             return;
         }
-        // One request closes the window: the one that moves its start on.
+        // One request closes the window: the one that moves its start on (always forward, so
+        // that two requests in the same millisecond cannot both close it).
         if self
             .drift
             .started_ms
-            .compare_exchange(started, now, Relaxed, Relaxed)
+            .compare_exchange(started, now.max(started + 1), Relaxed, Relaxed)
             .is_err()
         {
             return;
