@@ -389,33 +389,53 @@ async fn replacing_the_files_hot_swaps_without_a_failed_request() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
-async fn the_shadow_drift_rule_judges_the_model_against_online_statistics() {
-    use optimizer::model::{Models, Stale};
-    use optimizer::predictor::{Prediction, Source};
+/// A copy of the committed models in a folder of its own, loaded with `config` (its `dir` is
+/// set here), for the shadow drift rule's tests.
+fn drift_models(
+    config: server::config::ModelsConfig,
+) -> (
+    optimizer::model::Models,
+    PathBuf,
+    server::config::ModelsConfig,
+) {
     require_runtime();
     let dir = std::env::temp_dir().join(format!("shop-models-{}", uuid::Uuid::new_v4().simple()));
     install(&repo().join("models"), &dir);
     let config = server::config::ModelsConfig {
         dir: dir.clone(),
         max_age_hours: 0.0,
-        // Windows of 512 requests however fast they come (the time floor has its own test).
-        drift_min_secs: 0.0,
-        ..server::config::ModelsConfig::default()
+        ..config
     };
-    let models = Models::new(&config);
+    let models = optimizer::model::Models::new(&config);
     models.poll();
-    assert_eq!(models.stale(), None);
-    // Requests take 100 ms. `model` and `online` are what each predicted for them.
-    let request = |model: f32, online: f32| Prediction {
+    (models, dir, config)
+}
+
+/// A request that took 100 ms, as the shadow evaluation sees it: `model` and `online` are what
+/// each predicted for it (p50; p90 twice that).
+fn shadowed(model: f32, online: f32) -> optimizer::predictor::Prediction {
+    optimizer::predictor::Prediction {
         p50_ms: model,
         p90_ms: model * 2.0,
         confidence: 0.9,
-        source: Source::Onnx,
+        source: optimizer::predictor::Source::Onnx,
         stale: None,
         model_ms: [model, model * 2.0],
         online_ms: [online, online * 2.0],
-    };
+    }
+}
+
+#[tokio::test]
+async fn the_shadow_drift_rule_judges_the_model_against_online_statistics() {
+    use optimizer::model::Stale;
+    let (models, dir, _) = drift_models(server::config::ModelsConfig {
+        // Windows of 512 requests however fast they come (the time floor has its own test).
+        drift_min_secs: 0.0,
+        ..server::config::ModelsConfig::default()
+    });
+    assert_eq!(models.stale(), None);
+    // Requests take 100 ms. `model` and `online` are what each predicted for them.
+    let request = shadowed;
     // Far off (ln error 2.3), but the online statistics are further off (3.0): it keeps serving.
     for _ in 0..1100 {
         models.observe(&request(10.0, 5.0), 100.0);
@@ -458,28 +478,10 @@ async fn the_shadow_drift_rule_judges_the_model_against_online_statistics() {
 
 #[tokio::test]
 async fn at_thousands_of_requests_a_second_drift_is_judged_over_seconds_not_a_moment() {
-    use optimizer::model::{Models, Stale};
-    use optimizer::predictor::{Prediction, Source};
-    require_runtime();
-    let dir = std::env::temp_dir().join(format!("shop-models-{}", uuid::Uuid::new_v4().simple()));
-    install(&repo().join("models"), &dir);
-    let config = server::config::ModelsConfig {
-        dir: dir.clone(),
-        max_age_hours: 0.0,
-        ..server::config::ModelsConfig::default()
-    };
+    use optimizer::model::Stale;
+    let (models, dir, config) = drift_models(server::config::ModelsConfig::default());
     assert!(config.drift_min_secs >= 5.0, "{config:?}");
-    let models = Models::new(&config);
-    models.poll();
-    let request = |model: f32, online: f32| Prediction {
-        p50_ms: model,
-        p90_ms: model * 2.0,
-        confidence: 0.9,
-        source: Source::Onnx,
-        stale: None,
-        model_ms: [model, model * 2.0],
-        online_ms: [online, online * 2.0],
-    };
+    let request = shadowed;
     let start = optimizer::unix_ms();
     // 5,000 requests in one second (a faked clock), the model 2x off and online right: a
     // moment's worth, however many requests, is no verdict.
