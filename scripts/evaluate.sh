@@ -8,6 +8,9 @@
 #   scripts/evaluate.sh --capture          (or: make capture-suite) training captures: other
 #                                          seeds, mixes and arrivals than any evaluation run
 #   scripts/evaluate.sh --list             the scenarios and what they set
+#   scripts/evaluate.sh --figures [scenario ...]
+#                                          the figures and tables again from the kept runs in
+#                                          EVALUATE_DIR, with this build's trainer (no new run)
 #   scripts/evaluate.sh --smoke            one short incident scenario on the debug build, into
 #                                          target/evaluate-smoke (what `make test` runs so the
 #                                          suite cannot rot; its figures mean nothing)
@@ -26,7 +29,11 @@
 #   RETRAIN       1 (default): force the retrain after WARMUP and measure what follows its
 #                 verdict; 0: no retrain, the committed models serve throughout, an incident
 #                 comes WARMUP + INCIDENT_DELAY s after the server answers, and every request
-#                 is measured (how the committed models alone do)
+#                 is measured (how the committed models alone do); interval: no forced
+#                 retrain, the server retrains by itself every TRAINING_INTERVAL minutes
+#                 (default 10, `make run`'s default), an incident comes INCIDENT_DELAY s after
+#                 the first verdict and what follows the last verdict is measured (set DURATION
+#                 past the interval, e.g. DURATION=15m)
 #   PORT, DATABASE_URL, ADMIN_TOKEN, CARGO_TARGET_DIR: as for scripts/loadtest.sh
 set -euo pipefail
 
@@ -41,6 +48,8 @@ PORT=${PORT:-3000}
 export DURATION=${DURATION:-180s} TARGET_MS=${TARGET_MS:-100}
 WARMUP=${WARMUP:-60}
 RETRAIN=${RETRAIN:-1}
+case $RETRAIN in 0 | 1 | interval) ;; *) printf 'evaluate: RETRAIN is 0, 1 or interval\n' >&2; exit 2 ;; esac
+TRAINING_INTERVAL=${TRAINING_INTERVAL:-10}
 # Seconds between the forced retrain's verdict and an incident.
 INCIDENT_DELAY=${INCIDENT_DELAY:-20}
 # Seconds between incidents in a training capture.
@@ -165,7 +174,7 @@ inject() { # incidents.json kind mode seconds
         return 0
     fi
     if [[ $mode != capture ]]; then
-        ((RETRAIN == 1)) || sleep "$WARMUP"
+        [[ $RETRAIN != 0 ]] || sleep "$WARMUP"
         sleep "$INCIDENT_DELAY"
         printf '[%s]\n' "$(incident "$kind")" >"$file"
         return 0
@@ -197,9 +206,12 @@ run_one() { # mode name env incident extra-config
     mkdir -p "$dir/models"
     cp models/*.onnx models/manifest.json "$dir/models/"
     config=$dir/server.toml
-    # The forced retrain is the one this scenario measures; training_interval stays off.
-    printf 'training_interval = 0\n[telemetry]\nlog_dir = "%s"\n[models]\ndir = "%s"\n%b\n' \
-        "$logs" "$dir/models" "$extra" >"$config"
+    # The forced retrain is the one this scenario measures, and training_interval stays off;
+    # with RETRAIN=interval the server's own schedule is.
+    local interval=0
+    [[ $RETRAIN == interval && $mode != capture ]] && interval=$TRAINING_INTERVAL
+    printf 'training_interval = %s\n[telemetry]\nlog_dir = "%s"\n[models]\ndir = "%s"\n%b\n' \
+        "$interval" "$logs" "$dir/models" "$extra" >"$config"
     log "$mode $name: $env${incident:+ incident=$incident}"
     local injector=
     if [[ -n $incident ]]; then
@@ -211,7 +223,7 @@ run_one() { # mode name env incident extra-config
         injector=$!
     fi
     local warmup=$WARMUP
-    [[ $mode == capture || $RETRAIN == 0 ]] && warmup=0
+    [[ $mode == capture || $RETRAIN != 1 ]] && warmup=0
     local status=0
     # shellcheck disable=SC2086 # $env is a list of NAME=value words
     env $env WARMUP="$warmup" SHOP_CONFIG="$config" SUMMARY_DIR="$dir/k6" PORT="$PORT" \
@@ -222,7 +234,13 @@ run_one() { # mode name env incident extra-config
     rm -rf "$dir/models"
     ((status == 0)) || die "$name: the run failed (exit $status)"
     [[ $mode == capture ]] && return 0
-    local since
+    figures "$dir" "$name" "$env" 1
+}
+
+# The figures of a kept evaluation run in `dir` (its logs, incidents and final metrics), into
+# dir/figures.json; with refit 0 a reference.json already there is kept.
+figures() { # dir name env refit
+    local dir=$1 name=$2 env=$3 refit=$4 logs=$1/logs since
     since=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["model"]["onnx"]["retrain"].get("lastMs") or 0)' "$dir/k6/ml-metrics.json")
     trainer evaluate --logs "$logs" --since-ms "$since" --target-ms "$TARGET_MS" \
         --incidents "$dir/incidents.json" >"$dir/figures.json"
@@ -230,14 +248,16 @@ run_one() { # mode name env incident extra-config
     # trained on to this scenario's warm-up.
     trainer evaluate --logs "$logs" --until-ms "$since" --target-ms "$TARGET_MS" \
         >"$dir/figures-before-retrain.json"
-    if ((REFERENCE)); then
+    if ((refit == 0)) && [[ -s $dir/reference.json ]]; then
+        :
+    elif ((REFERENCE)); then
         "$VENV_PY" scripts/reference.py --logs "$logs" --split-ms "$since" >"$dir/reference.json" ||
             printf '{"error": "reference.py failed"}\n' >"$dir/reference.json"
     else
         printf '{"error": "lightgbm is not installed"}\n' >"$dir/reference.json"
     fi
     python3 - "$dir" "$name" "$env" <<'PY'
-import json, sys
+import json, os, sys
 d, name, env = sys.argv[1:4]
 f = json.load(open(f"{d}/figures.json"))
 m = json.load(open(f"{d}/k6/ml-metrics.json"))
@@ -246,6 +266,19 @@ f["settings"] = env
 f["retrain"] = m["model"]["onnx"]["retrain"].get("lastOutcome")
 f["before_retrain"] = json.load(open(f"{d}/figures-before-retrain.json"))
 f["reference"] = json.load(open(f"{d}/reference.json"))
+# Healing: the heal and undo actions of the run, and per incident how long after its start
+# healing acted (none: it did not act in the incident or in the 10 s after it).
+acts = [a for a in m.get("actions", []) if a["action"] in ("heal", "undo")]
+heals = [a["tsMs"] for a in acts if a["action"] == "heal"]
+incidents = json.load(open(f"{d}/incidents.json")) if os.path.exists(f"{d}/incidents.json") else []
+f["healing"] = {
+    "heals": len(heals),
+    "undos": len(acts) - len(heals),
+    "after_start_ms": [
+        next((t - i["start_ms"] for t in heals if i["start_ms"] <= t <= i["end_ms"] + 10_000), None)
+        for i in incidents
+    ],
+}
 json.dump(f, open(f"{d}/figures.json", "w"), indent=1)
 PY
 }
@@ -276,6 +309,20 @@ for r in rows:
         f"| {n((r.get('before_retrain') or {}).get('gain'), True)} "
         f"| {n(ref.get('lightgbm_absolute_mae_log'))} / {n(ref.get('lightgbm_relative_mae_log'))} |"
     )
+lines += [
+    "",
+    "| Scenario | Flagged (score ≥ 0.95) | Flagged outside incidents | Hurt by incidents (shed) | Anomaly AUC | AUC inside incidents | Mean score, hurt served / shed | Heals | Healing after the start |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+for r in rows:
+    a = r.get("anomalies") or {}
+    h = r.get("healing") or {}
+    after = ", ".join("none" if t is None else f"{t} ms" for t in h.get("after_start_ms", [])) or "–"
+    lines.append(
+        f"| {r['scenario']} | {n(a.get('flagged_share'), True)} | {n(a.get('healthy_flagged_share'), True)} "
+        f"| {a.get('hurt', '–')} ({a.get('hurt_shed', '–')}) | {n(a.get('auc'))} | {n(a.get('auc_in_incidents'))} "
+        f"| {n(a.get('hurt_served_mean'))} / {n(a.get('hurt_shed_mean'))} | {h.get('heals', '–')} | {after} |"
+    )
 for r in rows:
     for i in r["violations"]["incidents"]:
         lines.append("")
@@ -302,6 +349,22 @@ main() {
             INCIDENT_DELAY=2
             smoke=1
             set -- lock
+            ;;
+        --figures)
+            shift
+            cargo build --release -p server -p trainer
+            REFERENCE=0
+            ensure_reference && REFERENCE=1
+            local entry name rest
+            for entry in "${EVALUATION[@]}"; do
+                name=${entry%%|*}
+                rest=${entry#*|}
+                if (($# > 0)) && [[ " $* " != *" $name "* ]]; then continue; fi
+                [[ -s $OUT/$name/k6/ml-metrics.json ]] || continue
+                figures "$(cd "$OUT/$name" && pwd -P)" "$name" "${rest%%|*}" 0
+            done
+            table
+            return 0
             ;;
         --list)
             printf 'evaluation:\n'; printf '  %s\n' "${EVALUATION[@]}"

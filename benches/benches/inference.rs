@@ -86,6 +86,7 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|r| Outcome {
             latency_ms: f64::from(r.latency_ms),
+            queue_ms: 0.0,
             status: 200,
             shed: false,
         })

@@ -44,7 +44,10 @@ pub const OUTCOME_NAMES: [&str; 3] = [
 pub type AnomalyInput = [f32; ANOMALY_INPUT_COUNT];
 
 /// Builds the anomaly model's input from the logged features and the request's outcome, the one
-/// definition both the server (scoring live) and the trainer (fitting on logs) use.
+/// definition both the server (scoring live) and the trainer (fitting on logs) use. The latency
+/// both pass is the time the request was being served: its latency less its wait for admission
+/// (`queue_ms`), so that queueing admission chose under load is not scored as a fault (the
+/// input keeps its name, `log_latency_ms`, so that earlier logs stay readable).
 pub fn anomaly_input(features: &FeatureVector, latency_ms: f32, status: u16) -> AnomalyInput {
     let mut input = [0.0; ANOMALY_INPUT_COUNT];
     input[..FEATURE_COUNT].copy_from_slice(features);

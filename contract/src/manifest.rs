@@ -105,6 +105,10 @@ pub struct RowCounts {
     pub dropped: BTreeMap<String, u64>,
     /// Rows the models were fitted on.
     pub train: u64,
+    /// Of those, the rows from the base logs (`trainer train --base-logs`), always trained on
+    /// and never held out; absent in manifests written before there were base logs.
+    #[serde(default)]
+    pub base: u64,
     /// Rows held out (the most recent ones) for the metrics.
     pub holdout: u64,
 }

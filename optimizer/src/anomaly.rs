@@ -4,7 +4,7 @@
 //! score high; an unusually fast request is good news, not an anomaly. What the scores lead to
 //! is the [`crate::healer`]'s business.
 
-use super::stats::Stats;
+use super::stats::{RouteSnapshot, Stats};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,10 +14,20 @@ use std::time::Instant;
 pub struct Outcome {
     /// Total latency (ms).
     pub latency_ms: f64,
+    /// Of it, the wait for admission (ms): the cost of load, which admission chose, not of a
+    /// fault. Scores judge the rest, the time the request was being served.
+    pub queue_ms: f64,
     /// HTTP status.
     pub status: u16,
     /// Shed by admission (a deliberate 503, not a fault).
     pub shed: bool,
+}
+
+impl Outcome {
+    /// The time the request was being served: its latency less the wait for admission.
+    pub fn service_ms(&self) -> f64 {
+        (self.latency_ms - self.queue_ms).max(0.0)
+    }
 }
 
 /// Scores latency against the route's EWMA baseline of ln(latency).
@@ -57,8 +67,61 @@ impl OnlineScorer {
         // A floor on the spread: a route with near-constant latency should not flag a request
         // that is a fraction of a millisecond slower.
         let sd = snap.ewma_log_sd.max(0.25);
-        z_to_score((outcome.latency_ms.max(0.001).ln() - snap.ewma_log_mean) / sd)
+        z_to_score((outcome.service_ms().max(0.001).ln() - snap.ewma_log_mean) / sd)
     }
+}
+
+/// Feature positions the explanation reads (checked against `contract::FEATURE_NAMES` in the
+/// tests).
+const IN_FLIGHT: usize = 2;
+const POOL_WAITING: usize = 8;
+
+/// Why a flagged request scored as it did: how it departed from what its route leads one to
+/// expect, each part with its value and the expected one, the most telling first (for example
+/// `latency 48x route p50 (240 ms, expected 5.0 ms); pool waiters 31 (expected 0)`). Built only
+/// for flagged requests: `x-anomaly-reason` and the alert.
+pub fn explain(
+    snap: &RouteSnapshot,
+    features: &contract::FeatureVector,
+    outcome: &Outcome,
+) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if outcome.shed {
+        parts.push(
+            "shed during an incident (the served requests are anomalous or stalled)".to_owned(),
+        );
+    } else if outcome.status >= 500 {
+        parts.push(format!(
+            "server error {} (expected 2xx-4xx)",
+            outcome.status
+        ));
+    }
+    let expected = if snap.p50_ms > 0.0 {
+        snap.p50_ms
+    } else {
+        snap.ewma_log_mean.exp()
+    };
+    let service = outcome.service_ms();
+    if !outcome.shed && expected > 0.0 && service > expected {
+        parts.push(format!(
+            "latency {:.0}x route p50 ({service:.1} ms, expected {expected:.1} ms)",
+            service / expected
+        ));
+    }
+    let waiting = features[POOL_WAITING];
+    if waiting >= 1.0 {
+        parts.push(format!("pool waiters {waiting:.0} (expected 0)"));
+    }
+    if outcome.queue_ms >= 1.0 {
+        parts.push(format!("waited {:.0} ms for admission", outcome.queue_ms));
+    }
+    if parts.is_empty() {
+        parts.push(format!(
+            "latency {service:.1} ms with {:.0} requests in flight",
+            features[IN_FLIGHT]
+        ));
+    }
+    parts.join("; ")
 }
 
 /// A recent anomalous request.
@@ -75,6 +138,8 @@ pub struct Alert {
     pub status: u16,
     /// Anomaly score.
     pub score: f32,
+    /// Why ([`explain`]).
+    pub reason: String,
 }
 
 /// Score at or above which a request counts as anomalous.
@@ -83,6 +148,38 @@ pub const ANOMALY_SCORE: f32 = 0.95;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_explanation_reads_the_features_it_names() {
+        assert_eq!(contract::FEATURE_NAMES[IN_FLIGHT], "in_flight");
+        assert_eq!(contract::FEATURE_NAMES[POOL_WAITING], "pool_waiting");
+    }
+
+    #[test]
+    fn a_stalled_request_is_explained_by_its_latency_and_the_pool() {
+        let snap = RouteSnapshot {
+            p50_ms: 5.0,
+            ..RouteSnapshot::default()
+        };
+        let mut features = [0.0; contract::FEATURE_COUNT];
+        features[POOL_WAITING] = 31.0;
+        let outcome = Outcome {
+            latency_ms: 240.0,
+            queue_ms: 0.0,
+            status: 200,
+            shed: false,
+        };
+        assert_eq!(
+            explain(&snap, &features, &outcome),
+            "latency 48x route p50 (240.0 ms, expected 5.0 ms); pool waiters 31 (expected 0)"
+        );
+        let shed = Outcome {
+            shed: true,
+            status: 503,
+            ..outcome
+        };
+        assert!(explain(&snap, &features, &shed).starts_with("shed during an incident"));
+    }
 
     #[test]
     fn scores_are_one_sided() {

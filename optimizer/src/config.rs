@@ -60,6 +60,11 @@ pub struct ModelsConfig {
     pub trainer: Option<PathBuf>,
     /// Longest a background training run may take before it is killed (s).
     pub training_timeout_secs: u64,
+    /// Logs every retrain also trains on (folders or files; those that do not exist are left
+    /// out): the corpus the committed models came from, so that a retrain on a calm hour of
+    /// the server's own traffic does not forget the incidents and overload the corpus holds.
+    /// The candidate is still held out and judged on the server's own newest requests only.
+    pub base_logs: Vec<PathBuf>,
 }
 
 /// `[optimization]`
@@ -75,9 +80,14 @@ pub struct OptimizationConfig {
     pub min_concurrency: u32,
     /// Upper bound of the adaptive concurrency limit.
     pub max_concurrency: u32,
-    /// Share of anomalous requests over the window that counts as an incident.
+    /// Share of the served requests that must be anomalous or still served past the target for a
+    /// second to count as one of an incident (`crate::healer`).
     pub anomaly_rate_threshold: f64,
-    /// Seconds an incident must last before auto-healing acts (not a single spike).
+    /// Send `x-anomaly-reason` (why a flagged response scored anomalous) to every client, not
+    /// only to the admin token: it describes the server's internal state.
+    pub explain_public: bool,
+    /// Seconds an incident must last before auto-healing acts (not a single spike): 3, so
+    /// that healing acts within 5 s of a stall's start.
     pub anomaly_min_duration_secs: u64,
     /// Healthy seconds before auto-healing undoes its actions.
     pub recovery_secs: u64,
@@ -172,6 +182,7 @@ impl Default for ModelsConfig {
             memo_cells: 16_384,
             trainer: None,
             training_timeout_secs: 600,
+            base_logs: vec!["data/sample".into(), "data/capture".into()],
         }
     }
 }
@@ -184,7 +195,8 @@ impl Default for OptimizationConfig {
             min_concurrency: 8,
             max_concurrency: 512,
             anomaly_rate_threshold: 0.2,
-            anomaly_min_duration_secs: 5,
+            anomaly_min_duration_secs: 3,
+            explain_public: false,
             recovery_secs: 10,
             slow_query_p95_ms: 100.0,
             slow_query_min_calls: 20,

@@ -28,6 +28,7 @@ pub mod actions;
 pub mod admission;
 pub mod advice;
 pub mod anomaly;
+pub mod arrivals;
 pub mod cache;
 pub mod capture;
 pub mod config;
@@ -83,6 +84,8 @@ pub(crate) struct Settings {
     pub(crate) target: Duration,
     /// Confidence needed before acting on a prediction.
     pub(crate) prediction_threshold: f32,
+    /// `x-anomaly-reason` for every client, not only the admin.
+    pub(crate) explain_public: bool,
 }
 
 impl Settings {
@@ -144,6 +147,7 @@ impl Optimizer {
             telemetry: config.telemetry.enabled,
             target: Duration::from_millis(o.target_latency_ms),
             prediction_threshold: config.prediction_threshold as f32,
+            explain_public: o.explain_public,
         };
         let history_len = usize::try_from(config.metrics.retention_hours * 360).unwrap_or(8640);
         let stats = Arc::new(Stats::default());
@@ -176,6 +180,7 @@ impl Optimizer {
                 o.anomaly_rate_threshold,
                 o.anomaly_min_duration_secs,
                 o.recovery_secs,
+                o.target_latency_ms,
             ),
             telemetry,
             actions: Actions::new(config.telemetry.optimizer_log.clone()),
@@ -286,17 +291,27 @@ impl Optimizer {
         }
         if self.settings.anomaly {
             match self.healer.tick() {
-                Decision::Heal { rate } => {
+                Decision::Heal { rate, window } => {
                     self.admission.set_low_factor(0.25);
+                    let details = serde_json::json!({ "evidence": {
+                        "served": window.served,
+                        "anomalous": window.anomalous,
+                        "stuck": window.stuck,
+                        "shed": window.shed,
+                    }});
                     self.record_action(
                         "heal",
                         format!(
-                            "anomalous share {:.0}% above {:.0}% for the minimum duration: low-priority share cut to a quarter, stress test throttled",
+                            "incident: {:.0}% of served requests anomalous or still served past the target ({} anomalous, {} stuck, {} finished in the last seconds; {} shed), above {:.0}% for the minimum duration: low-priority share cut to a quarter, stress test throttled",
                             rate * 100.0,
+                            window.anomalous,
+                            window.stuck,
+                            window.served,
+                            window.shed,
                             self.healer.threshold() * 100.0
                         ),
                         rate,
-                        Default::default(),
+                        details.as_object().cloned().unwrap_or_default(),
                     );
                 }
                 Decision::Undo { rate } => {

@@ -7,7 +7,7 @@
 
 use super::admission::Permit;
 use super::admission::Priority;
-use super::anomaly::{ANOMALY_SCORE, Outcome};
+use super::anomaly::{self, ANOMALY_SCORE, Outcome};
 use super::cache::{CacheOutcome, Entry, Kind};
 use super::policy::{self, Policy};
 use super::predictor::{Prediction, Source};
@@ -17,7 +17,7 @@ use super::telemetry::Pending;
 use super::{Alert, Optimizer, unix_ms};
 use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -33,6 +33,9 @@ pub const CONFIDENCE: HeaderName = HeaderName::from_static("x-ml-prediction-conf
 pub const APPLIED: HeaderName = HeaderName::from_static("x-optimization-applied");
 /// Anomaly score 0-1.
 pub const ANOMALY: HeaderName = HeaderName::from_static("x-anomaly-score");
+/// Why a flagged response scored anomalous (`crate::anomaly::explain`): sent to the admin
+/// token, or to everyone with `optimization.explain_public`.
+pub const ANOMALY_REASON: HeaderName = HeaderName::from_static("x-anomaly-reason");
 /// `onnx`, `online` (with `; stale=<reason>` when the model could not answer) or `off`.
 pub const SOURCE: HeaderName = HeaderName::from_static("x-ml-source");
 /// Predicted median latency (ms).
@@ -96,6 +99,34 @@ impl Drop for InFlight<'_> {
         self.all.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// An admitted request being served, counted by the healer from the moment it was admitted
+/// (its wait for admission is load, not a fault), until it ends however it ends.
+struct Serving<'a> {
+    healer: &'a crate::healer::Healer,
+    ticket: Option<crate::arrivals::Ticket>,
+}
+
+impl<'a> Serving<'a> {
+    fn start(healer: &'a crate::healer::Healer, admitted_ms: i64) -> Self {
+        Self {
+            healer,
+            ticket: Some(healer.arrive(admitted_ms)),
+        }
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.healer.leave(ticket);
+        }
+    }
+}
+
+/// The anomaly score of a request shed while the served requests show an incident: flagged,
+/// as the requests the incident hurt are (`crate::healer`).
+pub const SHED_IN_INCIDENT: f32 = 0.96;
 
 /// Longest path (with query) kept in a log record; longer ones are cut, so a flood of huge
 /// URLs cannot balloon the log channel.
@@ -389,6 +420,8 @@ pub async fn optimize<H: Host>(
     }
     let path = path[..cut].to_owned();
     let priority = priority_of(&state, policy, &request);
+    // Kept for `x-anomaly-reason`, which only the admin sees (checked only when flagged).
+    let authorization = request.headers().get(AUTHORIZATION).cloned();
     let route_stats = opt.stats.route(route);
     let route_in_flight = route_stats.in_flight.fetch_add(1, Ordering::Relaxed);
     opt.stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -434,7 +467,7 @@ pub async fn optimize<H: Host>(
     // 4. Admit: a permit (none when priorities are off), or why the request is shed.
     let admitted: Result<Option<Permit<'_>>, Applied> = if throttled {
         Err(Applied::Throttle)
-    } else if settings.priority {
+    } else if settings.priority && !policy.exempt_from_admission {
         let waited = Instant::now();
         let admitted = opt
             .admission
@@ -473,6 +506,10 @@ pub async fn optimize<H: Host>(
             (shed, served)
         }
         Ok(_permit) => {
+            let admitted_ms = arrived_ms + i64::try_from(queue.as_millis()).unwrap_or(0);
+            let _serving = settings
+                .anomaly
+                .then(|| Serving::start(&opt.healer, admitted_ms));
             // 5. Cache. 6. Handle.
             let served = match cache_slot {
                 Some((kind, key)) => {
@@ -494,28 +531,58 @@ pub async fn optimize<H: Host>(
     let latency = arrived.elapsed();
     let latency_ms = latency.as_secs_f64() * 1000.0;
     let status = response.status().as_u16();
+    let queue_ms = queue.as_secs_f64() * 1000.0;
     let outcome = Outcome {
         latency_ms,
+        queue_ms,
         status,
         shed,
     };
-    let score = if settings.anomaly {
+    let score = if !settings.anomaly {
+        0.0
+    } else if shed {
+        // Shed during an incident: part of it (the served requests say so); else overload,
+        // which admission is handling.
+        if opt.healer.in_incident() {
+            SHED_IN_INCIDENT
+        } else {
+            0.0
+        }
+    } else {
         opt.scorer
             .score(route, &features, &outcome, others_in_flight(&opt))
             .await
-    } else {
-        0.0
     };
+    let mut reason = None;
     if settings.anomaly {
-        opt.healer.observe(score);
+        opt.healer.observe(score, shed);
         if score >= ANOMALY_SCORE {
-            opt.alert(Alert {
-                ts_ms: arrived_ms + i64::try_from(latency.as_millis()).unwrap_or(0),
-                route: contract::routes::route_label(route),
-                latency_ms,
-                status,
-                score,
-            });
+            // Internal state: for the admin, or for everyone when the operator says so.
+            let explained = settings.explain_public
+                || authorization.as_ref().is_some_and(|value| {
+                    let mut headers = HeaderMap::with_capacity(1);
+                    headers.insert(AUTHORIZATION, value.clone());
+                    state.host.is_admin(&headers)
+                });
+            // Alerts are of served requests only: during an incident thousands shed a second
+            // would push every served anomaly out of the bounded list.
+            if explained || !shed {
+                let why =
+                    anomaly::explain(&route_stats.snapshot(Instant::now()), &features, &outcome);
+                if !shed {
+                    opt.alert(Alert {
+                        ts_ms: arrived_ms + i64::try_from(latency.as_millis()).unwrap_or(0),
+                        route: contract::routes::route_label(route),
+                        latency_ms,
+                        status,
+                        score,
+                        reason: why.clone(),
+                    });
+                }
+                if explained {
+                    reason = Some(why);
+                }
+            }
         }
     }
     let predicted = prediction
@@ -545,7 +612,7 @@ pub async fn optimize<H: Host>(
         status,
         latency_ms: latency_ms as f32,
         db_ms: (db.as_secs_f64() * 1000.0) as f32,
-        queue_ms: (queue.as_secs_f64() * 1000.0) as f32,
+        queue_ms: queue_ms as f32,
         cache,
         shed,
         anomaly_score: score,
@@ -554,6 +621,9 @@ pub async fn optimize<H: Host>(
 
     // 9. Respond.
     set_headers(response.headers_mut(), &prediction, applied, score);
+    if let Some(value) = reason.and_then(|r| HeaderValue::from_str(&r).ok()) {
+        response.headers_mut().insert(ANOMALY_REASON, value);
+    }
     response
 }
 

@@ -1,5 +1,6 @@
 //! The route policy: every route the server serves, one line each, with the rules the
-//! optimizer applies to it (priority, cache, throttling while healing, the route feature).
+//! optimizer applies to it (priority, cache, throttling while healing, exemption from
+//! admission, the route feature).
 //!
 //! Every per-route rule is read from this table and nowhere else. A request whose route the
 //! table does not know (a 404, say) runs under [`OTHER`]; the server's tests fail when it
@@ -27,6 +28,10 @@ pub struct Policy {
     pub cache: Option<Kind>,
     /// Shed outright while auto-healing is in force.
     pub throttled_while_healing: bool,
+    /// Never held or shed by admission: the operator's own view of the server (health,
+    /// metrics, the optimizer's state, the dashboard's files), which must answer most of all
+    /// during an incident or an overload. None of them does more than a trivial query.
+    pub exempt_from_admission: bool,
 }
 
 impl Policy {
@@ -38,6 +43,14 @@ impl Policy {
             priority,
             cache: None,
             throttled_while_healing: false,
+            exempt_from_admission: false,
+        }
+    }
+
+    const fn exempt(self) -> Self {
+        Self {
+            exempt_from_admission: true,
+            ..self
         }
     }
 
@@ -88,20 +101,20 @@ pub const POLICIES: [Policy; 33] = [
     Policy::new("GET", "/api/orders/{id}", High),
     Policy::new("GET", "/api/analytics", Low),
     Policy::new("GET", "/api/stress-test", Low).throttled(),
-    Policy::new("GET", "/api/ml-metrics", Normal),
-    Policy::new("GET", "/api/ml-metrics/series", Normal),
-    Policy::new("GET", "/api/ml-metrics/log", Normal),
+    Policy::new("GET", "/api/ml-metrics", Normal).exempt(),
+    Policy::new("GET", "/api/ml-metrics/series", Normal).exempt(),
+    Policy::new("GET", "/api/ml-metrics/log", Normal).exempt(),
     Policy::new("POST", "/api/ml-metrics/index-advice", Normal),
     Policy::new("POST", "/api/ml-metrics/retrain", Normal),
     Policy::new("POST", "/api/ml-metrics/rollback", Normal),
-    Policy::new("GET", "/metrics", Normal),
-    Policy::new("GET", "/healthz", Normal),
-    Policy::new("GET", "/readyz", Normal),
+    Policy::new("GET", "/metrics", Normal).exempt(),
+    Policy::new("GET", "/healthz", Normal).exempt(),
+    Policy::new("GET", "/readyz", Normal).exempt(),
     Policy::new("GET", "/api/openapi.json", Normal),
     Policy::new("GET", "/dashboard", Normal),
     Policy::new("POST", "/dashboard/login", Normal),
     Policy::new("POST", "/dashboard/logout", Normal),
-    Policy::new("GET", "/dashboard/assets/{file}", Normal),
+    Policy::new("GET", "/dashboard/assets/{file}", Normal).exempt(),
 ];
 
 /// The policy of a request on `path` (the router's template) with `method`, or [`OTHER`].

@@ -119,7 +119,11 @@ impl Application {
 /// The full router with its middleware stack (outermost first).
 pub fn router(state: AppState) -> Router {
     let limits = &state.config.limits;
-    let timeout = Duration::from_millis(state.config.server.request_timeout_ms);
+    let timeout = Timeouts {
+        request: Duration::from_millis(state.config.server.request_timeout_ms),
+        // Comparing and loading a candidate after the trainer stops takes seconds, not more.
+        retrain: Duration::from_secs(state.config.models.training_timeout_secs + 60),
+    };
     routes::router()
         .into_router()
         .fallback(|| async {
@@ -152,8 +156,25 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Answers 503 JSON when a request runs past the configured time.
-async fn request_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+/// How long a request may run.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    /// Any request: `server.request_timeout_ms`.
+    request: Duration,
+    /// `POST /api/ml-metrics/retrain`, which answers with the run's verdict: the trainer's own
+    /// limit (`models.training_timeout_secs`) and a margin, not the request limit.
+    retrain: Duration,
+}
+
+/// Answers 503 JSON when a request runs past its time ([`Timeouts`]).
+async fn request_timeout(State(limits): State<Timeouts>, request: Request, next: Next) -> Response {
+    let limit = if request.method() == axum::http::Method::POST
+        && request.uri().path() == "/api/ml-metrics/retrain"
+    {
+        limits.retrain
+    } else {
+        limits.request
+    };
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Unavailable {

@@ -5,9 +5,11 @@
 //! online statistics answered while the model was retired count against the model as well.
 //! The figures are the goals of the learning loop (`docs/evaluation.md`): the model's share of
 //! answers, its MAE of ln latency beside the online statistics', p90 coverage, and how well the
-//! served prediction anticipated requests that missed the latency target.
+//! served prediction anticipated requests that missed the latency target; and for the anomaly
+//! side, how the logged anomaly scores told the requests incidents hurt from the rest.
 
 use crate::logs::{self, LoadError};
+use crate::metrics;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -61,6 +63,35 @@ pub struct Evaluation {
     pub online_p90_coverage: Option<f64>,
     /// Target violations against the served prediction.
     pub violations: Violations,
+    /// How the anomaly scores told the requests incidents hurt from the rest.
+    pub anomalies: Anomalies,
+}
+
+/// The score at or above which the server counts a request as anomalous (its `ANOMALY_SCORE`).
+pub const FLAG_SCORE: f32 = 0.95;
+
+/// How well `x-anomaly-score` (logged as `anomaly_score`) marked the requests incidents hurt:
+/// those that arrived inside an incident and were shed, failed with a server error or missed
+/// the target. Every request counts, shed ones included: shedding must not hide an incident.
+#[derive(Debug, Clone, Serialize)]
+pub struct Anomalies {
+    /// Share of all requests that scored at or above [`FLAG_SCORE`].
+    pub flagged_share: Option<f64>,
+    /// The same share among the requests outside every incident (healthy traffic).
+    pub healthy_flagged_share: Option<f64>,
+    /// Requests an incident hurt.
+    pub hurt: u64,
+    /// Of them, shed.
+    pub hurt_shed: u64,
+    /// ROC AUC of the score, the hurt requests against all others.
+    pub auc: Option<f64>,
+    /// ROC AUC inside the incidents alone: the hurt against those served within the target,
+    /// so that one incident-wide score on every request cannot pass.
+    pub auc_in_incidents: Option<f64>,
+    /// Mean score of the hurt requests that were served, and of those shed.
+    pub hurt_served_mean: Option<f64>,
+    /// See `hurt_served_mean`.
+    pub hurt_shed_mean: Option<f64>,
 }
 
 /// How well the served prediction (its p90 above the target) anticipated target misses.
@@ -120,12 +151,45 @@ pub fn evaluate(opts: &Options) -> Result<Evaluation, LoadError> {
     let (mut missed, mut predicted, mut both, mut shed_predicted) = (0, 0, 0, 0);
     // Per incident: early misses, early predicted misses, first predicted arrival, first miss end.
     let mut per_incident = vec![(0_u64, 0_u64, None::<i64>, None::<i64>); opts.incidents.len()];
+    // Anomaly scores: (score, hurt) over every request, and over those inside incidents.
+    let (mut scores, mut hurt) = (Vec::new(), Vec::new());
+    let (mut inside_scores, mut inside_hurt) = (Vec::new(), Vec::new());
+    let (mut flagged, mut healthy, mut healthy_flagged) = (0_u64, 0_u64, 0_u64);
+    let (mut hurt_served, mut hurt_shed) = ((0_u64, 0.0_f64), (0_u64, 0.0_f64));
     for path in logs::find_files(&opts.logs)? {
         logs::for_each_record(&path, |_, r| {
             if r.ts_ms < opts.since_ms || r.ts_ms >= opts.until_ms {
                 return Ok(());
             }
             requests += 1;
+            let inside = opts
+                .incidents
+                .iter()
+                .any(|i| (i.start_ms..=i.end_ms).contains(&r.ts_ms));
+            let harmed =
+                inside && (r.shed || r.status >= 500 || f64::from(r.latency_ms) > opts.target_ms);
+            let score = f64::from(r.anomaly_score);
+            let high = r.anomaly_score >= FLAG_SCORE;
+            flagged += u64::from(high);
+            if !inside {
+                healthy += 1;
+                healthy_flagged += u64::from(high);
+            }
+            scores.push(score);
+            hurt.push(harmed);
+            if inside {
+                inside_scores.push(score);
+                inside_hurt.push(harmed);
+            }
+            if harmed {
+                let sums = if r.shed {
+                    &mut hurt_shed
+                } else {
+                    &mut hurt_served
+                };
+                sums.0 += 1;
+                sums.1 += score;
+            }
             let predicts_miss = f64::from(r.predicted_p90_ms) > opts.target_ms;
             if r.shed {
                 shed += 1;
@@ -171,7 +235,18 @@ pub fn evaluate(opts: &Options) -> Result<Evaluation, LoadError> {
     let share = |part: u64, whole: u64| (whole > 0).then(|| part as f64 / whole as f64);
     let model_mae = share_f(sums.model_error, sums.n);
     let online_mae = share_f(sums.online_error, sums.n);
+    let anomalies = Anomalies {
+        flagged_share: share(flagged, requests),
+        healthy_flagged_share: share(healthy_flagged, healthy),
+        hurt: hurt_served.0 + hurt_shed.0,
+        hurt_shed: hurt_shed.0,
+        auc: metrics::auc(&scores, &hurt),
+        auc_in_incidents: metrics::auc(&inside_scores, &inside_hurt),
+        hurt_served_mean: share_f(hurt_served.1, hurt_served.0),
+        hurt_shed_mean: share_f(hurt_shed.1, hurt_shed.0),
+    };
     Ok(Evaluation {
+        anomalies,
         requests,
         shed,
         model_share: share(by_model, served).unwrap_or(0.0),
@@ -296,5 +371,49 @@ mod tests {
         assert_eq!((v.recall, v.precision), (Some(1.0), Some(1.0)));
         assert_eq!(v.incidents[0].early_recall, Some(1.0));
         assert_eq!(v.incidents[0].lead_ms, Some(300));
+    }
+
+    #[test]
+    fn anomaly_scores_are_judged_on_the_requests_incidents_hurt_shed_ones_included() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut file = std::fs::File::create(dir.path().join("r.ndjson")).expect("file");
+        let scored = |ts, latency, shed, score| RequestRecord {
+            anomaly_score: score,
+            ..record(ts, latency, 1.0, 1.0, shed)
+        };
+        let rows = [
+            // Healthy, before the incident: one of two flagged.
+            scored(0, 1.0, false, 0.1),
+            scored(10, 1.0, false, 0.96),
+            // Inside it: a slow request and a shed one, both hurt; one within target.
+            scored(150, 300.0, false, 0.99),
+            scored(160, 1.0, true, 0.97),
+            scored(170, 2.0, false, 0.2),
+        ];
+        for r in rows {
+            serde_json::to_writer(&mut file, &r).expect("write");
+            file.write_all(b"\n").expect("newline");
+        }
+        drop(file);
+        let e = evaluate(&Options {
+            logs: dir.path().to_string_lossy().into_owned(),
+            since_ms: 0,
+            until_ms: i64::MAX,
+            target_ms: 100.0,
+            incidents: vec![Incident {
+                kind: "lock".into(),
+                start_ms: 100,
+                end_ms: 200,
+            }],
+        })
+        .expect("evaluate");
+        let a = &e.anomalies;
+        assert_eq!((a.hurt, a.hurt_shed), (2, 1));
+        assert_eq!(a.healthy_flagged_share, Some(0.5));
+        assert_eq!(a.flagged_share, Some(0.6));
+        // Hurt 0.99 and 0.97 against 0.1, 0.96 and 0.2: every pair in order.
+        assert_eq!(a.auc, Some(1.0));
+        assert_eq!(a.auc_in_incidents, Some(1.0));
+        assert!((a.hurt_shed_mean.expect("shed mean") - 0.97).abs() < 1e-6);
     }
 }

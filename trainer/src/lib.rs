@@ -49,6 +49,10 @@ pub enum Command {
         /// comma-separated.
         #[arg(long, default_value = "data/logs")]
         logs: String,
+        /// More logs (folders or globs, comma-separated) whose rows are always trained on and
+        /// never held out: the holdout, the form chosen and the metrics come from `--logs`.
+        #[arg(long)]
+        base_logs: Option<String>,
         /// Where the models and manifest go.
         #[arg(long, default_value = "models")]
         out: PathBuf,
@@ -145,6 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train {
             logs,
+            base_logs,
             out,
             holdout,
             trees,
@@ -157,6 +162,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             one_thread,
         } => {
             let mut opts = train::Options::new(logs, out);
+            opts.base_logs = base_logs;
             opts.holdout = holdout;
             opts.gbdt.trees = trees;
             opts.gbdt.max_depth = depth;
@@ -245,7 +251,7 @@ fn summary(outcome: &train::Outcome) -> String {
     );
     format!(
         "wrote {path} (version {version})\n\
-         rows: {read} read, {train} train, {holdout} holdout, dropped {dropped:?}\n\
+         rows: {read} read, {train} train ({base} of them base), {holdout} holdout, dropped {dropped:?}\n\
          latency: {lf} ({lb} bytes, {lt} trees), holdout MAE ln(ms) {mae:.3} vs online {omae} \
          ({gain}), p90 coverage {cov:.1}% vs online {ocov}\n\
          anomaly: {af} ({ab} bytes, {at} trees), holdout ROC AUC {auc} vs online z-score \
@@ -256,6 +262,7 @@ fn summary(outcome: &train::Outcome) -> String {
         version = m.version,
         read = m.rows.read,
         train = m.rows.train,
+        base = m.rows.base,
         holdout = m.rows.holdout,
         dropped = m.rows.dropped,
         lf = m.latency_model.file,

@@ -2,7 +2,10 @@
 //!
 //! 1. Load and validate the logs ([`crate::logs`]); leave out shed requests (their latency is
 //!    the cost of saying no, not of serving).
-//! 2. Sort by time; the most recent `holdout` share is never trained on.
+//! 2. Sort by time; the most recent `holdout` share is never trained on. Rows from the base
+//!    logs (`--base-logs`: the corpus the committed models came from, when a server retrains
+//!    on its own logs) are all trained on, so that a retrain on a calm hour keeps what the
+//!    corpus taught about incidents and overload; the holdout is the own logs' newest share.
 //! 3. Fit the latency quantiles (p50, p90) with [`crate::gbdt`] on the older rows, of ln
 //!    latency and of its excess over the route's live baseline `route_ewma_log_ms`, and keep
 //!    the form with the lower holdout error; fit the anomaly scorer with [`crate::iforest`].
@@ -32,6 +35,10 @@ pub const ANOMALY_ROUTE: &str = "GET /api/stress-test";
 pub struct Options {
     /// Log folder or glob.
     pub logs: String,
+    /// Logs whose served rows are always trained on and never held out (a corpus from other
+    /// runs, such as the committed captures), or none: the holdout, and so the form chosen and
+    /// the metrics, come from `logs` alone.
+    pub base_logs: Option<String>,
     /// Model folder.
     pub out: PathBuf,
     /// Share of the most recent rows held out (0-0.5).
@@ -71,6 +78,7 @@ impl Options {
     pub fn new(logs: impl Into<String>, out: impl Into<PathBuf>) -> Self {
         Self {
             logs: logs.into(),
+            base_logs: None,
             out: out.into(),
             holdout: 0.2,
             min_rows: 200,
@@ -89,6 +97,8 @@ struct Rows {
     route: Vec<String>,
     status: Vec<u16>,
     latency: Vec<f32>,
+    /// Of the latency, the wait for admission (ms).
+    queue: Vec<f32>,
     features: Vec<FeatureVector>,
     source: Vec<String>,
     predicted_p50: Vec<f32>,
@@ -103,12 +113,31 @@ impl Rows {
         self.ts.len()
     }
 
+    /// `other`'s rows after these.
+    fn append(&mut self, other: Self) {
+        self.ts.extend(other.ts);
+        self.route.extend(other.route);
+        self.status.extend(other.status);
+        self.latency.extend(other.latency);
+        self.queue.extend(other.queue);
+        self.features.extend(other.features);
+        self.source.extend(other.source);
+        self.predicted_p50.extend(other.predicted_p50);
+        self.predicted_p90.extend(other.predicted_p90);
+        self.online_p50.extend(other.online_p50);
+        self.online_p90.extend(other.online_p90);
+        self.online_score.extend(other.online_score);
+    }
+
     fn log_latency(&self, i: usize) -> f64 {
         f64::from(self.latency[i].max(0.001)).ln()
     }
 
+    /// The anomaly model's input: the features and the outcome, with the time the request was
+    /// being served (its latency less the wait for admission, as the server scores it).
     fn anomaly_input(&self, i: usize) -> contract::AnomalyInput {
-        contract::anomaly_input(&self.features[i], self.latency[i], self.status[i])
+        let service = (self.latency[i] - self.queue[i]).max(0.0);
+        contract::anomaly_input(&self.features[i], service, self.status[i])
     }
 
     fn labelled(&self, i: usize) -> bool {
@@ -167,6 +196,7 @@ fn served_rows(logs: &Logs) -> PolarsResult<Rows> {
             .map(|s| u16::try_from(s).unwrap_or(0))
             .collect(),
         latency: f32s("latency_ms")?,
+        queue: f32s("queue_ms")?,
         features,
         source: strings("source")?,
         predicted_p50: f32s("predicted_p50_ms")?,
@@ -292,26 +322,46 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
     }
     let started = Instant::now();
     let logs = logs::load(&opts.logs)?;
-    let data = anyhow::Context::context(served_rows(&logs), "preparing rows")?;
-    let n = data.len();
+    let own = anyhow::Context::context(served_rows(&logs), "preparing rows")?;
+    let own_n = own.len();
     let mut dropped = logs.dropped.clone();
-    let shed = logs.requests.height() - n;
-    if shed > 0 {
-        dropped.insert("shed".to_owned(), shed as u64);
-    }
-    if n < opts.min_rows {
+    let mut shed = logs.requests.height() - own_n;
+    let (mut files, mut read) = (logs.files.len() as u64, logs.read);
+    drop(logs);
+    if own_n < opts.min_rows {
         bail!(
-            "only {n} served requests in {} (need at least {}); capture more traffic (make capture)",
+            "only {own_n} served requests in {} (need at least {}); capture more traffic (make capture)",
             opts.logs,
             opts.min_rows
         );
+    }
+    // The base corpus first, then the own rows: the holdout is the newest share of the own.
+    let data = match &opts.base_logs {
+        None => own,
+        Some(base_logs) => {
+            let base = logs::load(base_logs).context("reading the base logs")?;
+            let mut data = anyhow::Context::context(served_rows(&base), "preparing the base rows")?;
+            shed += base.requests.height() - data.len();
+            for (reason, count) in &base.dropped {
+                *dropped.entry(reason.clone()).or_default() += count;
+            }
+            files += base.files.len() as u64;
+            read += base.read;
+            data.append(own);
+            data
+        }
+    };
+    let n = data.len();
+    let base_n = n - own_n;
+    if shed > 0 {
+        dropped.insert("shed".to_owned(), shed as u64);
     }
     #[allow(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
         clippy::cast_precision_loss
     )]
-    let cut = ((n as f64) * (1.0 - opts.holdout)).round() as usize;
+    let cut = base_n + ((own_n as f64) * (1.0 - opts.holdout)).round() as usize;
     let (train_idx, holdout_idx): (Vec<usize>, Vec<usize>) =
         ((0..cut).collect(), (cut..n).collect());
     let loaded = started.elapsed().as_secs_f64();
@@ -486,12 +536,16 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
         version,
         trained_at: trained_at.to_rfc3339(),
         trainer_version: env!("CARGO_PKG_VERSION").to_owned(),
-        data_window_ms: [data.ts[0], data.ts[n - 1]],
+        data_window_ms: [
+            data.ts.iter().copied().min().unwrap_or(0),
+            data.ts.iter().copied().max().unwrap_or(0),
+        ],
         rows: RowCounts {
-            files: logs.files.len() as u64,
-            read: logs.read,
+            files,
+            read,
             dropped,
             train: train_idx.len() as u64,
+            base: base_n as u64,
             holdout: holdout_idx.len() as u64,
         },
         latency_model: model_file(

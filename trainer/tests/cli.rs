@@ -167,3 +167,52 @@ fn report_lists_routes_and_statements() {
     );
     assert!(run.stdout.contains("SELECT"), "{}", run.stdout);
 }
+
+/// The manifest a training run wrote into `models`.
+fn written_manifest(models: &Path) -> contract::Manifest {
+    let bytes = std::fs::read(models.join("manifest.json")).expect("manifest");
+    serde_json::from_slice(&bytes).expect("manifest json")
+}
+
+#[test]
+fn base_logs_are_trained_on_and_never_held_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let own = dir.path().join("own");
+    std::fs::create_dir_all(&own).expect("mkdir");
+    std::fs::write(
+        own.join("requests-1.ndjson"),
+        sample_lines(2_000).join("\n") + "\n",
+    )
+    .expect("write");
+    let sample = repo().join("data/sample").to_string_lossy().into_owned();
+    let (own_models, both_models) = (dir.path().join("own-models"), dir.path().join("both"));
+    let train = |base: Option<&str>, out: &Path| {
+        let mut args = vec!["train", "--logs", own.to_str().expect("utf-8 path")];
+        if let Some(base) = base {
+            args.extend(["--base-logs", base]);
+        }
+        args.extend(["--out", out.to_str().expect("utf-8 path"), "--trees", "5"]);
+        let run = trainer(&args);
+        assert!(run.ok, "{}", run.stderr);
+        run
+    };
+    train(None, &own_models);
+    let run = train(Some(&sample), &both_models);
+    let (alone, both) = (
+        written_manifest(&own_models),
+        written_manifest(&both_models),
+    );
+    assert_eq!(alone.rows.base, 0);
+    assert!(both.rows.base > 10 * alone.rows.train, "{:?}", both.rows);
+    // The holdout is the own logs' newest rows, exactly as without the base; every base row
+    // is trained on.
+    assert_eq!(both.rows.holdout, alone.rows.holdout);
+    assert_eq!(both.rows.train, alone.rows.train + both.rows.base);
+    assert_eq!(both.latency_holdout.rows, alone.latency_holdout.rows);
+    assert!(
+        run.stdout
+            .contains(&format!("{} of them base", both.rows.base)),
+        "{}",
+        run.stdout
+    );
+}

@@ -273,7 +273,7 @@ impl Models {
             return Ok(1.0);
         }
         let set = self.serving_set()?;
-        let input = contract::anomaly_input(features, outcome.latency_ms as f32, outcome.status);
+        let input = contract::anomaly_input(features, outcome.service_ms() as f32, outcome.status);
         let log_score = self
             .infer(&set.anomaly, set.anomaly_memo.as_ref().ok(), &input, join)
             .await?;

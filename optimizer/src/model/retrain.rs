@@ -1,7 +1,9 @@
 //! `training_interval`: retrain on the server's own recent request logs, in the background.
 //!
 //! Runs the trainer binary (a separate process, so its memory and CPU spikes never share the
-//! server's heap, and a crash costs nothing) on the log folder into a fresh temporary folder,
+//! server's heap, and a crash costs nothing) on the log folder, with `models.base_logs` (the
+//! corpus the committed models came from) always trained on and never held out, so that a
+//! retrain on calm traffic keeps what the corpus knows of incidents, into a fresh temporary folder,
 //! niced and on one thread so that it never looks like an incident to the server beside it, and
 //! bounded by `models.training_timeout_secs`. The candidate is then loaded and checked like any
 //! model, and it, the serving model and the online statistics (their answer logged with each
@@ -136,14 +138,25 @@ fn train_and_compare(
         }
         None => Command::new(trainer),
     };
-    let mut child = command
+    command
         .env("POLARS_MAX_THREADS", "1")
         .arg("train")
         .arg("--one-thread")
         .arg("--logs")
         .arg(log_dir)
         .arg("--out")
-        .arg(out)
+        .arg(out);
+    let base: Vec<String> = models
+        .config()
+        .base_logs
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    if !base.is_empty() {
+        command.arg("--base-logs").arg(base.join(","));
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -209,8 +222,11 @@ fn train_and_compare(
     let figure = |v: Option<f64>, what: &str| {
         v.map_or_else(|| format!("{what} none"), |v| format!("{what} {v:.3}"))
     };
+    let rows_of = &candidate.manifest.rows;
     let compared = format!(
-        "on the {} most recent requests (the candidate never saw them): MAE(ln ms) new {new_mae:.3}, {}; on the {} of them with an online answer: {}, {}",
+        "trained on {} own and {} base rows; on the {} most recent requests (the candidate never saw them): MAE(ln ms) new {new_mae:.3}, {}; on the {} of them with an online answer: {}, {}",
+        rows_of.train - rows_of.base,
+        rows_of.base,
         rows.len(),
         figure(old_mae, "serving"),
         online.len(),

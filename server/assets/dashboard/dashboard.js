@@ -205,7 +205,7 @@ function drawSeries(series, metrics) {
     series: [{ name: 'anomalous share', color: '#dc2626', values: pts.map((p) => p.anomalyRate) }],
     markers: series.alerts.map((a) => ({
       t: a.tsMs, y: a.score, color: '#7c3aed',
-      label: `${clock(a.tsMs)} ${a.route}: ${fmt(a.latencyMs)} ms, status ${a.status}, score ${a.score.toFixed(2)}`,
+      label: `${clock(a.tsMs)} ${a.route}: ${fmt(a.latencyMs)} ms, status ${a.status}, score ${a.score.toFixed(2)}: ${a.reason}`,
     })),
     rules: anomalyThreshold ? [{ y: anomalyThreshold, color: '#6b7280', label: 'heals above ' + pct(anomalyThreshold) }] : [],
   });
@@ -224,6 +224,20 @@ function drawSeries(series, metrics) {
       { name: 'shed (503)/s', color: '#dc2626', values: perSec('shed') },
     ],
   });
+  // The newest alerts with why each scored as it did.
+  const alertList = document.getElementById('alert-list');
+  const newest = series.alerts.slice(-10).reverse();
+  alertList.replaceChildren(...newest.map((a) => {
+    const li = document.createElement('li');
+    li.textContent = `${clock(a.tsMs)} ${a.route} scored ${a.score.toFixed(2)}: ${a.reason}`;
+    return li;
+  }));
+  if (newest.length === 0) {
+    const li = document.createElement('li');
+    li.textContent = 'No anomalous request in this window.';
+    alertList.replaceChildren(li);
+  }
+
   const list = document.getElementById('action-list');
   const recent = series.actions.slice(-20).reverse();
   list.replaceChildren(...recent.map((a) => {

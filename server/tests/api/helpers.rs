@@ -208,6 +208,11 @@ impl TestApp {
         start(server_config(&self.db_url, &self.scratch.join("peer"), 8)).await
     }
 
+    /// Another session on the test database, as a second client of PostgreSQL would open.
+    pub async fn another_session(&self) -> tokio_postgres::Client {
+        connect(&self.db_url).await
+    }
+
     /// Adds `n` generated products through the real seed path (`server seed --products n`).
     pub async fn seed_products(&self, n: u64) {
         let mut config = Config::default();

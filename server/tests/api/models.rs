@@ -732,6 +732,14 @@ async fn retraining_on_logs_without_anomalies_is_adopted_against_online_statisti
         seed_request_logs_where(&config.telemetry.log_dir, |line| {
             !line.contains(trainer::train::ANOMALY_ROUTE)
         });
+        // The base corpus holds the stress tests the own logs lack; a base path that does not
+        // exist is left out, not an error.
+        let base = dir.join("base");
+        seed_request_logs_where(&base, |line| line.contains(trainer::train::ANOMALY_ROUTE));
+        config.models.base_logs = vec![dir.join("no-such-corpus"), base];
+        // The retrain answers with its verdict however long it trains: the request limit is
+        // for shop requests, the trainer has its own.
+        config.server.request_timeout_ms = 500;
         config.telemetry.enabled = false;
         config.models.trainer = Some(trainer_binary());
     })
@@ -769,6 +777,12 @@ async fn retraining_on_logs_without_anomalies_is_adopted_against_online_statisti
     );
     let m = manifest(&dir);
     assert!(m["anomaly_holdout"].get("auc").is_none(), "{m}");
+    let base_rows = m["rows"]["base"].as_u64().expect("base rows");
+    assert!(base_rows > 50, "the stress tests were trained on: {m}");
+    assert!(
+        outcome.contains(&format!(" and {base_rows} base rows")),
+        "{outcome}"
+    );
     metrics_until(&app, "the adopted version serves", |m| {
         m["model"]["onnx"]["version"] == manifest(&dir)["version"]
     })

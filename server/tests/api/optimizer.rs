@@ -507,6 +507,199 @@ async fn auto_healing_acts_on_a_sustained_spike_and_undoes_itself() {
     );
 }
 
+/// The optimizer's actions named `name`, from `/api/ml-metrics`.
+fn actions_named(metrics: &Value, name: &str) -> Vec<Value> {
+    metrics["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter(|a| a["action"] == name)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_within_the_target_is_not_an_incident() {
+    let app = spawn_app_with(|c| c.features.caching = false).await;
+    let id = app.product_id("Laptop Pro").await;
+    let path = format!("/api/products/{id}");
+    // A calm baseline, one request at a time, then bursts of 64 at once for five seconds: the
+    // server answers every one well within the target.
+    for _ in 0..200 {
+        assert_eq!(app.get(&path).await.status(), StatusCode::OK);
+    }
+    let started = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(5) {
+        let sent = std::time::Instant::now();
+        let statuses: Vec<StatusCode> = join_all((0..64).map(|_| app.get(&path)))
+            .await
+            .iter()
+            .map(Response::status)
+            .collect();
+        slowest = slowest.max(sent.elapsed());
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::OK),
+            "{statuses:?}"
+        );
+    }
+    // Past the healer's minimum duration and a tick: it has judged every burst second.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let metrics = app.ml_metrics().await;
+    assert!(
+        slowest >= Duration::from_millis(100) || actions_named(&metrics, "heal").is_empty(),
+        "a burst answered within {slowest:?} healed: {:?}",
+        metrics["actions"]
+    );
+    assert_eq!(
+        metrics["anomaly"]["healing"], false,
+        "{}",
+        metrics["anomaly"]
+    );
+}
+
+#[tokio::test]
+async fn a_database_stall_heals_in_its_window_and_stays_an_incident_until_it_ends() {
+    let app = spawn_app_with(|c| {
+        fixed_limit(12)(c);
+        c.features.caching = false;
+        c.optimization.recovery_secs = 2;
+    })
+    .await;
+    let id = app.product_id("Laptop Pro").await;
+    let path = format!("/api/products/{id}");
+    for _ in 0..100 {
+        assert_eq!(app.get(&path).await.status(), StatusCode::OK);
+    }
+    // Another session takes the products table: every product read waits for it.
+    let locker = app.another_session().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    // Shoppers keep asking (as the admin, so every flagged answer says why): twelve requests
+    // stall holding the permits, the rest are shed, again and again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shoppers: Vec<_> = (0..24)
+        .map(|_| {
+            let (client, url, stop) = (app.client.clone(), app.url(&path), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && std::time::Instant::now() < deadline
+                {
+                    let Ok(r) = client.get(&url).bearer_auth(ADMIN).send().await else {
+                        continue;
+                    };
+                    let value = |name: &str| {
+                        r.headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    seen.push((
+                        r.status(),
+                        value("x-anomaly-score"),
+                        value("x-anomaly-reason"),
+                    ));
+                }
+                seen
+            })
+        })
+        .collect();
+    // Healing acts while the stall lasts, before any stalled request has finished, and counts
+    // the shed requests.
+    let heal = eventually(
+        Duration::from_secs(8),
+        "healing acts in the stall",
+        || async {
+            let metrics = app.ml_metrics().await;
+            actions_named(&metrics, "heal")
+                .pop()
+                .ok_or_else(|| format!("anomaly {}", metrics["anomaly"]))
+        },
+    )
+    .await;
+    assert!(heal["evidence"]["stuck"].as_u64() > Some(0), "{heal}");
+    assert!(heal["evidence"]["shed"].as_u64() > Some(0), "{heal}");
+    // The flood of shed requests keeps the incident open for as long as the stall lasts.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Internal state is for the admin: an anonymous client gets the score, not the reason.
+    let anonymous = app.get(&path).await;
+    assert!(two_decimals(&anonymous, "x-anomaly-score") >= 0.95);
+    assert!(anonymous.headers().get("x-anomaly-reason").is_none());
+    let metrics = app.ml_metrics().await;
+    assert_eq!(
+        metrics["anomaly"]["healing"], true,
+        "{}",
+        metrics["anomaly"]
+    );
+    assert!(
+        actions_named(&metrics, "undo").is_empty(),
+        "{:?}",
+        metrics["actions"]
+    );
+    locker.batch_execute("COMMIT").await.expect("unlock");
+    let unlocked_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms");
+    // Served requests are healthy again: healing undoes itself.
+    let undo = eventually(Duration::from_secs(20), "healing is undone", || async {
+        app.get(&path).await;
+        let metrics = app.ml_metrics().await;
+        actions_named(&metrics, "undo")
+            .pop()
+            .ok_or_else(|| format!("anomaly {}", metrics["anomaly"]))
+    })
+    .await;
+    assert!(
+        undo["tsMs"].as_i64() >= Some(unlocked_ms),
+        "{undo} before {unlocked_ms}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen: Vec<_> = join_all(shoppers)
+        .await
+        .into_iter()
+        .flat_map(|r| r.expect("shopper"))
+        .collect();
+    // A shed request during the incident says it is part of it; a stalled one that was served
+    // names its latency.
+    let flagged =
+        |s: &Option<String>| s.as_deref().and_then(|v| v.parse::<f32>().ok()) >= Some(0.95);
+    assert!(
+        seen.iter().any(
+            |(status, score, reason)| *status == StatusCode::SERVICE_UNAVAILABLE
+                && flagged(score)
+                && reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("shed during an incident"))
+        ),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(status, score, reason)| *status == StatusCode::OK
+                && flagged(score)
+                && reason.as_deref().is_some_and(|r| r.contains("latency"))),
+        "{seen:?}"
+    );
+    // The alert says why as well.
+    let alerts = app.ml_metrics().await["alerts"].clone();
+    assert!(
+        alerts
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .any(|a| a["reason"].as_str().is_some_and(|r| r.contains("latency"))),
+        "{alerts}"
+    );
+}
+
 #[tokio::test]
 async fn prometheus_metrics_and_ml_metrics_are_served() {
     let app = spawn_app().await;
