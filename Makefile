@@ -70,6 +70,8 @@ test: db ## Run all tests against the database (local cluster or DATABASE_URL)
 	DATABASE_URL="$$url" cargo test --workspace $(TEST_ARGS)
 	# A short run of the scenario suite on the debug build, so that it cannot rot.
 	DATABASE_URL="$$url" scripts/evaluate.sh --smoke
+	# A short crash test (PostgreSQL killed under checkouts) on a cluster of its own.
+	scripts/crash.sh --smoke
 
 test-dashboard: db ## The dashboard tests only, with the browser test in headless Chromium (screenshot: target/dashboard.png)
 	@url="$(DB_URL)"
@@ -134,13 +136,16 @@ capture: ## Start a server, drive it with k6 (shop mix + stress bursts), keep it
 # through the environment, e.g. `make loadtest SCRIPTS=shop.js VUS=10 DURATION=10s`.
 #   SCRIPTS           k6 scripts in benches/k6/ to run (default loadtest.js)
 
-.PHONY: loadtest k6 evaluate capture-suite
+.PHONY: loadtest k6 evaluate capture-suite crash
 
 evaluate: ## The scenario suite (scripts/evaluate.sh): results in target/evaluate/results.md (SCENARIOS="steady lock" for some)
 	@scripts/evaluate.sh $(SCENARIOS)
 
 capture-suite: ## Training captures for the suite: other seeds and mixes than any evaluation run, into data/logs/suite-*
 	@scripts/evaluate.sh --capture
+
+crash: ## The crash test: PostgreSQL killed under checkout load and restarted; no acknowledged order may be lost (scripts/crash.sh)
+	@scripts/crash.sh
 
 loadtest: ## Run k6 load tests against a fresh release server (SCRIPTS="shop.js overload.js")
 	@scripts/loadtest.sh $(SCRIPTS)

@@ -7,9 +7,11 @@
 #   scripts/pg.sh url      print postgres://shop:<password>@127.0.0.1:<port>/shop
 #   scripts/pg.sh psql     open psql on database "shop" (extra arguments go to psql)
 #   scripts/pg.sh destroy  stop it and delete the cluster, its password and its log
+#   scripts/pg.sh crash    stop it as a crash would (pg_ctl -m immediate: no checkpoint, no
+#                          goodbye to clients), for scripts/crash.sh
 #
-# Everything lives under <repo>/.local/pg/ (git-ignored). Port: ${SHOP_PG_PORT:-54329},
-# TCP on 127.0.0.1 only.
+# Everything lives under <repo>/.local/pg/ (git-ignored), or SHOP_PG_DIR for a second cluster
+# (scripts/crash.sh uses .local/pg-crash). Port: ${SHOP_PG_PORT:-54329}, TCP on 127.0.0.1 only.
 #
 # Durable by default: fsync, full_page_writes and synchronous_commit stay on (PostgreSQL's own
 # defaults), so an order the server acknowledged survives a crash. SHOP_PG_UNSAFE=1 turns all
@@ -24,12 +26,12 @@ DB_NAME=shop
 READY_TIMEOUT=30
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-PG_BASE=$REPO/.local/pg
+PG_BASE=${SHOP_PG_DIR:-$REPO/.local/pg}
 DATA_LINK=$PG_BASE/data
 PASSWORD_FILE=$PG_BASE/password
 LOG_FILE=$PG_BASE/postgres.log
 # Short, stable per-checkout id for paths outside the repo.
-HASH=$(printf '%s' "$REPO" | sha256sum | cut -c1-10)
+HASH=$(printf '%s' "${SHOP_PG_DIR:-$REPO}" | sha256sum | cut -c1-10)
 EXT_BASE=/var/tmp/shop-pg-$HASH
 
 log() { printf 'pg: %s\n' "$*" >&2; }
@@ -344,6 +346,15 @@ cmd_stop() {
         || { tail -n 20 "$LOG_FILE" >&2; die "pg_ctl stop failed; see $LOG_FILE"; }
 }
 
+cmd_crash() {
+    resolve_layout
+    running_pid >/dev/null || die "not running"
+    need_binaries
+    log "stopping PostgreSQL as a crash would (immediate)"
+    as_pg "$PG_BIN/pg_ctl" stop -D "$DATA" -m immediate -w -t 60 >>"$LOG_FILE" 2>&1 \
+        || { tail -n 20 "$LOG_FILE" >&2; die "pg_ctl stop -m immediate failed; see $LOG_FILE"; }
+}
+
 cmd_status() {
     resolve_layout
     local pid
@@ -380,12 +391,13 @@ cmd_destroy() {
 }
 
 usage() {
-    sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//p;}' "${BASH_SOURCE[0]}"
 }
 
 case ${1:-} in
     start) cmd_start ;;
     stop) cmd_stop ;;
+    crash) cmd_crash ;;
     status) cmd_status ;;
     url) cmd_url ;;
     psql) shift; cmd_psql "$@" ;;

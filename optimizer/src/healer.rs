@@ -148,6 +148,23 @@ impl Healer {
         self.evidence.load(Ordering::Relaxed)
     }
 
+    /// [`Healer::in_incident`], or already now, before the second closes: the requests served
+    /// past the target and the anomalous ones finished so far this second are over the
+    /// threshold. For shed requests only (it reads the arrival ring), so that the first
+    /// second of a stall does not pass for overload.
+    pub fn in_incident_at(&self, now_ms: i64) -> bool {
+        if self.in_incident() {
+            return true;
+        }
+        let now = Second {
+            served: self.requests.load(Ordering::Relaxed),
+            anomalous: self.anomalous.load(Ordering::Relaxed),
+            shed: 0,
+            stuck: self.arrivals.older_than(now_ms, self.target_ms),
+        };
+        now.stuck > 0 && now.served + now.stuck >= MIN_JUDGED && share(&now) > self.threshold
+    }
+
     /// Evidence share over the last few seconds.
     pub fn recent_rate(&self) -> f64 {
         let state = self
@@ -299,6 +316,22 @@ mod tests {
             assert_eq!(second(&healer, t, 500, 2, 2_000), Decision::Hold);
         }
         assert!(!healer.in_incident());
+        assert!(!healer.in_incident_at(T0 + 30_500));
+    }
+
+    #[test]
+    fn a_stall_is_an_incident_for_shed_requests_before_the_second_closes() {
+        let healer = healer();
+        for t in 0..5 {
+            second(&healer, t, 100, 0, 0);
+        }
+        let _stalled: Vec<Ticket> = (0..20).map(|i| healer.arrive(T0 + 5_000 + i)).collect();
+        assert!(
+            !healer.in_incident_at(T0 + 5_050),
+            "not yet past the target"
+        );
+        assert!(healer.in_incident_at(T0 + 5_300));
+        assert!(!healer.in_incident(), "the second has not closed");
     }
 
     #[test]

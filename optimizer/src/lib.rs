@@ -273,6 +273,12 @@ impl Optimizer {
         });
     }
 
+    /// Waits (at most `timeout`) until every request record handed to the log writer so far
+    /// is written and flushed; true when done. Blocking: for a draining server.
+    pub fn flush_request_log(&self, timeout: Duration) -> bool {
+        self.telemetry.flush(timeout)
+    }
+
     pub(crate) fn alert(&self, alert: Alert) {
         self.alerts.push(alert);
     }
@@ -451,9 +457,15 @@ impl Optimizer {
                 threshold: self.healer.threshold(),
                 anomalous_score: ANOMALY_SCORE,
             },
-            request_log: RequestLog {
-                written: self.telemetry.written.load(Relaxed),
-                dropped: self.telemetry.dropped.load(Relaxed),
+            request_log: {
+                let failing = self.telemetry.health.failing();
+                RequestLog {
+                    written: self.telemetry.written.load(Relaxed),
+                    dropped: self.telemetry.dropped.load(Relaxed),
+                    lost: self.telemetry.health.lost.load(Relaxed),
+                    failing_since_ms: failing.as_ref().map(|f| f.0),
+                    error: failing.map(|f| f.1),
+                }
             },
         }
     }

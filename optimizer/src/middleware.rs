@@ -543,7 +543,10 @@ pub async fn optimize<H: Host>(
     } else if shed {
         // Shed during an incident: part of it (the served requests say so); else overload,
         // which admission is handling.
-        if opt.healer.in_incident() {
+        if opt
+            .healer
+            .in_incident_at(arrived_ms + i64::try_from(latency.as_millis()).unwrap_or(0))
+        {
             SHED_IN_INCIDENT
         } else {
             0.0

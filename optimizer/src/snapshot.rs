@@ -115,6 +115,12 @@ pub struct RequestLog {
     pub written: u64,
     /// Dropped because the writer fell behind.
     pub dropped: u64,
+    /// Lost because the log folder would not take them (unwritable, full).
+    pub lost: u64,
+    /// While writing fails: since when (Unix ms) and why; writing resumes by itself.
+    pub failing_since_ms: Option<i64>,
+    /// See `failing_since_ms`.
+    pub error: Option<String>,
 }
 
 /// Share of `hits` in `all`, 0 when there were none.

@@ -142,9 +142,66 @@ fn p95(values: &mut [f32]) -> f64 {
     values.get(idx).map_or(0.0, |v| f64::from(*v))
 }
 
+/// Flushes asked of the writer and done by it: the writer marks a request done once it found
+/// the channel empty after the request and flushed its file.
+#[derive(Default)]
+struct Flushes {
+    requested: AtomicU64,
+    done: AtomicU64,
+}
+
+/// The request log's trouble with its folder (unwritable, full): records lost to it, and the
+/// error while it lasts. Requests never wait for the log, so trouble costs records, not time.
+#[derive(Default)]
+pub struct LogHealth {
+    /// Records lost because they could not be written.
+    pub lost: AtomicU64,
+    /// Since when (Unix ms) and why writing fails, while it does.
+    failing: Mutex<Option<(i64, String)>>,
+}
+
+impl LogHealth {
+    /// Since when (Unix ms) and why writing fails, while it does.
+    pub fn failing(&self) -> Option<(i64, String)> {
+        self.failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn fail(&self, lost: u64, error: &std::io::Error, dir: &Path) {
+        self.lost.fetch_add(lost, Ordering::Relaxed);
+        let mut failing = self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failing.is_none() {
+            tracing::warn!(%error, dir = %dir.display(), "cannot write the request log; records are dropped and counted until it can");
+        }
+        let since = failing.as_ref().map_or_else(crate::unix_ms, |f| f.0);
+        *failing = Some((since, error.to_string()));
+    }
+
+    fn fine(&self, dir: &Path) {
+        let mut failing = self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failing.take().is_some() {
+            tracing::info!(dir = %dir.display(), "the request log is written again");
+        }
+    }
+}
+
+/// How long the writer waits after an I/O error before it tries its folder again.
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
+
 /// Telemetry state shared with the request path.
 pub struct Telemetry {
     sender: Option<SyncSender<Pending>>,
+    flushes: Arc<Flushes>,
+    /// The log folder's trouble, if any.
+    pub health: Arc<LogHealth>,
     /// Records dropped because the writer fell behind.
     pub dropped: AtomicU64,
     /// Records written.
@@ -175,15 +232,24 @@ impl Telemetry {
         let (sender, receiver) = sync_channel(config.capacity);
         let written = Arc::new(AtomicU64::new(0));
         let queries = Arc::new(Mutex::new(HashMap::new()));
-        let (w, q) = (written.clone(), queries.clone());
+        let flushes = Arc::new(Flushes::default());
+        let health = Arc::new(LogHealth::default());
+        let (w, q, f, h) = (
+            written.clone(),
+            queries.clone(),
+            flushes.clone(),
+            health.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name("request-log".into())
-            .spawn(move || writer(receiver, config, w, q));
+            .spawn(move || writer(receiver, config, w, q, &f, &h));
         if let Err(err) = &spawned {
             tracing::error!(error = %err, "cannot start the request log writer; request logs are off");
         }
         Self {
             sender: spawned.ok().map(|_| sender),
+            flushes,
+            health,
             dropped: AtomicU64::new(0),
             written,
             queries,
@@ -194,10 +260,30 @@ impl Telemetry {
     pub fn disabled() -> Self {
         Self {
             sender: None,
+            flushes: Arc::new(Flushes::default()),
+            health: Arc::new(LogHealth::default()),
             dropped: AtomicU64::new(0),
             written: Arc::new(AtomicU64::new(0)),
             queries: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Waits (at most `timeout`) until every record handed over before the call is written and
+    /// flushed to its file: what a draining server does before it exits. True when done (or
+    /// when there is no writer).
+    pub fn flush(&self, timeout: Duration) -> bool {
+        if self.sender.is_none() {
+            return true;
+        }
+        let asked = self.flushes.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let deadline = Instant::now() + timeout;
+        while self.flushes.done.load(Ordering::Acquire) < asked {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 
     /// Hands a record to the writer without waiting; a full channel drops it and counts it.
@@ -311,6 +397,8 @@ impl Encoder {
 struct LogFile {
     out: BufWriter<File>,
     bytes: u64,
+    /// Records in the buffer since the last flush that succeeded (lost if the next fails).
+    unflushed: u64,
     opened: Instant,
     /// Fingerprints whose statement text this file already holds.
     statements_written: std::collections::HashSet<String>,
@@ -344,6 +432,7 @@ fn open_log(dir: &Path) -> std::io::Result<LogFile> {
     Ok(LogFile {
         out: BufWriter::with_capacity(256 * 1024, file),
         bytes: 0,
+        unflushed: 0,
         opened: Instant::now(),
         statements_written: std::collections::HashSet::new(),
     })
@@ -376,21 +465,47 @@ fn writer(
     config: WriterConfig,
     written: Arc<AtomicU64>,
     queries: Arc<Mutex<HashMap<String, QueryAggregate>>>,
+    flushes: &Flushes,
+    health: &LogHealth,
 ) {
     let mut file: Option<LogFile> = None;
     let mut encoder = Encoder::new();
     let mut last_flush = Instant::now();
-    let mut warned = false;
+    // After an I/O error the folder is tried again only from then on.
+    let mut retry_at: Option<Instant> = None;
+    // Flushes `file`; on an error, the records in its buffer are lost and counted, and the file
+    // is dropped (the next record opens a new one once the folder may take it again).
+    let flush = |file: &mut Option<LogFile>, retry_at: &mut Option<Instant>| {
+        if let Some(f) = file.as_mut() {
+            match f.out.flush() {
+                Ok(()) => {
+                    if f.unflushed > 0 {
+                        health.fine(&config.dir);
+                    }
+                    f.unflushed = 0;
+                }
+                Err(err) => {
+                    health.fail(f.unflushed, &err, &config.dir);
+                    *file = None;
+                    *retry_at = Some(Instant::now() + RETRY_AFTER_ERROR);
+                }
+            }
+        }
+    };
     loop {
+        // Read before looking at the channel: when it is then empty, every record sent before
+        // that flush was asked for has been taken.
+        let asked = flushes.requested.load(Ordering::Acquire);
         // Drain, then sleep: the writer polls instead of blocking in `recv`, so a sender never
         // has to wake it (a futex wake and a context switch per request on a busy 2-core box).
         let pending = match receiver.try_recv() {
             Ok(p) => Some(p),
             Err(TryRecvError::Empty) => {
-                if let Some(f) = file.as_mut() {
-                    let _ = f.out.flush();
+                flush(&mut file, &mut retry_at);
+                flushes.done.store(asked, Ordering::Release);
+                if flushes.requested.load(Ordering::Acquire) == asked {
+                    std::thread::sleep(Duration::from_millis(50));
                 }
-                std::thread::sleep(Duration::from_millis(50));
                 None
             }
             Err(TryRecvError::Disconnected) => break,
@@ -427,20 +542,24 @@ fn writer(
                     f.bytes >= config.rotate_bytes || f.opened.elapsed() >= config.rotate_age
                 });
                 if rotate {
-                    if let Some(mut f) = file.take() {
-                        let _ = f.out.flush();
-                    }
+                    flush(&mut file, &mut retry_at);
+                    file = None;
                     prune(&config.dir, config.retention);
                 }
-                if file.is_none() {
+                if file.is_none() && retry_at.is_none_or(|at| Instant::now() >= at) {
                     match open_log(&config.dir) {
-                        Ok(f) => file = Some(f),
-                        Err(err) if !warned => {
-                            tracing::warn!(error = %err, dir = %config.dir.display(), "cannot open request log");
-                            warned = true;
+                        Ok(f) => {
+                            file = Some(f);
+                            retry_at = None;
                         }
-                        Err(_) => {}
+                        Err(err) => {
+                            health.fail(0, &err, &config.dir);
+                            retry_at = Some(Instant::now() + RETRY_AFTER_ERROR);
+                        }
                     }
+                }
+                if file.is_none() {
+                    health.lost.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some(f) = file.as_mut() {
                     let mut line_queries = Vec::with_capacity(pending.queries.len());
@@ -483,25 +602,32 @@ fn writer(
                         inner: &mut f.out,
                         bytes: 0,
                     };
-                    if serde_json::to_writer(&mut counter, &line).is_ok()
-                        && counter.write_all(b"\n").is_ok()
-                    {
-                        f.bytes += counter.bytes;
-                        written.fetch_add(1, Ordering::Relaxed);
+                    let result = serde_json::to_writer(&mut counter, &line)
+                        .map_err(std::io::Error::from)
+                        .and_then(|()| counter.write_all(b"\n"));
+                    let bytes = counter.bytes;
+                    match result {
+                        Ok(()) => {
+                            f.bytes += bytes;
+                            f.unflushed += 1;
+                            written.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(err) => {
+                            // The buffer spilled into a file that would not take it.
+                            health.fail(f.unflushed + 1, &err, &config.dir);
+                            file = None;
+                            retry_at = Some(Instant::now() + RETRY_AFTER_ERROR);
+                        }
                     }
                 }
             }
         }
         if last_flush.elapsed() >= Duration::from_millis(500) {
-            if let Some(f) = file.as_mut() {
-                let _ = f.out.flush();
-            }
+            flush(&mut file, &mut retry_at);
             last_flush = Instant::now();
         }
     }
-    if let Some(mut f) = file {
-        let _ = f.out.flush();
-    }
+    flush(&mut file, &mut retry_at);
 }
 
 #[cfg(test)]

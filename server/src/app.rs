@@ -35,6 +35,8 @@ pub struct AppState {
     pub auth: SharedAuth,
     /// The online optimizer.
     pub optimizer: Arc<Optimizer>,
+    /// Set once a shutdown signal arrived: `/readyz` answers 503 from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The optimizer sees the shop through this: its pool's state and the admin check.
@@ -78,6 +80,7 @@ impl Application {
             config: Arc::new(config),
             auth,
             optimizer,
+            draining: Arc::default(),
         };
         let router = router(state.clone());
         Ok(Self {
@@ -92,11 +95,27 @@ impl Application {
         self.listener.local_addr().map_or(0, |a| a.port())
     }
 
-    /// Serves until SIGINT or SIGTERM, then drains in-flight requests.
+    /// Serves until SIGINT or SIGTERM, then drains: `/readyz` answers 503 at once; after SIGTERM
+    /// new connections are still taken for `server.drain_grace_ms`; then the listener closes,
+    /// the requests in flight finish (for at most `server.drain_timeout_ms`), the background
+    /// tasks stop and the request log is flushed.
     ///
     /// # Errors
     /// The listener failed.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let signal = shutdown_signal();
+        self.run_until(signal).await
+    }
+
+    /// [`Application::run_until_stopped`], with the signal a future: it resolves when the
+    /// drain should begin, to whether a grace period comes first (SIGTERM, not SIGINT).
+    ///
+    /// # Errors
+    /// The listener failed.
+    pub async fn run_until(
+        self,
+        signal: impl Future<Output = bool> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let maintenance = tokio::spawn(maintenance(self.state.clone()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let optimizer = self.state.optimizer.spawn(async {
@@ -106,12 +125,52 @@ impl Application {
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown_signal())
-            .await;
+        let server = &self.state.config.server;
+        let (grace, limit) = (
+            Duration::from_millis(server.drain_grace_ms),
+            Duration::from_millis(server.drain_timeout_ms),
+        );
+        let draining = self.state.draining.clone();
+        let (closing, mut closed) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            let with_grace = signal.await;
+            draining.store(true, std::sync::atomic::Ordering::SeqCst);
+            if with_grace && !grace.is_zero() {
+                tracing::info!(
+                    ?grace,
+                    "draining: /readyz answers 503, still accepting for the grace period"
+                );
+                tokio::time::sleep(grace).await;
+            }
+            tracing::info!("draining: no new connections; waiting for the requests in flight");
+            let _ = closing.send(true);
+        };
+        let serve = axum::serve(self.listener, service).with_graceful_shutdown(shutdown);
+        let deadline = async move {
+            let _ = closed.wait_for(|c| *c).await;
+            tokio::time::sleep(limit).await;
+        };
+        let result = tokio::select! {
+            result = serve.into_future() => result,
+            () = deadline => {
+                tracing::warn!(?limit, "drain deadline passed: the requests still in flight are cut");
+                Ok(())
+            }
+        };
         maintenance.abort();
         let _ = stop.send(());
         let _ = optimizer.await;
+        let optimizer = self.state.optimizer.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            optimizer.flush_request_log(Duration::from_secs(5))
+        })
+        .await
+        .unwrap_or(false);
+        if flushed {
+            tracing::info!("drained: request log flushed");
+        } else {
+            tracing::warn!("drained, but the request log could not be flushed in 5 s");
+        }
         result.context("serving HTTP")
     }
 }
@@ -208,7 +267,8 @@ async fn maintenance(state: AppState) {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM (true: drain with the grace period) or SIGINT (false: at once).
+async fn shutdown_signal() -> bool {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -223,9 +283,13 @@ async fn shutdown_signal() {
     };
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down");
+    let with_grace = tokio::select! {
+        () = ctrl_c => false,
+        () = terminate => true,
+    };
+    tracing::info!(
+        signal = if with_grace { "SIGTERM" } else { "SIGINT" },
+        "shutting down"
+    );
+    with_grace
 }

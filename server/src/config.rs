@@ -148,6 +148,13 @@ pub struct ServerConfig {
     pub port: u16,
     /// Whole-request timeout in milliseconds.
     pub request_timeout_ms: u64,
+    /// After SIGTERM, how long new connections are still accepted while `/readyz` already
+    /// answers 503, so that a load balancer stops sending before the server stops listening
+    /// (ms; SIGINT, an operator's Ctrl-C, skips it).
+    pub drain_grace_ms: u64,
+    /// Longest the requests in flight may take to finish once the server stops listening
+    /// (ms); past it they are cut and the server exits.
+    pub drain_timeout_ms: u64,
 }
 
 /// `[database]`
@@ -208,6 +215,8 @@ impl Default for ServerConfig {
             host: "0.0.0.0".into(),
             port: 3000,
             request_timeout_ms: 30_000,
+            drain_grace_ms: 5_000,
+            drain_timeout_ms: 30_000,
         }
     }
 }

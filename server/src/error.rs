@@ -187,16 +187,55 @@ impl IntoResponse for ApiError {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(err: tokio_postgres::Error) -> Self {
+        if database_away(&err) {
+            // Not the client's fault and not a bug: the database is restarting, unreachable,
+            // shutting down, or cancelled the statement. Logged, and the client comes back.
+            tracing::warn!(error = %err, "database unavailable");
+            return Self::Unavailable {
+                retry_after_secs: 1,
+            };
+        }
         Self::Internal(err.into())
     }
 }
 
+/// SQLSTATE codes (besides class 08, connection exceptions) that mean "not now" rather than
+/// "wrong": the server is shutting down or starting (57P01-57P03), the statement was cancelled
+/// (`statement_timeout`, 57014), too many connections (53300), a serialization failure or a
+/// deadlock victim (40001, 40P01), all of them worth a retry.
+const RETRY_LATER: [&str; 7] = [
+    "57P01", "57P02", "57P03", "57014", "53300", "40001", "40P01",
+];
+
+/// Whether `err` means the database is away or refusing work for now: a dropped, refused or
+/// timed-out connection, or one of the [`RETRY_LATER`] states.
+pub fn database_away(err: &tokio_postgres::Error) -> bool {
+    if err.is_closed() {
+        return true;
+    }
+    if let Some(db) = err.as_db_error() {
+        let code = db.code().code();
+        return code.starts_with("08") || RETRY_LATER.contains(&code);
+    }
+    // No answer from the server at all: an I/O error (refused, reset, broken pipe) or a
+    // timeout, as opposed to a type or encoding error on our side.
+    std::error::Error::source(err).is_some_and(|source| source.is::<std::io::Error>())
+        || err.to_string().contains("timeout")
+}
+
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
+        use deadpool_postgres::PoolError;
         match err {
             // Every connection is busy for longer than the configured wait: tell the client to
             // come back rather than queueing it without bound.
-            deadpool_postgres::PoolError::Timeout(_) => Self::Unavailable {
+            PoolError::Timeout(_) => Self::Unavailable {
+                retry_after_secs: 1,
+            },
+            // A new connection could not be opened (refused, reset, the server starting).
+            PoolError::Backend(err) => err.into(),
+            // The pool is closed: the server is shutting down.
+            PoolError::Closed => Self::Unavailable {
                 retry_after_secs: 1,
             },
             other => Self::Internal(anyhow::Error::new(other).context("database pool")),

@@ -25,6 +25,36 @@ pub fn text<'a>(
     optional_text(field, trimmed, max_chars)
 }
 
+/// What [`text`] accepts, as the pattern of its OpenAPI schema: after trimming something is
+/// left, and no control character but tab, newline and carriage return.
+pub const TEXT_PATTERN: &str = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$";
+
+/// The OpenAPI schema of a field [`text`] checks, of at most `max` characters.
+pub fn text_schema(max: usize) -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(TEXT_PATTERN))
+        .build()
+}
+
+/// [`text_schema`] of 20 characters (`schema_with` takes a function without arguments).
+pub fn text_20() -> utoipa::openapi::Object {
+    text_schema(20)
+}
+
+/// [`text_schema`] of 100 characters.
+pub fn text_100() -> utoipa::openapi::Object {
+    text_schema(100)
+}
+
+/// [`text_schema`] of 200 characters.
+pub fn text_200() -> utoipa::openapi::Object {
+    text_schema(200)
+}
+
 /// Like [`text`] but allows the empty string.
 ///
 /// # Errors

@@ -294,8 +294,10 @@ function drawMetrics(m) {
       + `${onnx.scores} scores since the server started`;
   document.getElementById('uptime').textContent = `${m.uptimeSecs} s`;
   document.getElementById('limit').textContent = String(m.concurrencyLimit);
+  const log = m.requestLog;
   document.getElementById('request-log').textContent =
-    `${m.requestLog.written} records written, ${m.requestLog.dropped} dropped`;
+    `${log.written} records written, ${log.dropped} dropped, ${log.lost} lost to the disk` +
+    (log.failingSinceMs ? ` (cannot write since ${clock(log.failingSinceMs)}: ${log.error})` : '');
 
   const accuracy = document.querySelector('#accuracy tbody');
   accuracy.replaceChildren(...m.routes.map((r) => {

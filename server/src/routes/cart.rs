@@ -66,6 +66,7 @@ pub struct AddItem {
     pub product_id: i64,
     /// Units to add (1-99, default 1).
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 99)]
     pub quantity: i32,
 }
 
@@ -78,6 +79,7 @@ fn one() -> i32 {
 #[serde(deny_unknown_fields)]
 pub struct SetQuantity {
     /// New number of units (1-99).
+    #[schema(minimum = 1, maximum = 99)]
     pub quantity: i32,
 }
 

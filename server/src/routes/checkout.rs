@@ -63,24 +63,31 @@ impl PaymentMethod {
     }
 }
 
-/// Where the order goes.
+/// Where the order goes. Every field is trimmed and must then hold something, within its
+/// length, with no control characters (tabs and newlines aside).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ShippingAddress {
     /// Recipient name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = validate::text_100)]
     pub name: Option<String>,
     /// Street and number.
+    #[schema(schema_with = validate::text_200)]
     pub street: String,
     /// City.
+    #[schema(schema_with = validate::text_100)]
     pub city: String,
     /// State or region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = validate::text_100)]
     pub state: Option<String>,
     /// Postal code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = validate::text_20)]
     pub postal_code: Option<String>,
     /// Country.
+    #[schema(schema_with = validate::text_100)]
     pub country: String,
 }
 
@@ -144,7 +151,18 @@ pub async fn checkout(
         Ok(order) => Ok((StatusCode::CREATED, axum::Json(order)).into_response()),
         Err(err) => {
             if let Some(key) = &key {
-                settle_failure(&conn, user, key, &err).await;
+                if matches!(err, ApiError::Unavailable { .. }) {
+                    // The connection may have died around COMMIT, so the outcome is unknown:
+                    // release the key on a fresh connection. Its statement waits for the first
+                    // transaction's lock on the key's row, and only releases an unsettled key:
+                    // a committed order keeps its recorded answer (the retry replays it), an
+                    // aborted one frees the key (the retry places it, once).
+                    if let Ok(fresh) = state.db.conn().await {
+                        settle_failure(&fresh, user, key, &err).await;
+                    }
+                } else {
+                    settle_failure(&conn, user, key, &err).await;
+                }
             }
             Err(err)
         }

@@ -33,6 +33,12 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    // Draining: take this instance out of rotation while the requests in flight finish.
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::Unavailable {
+            retry_after_secs: 1,
+        });
+    }
     let probe = async {
         let conn = state.db.conn().await?;
         conn.query_one("SELECT 1", &[]).await?;

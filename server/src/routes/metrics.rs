@@ -258,7 +258,18 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
                 "outcome=\"dropped\"".to_owned(),
                 snapshot.request_log.dropped,
             ),
+            ("outcome=\"lost\"".to_owned(), snapshot.request_log.lost),
         ],
+    );
+    family(
+        &mut out,
+        "shop_request_log_failing",
+        "gauge",
+        "1 while the request log folder cannot be written (unwritable or full), else 0.",
+        [(
+            String::new(),
+            u64::from(snapshot.request_log.failing_since_ms.is_some()),
+        )],
     );
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

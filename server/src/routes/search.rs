@@ -20,11 +20,15 @@ pub fn router() -> Routes {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
-    /// Search words; quotes, `or` and `-word` work as in web search engines.
+    /// Search words; quotes, `or` and `-word` work as in web search engines (1-200
+    /// characters: `limits.max_query_chars`; no control characters).
+    #[param(schema_with = crate::validate::text_200)]
     pub q: String,
-    /// 1-based page number (default 1).
+    /// 1-based page number (default 1); page × limit at most 10,000 (`limits.max_result_window`).
+    #[param(minimum = 1)]
     pub page: Option<u32>,
-    /// Page size (default 20, at most 100).
+    /// Page size (default 20, at most 100: `limits.max_page_size`).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 

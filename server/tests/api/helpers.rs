@@ -131,6 +131,15 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a server on a fresh database, letting the test adjust the configuration first.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_until(adjust, std::future::pending()).await.0
+}
+
+/// [`spawn_app_with`], the server draining when `signal` resolves (to whether with the grace
+/// period, as SIGTERM); also returns the server's task, which ends when the drain is done.
+pub async fn spawn_app_until(
+    adjust: impl FnOnce(&mut Config),
+    signal: impl Future<Output = bool> + Send + 'static,
+) -> (TestApp, tokio::task::JoinHandle<anyhow::Result<()>>) {
     init_logging();
     let base_url = std::env::var("DATABASE_URL")
         .expect("DATABASE_URL must be set; run tests with `make test`");
@@ -145,7 +154,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let scratch = std::env::temp_dir().join(format!("shop-{db_name}"));
     let mut config = server_config(&url, &scratch, 16);
     adjust(&mut config);
-    let address = start(config).await;
+    let app = Application::build(config).await.expect("server starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let served = tokio::spawn(app.run_until(signal));
 
     let db = connect(&url).await;
     let url_for_peer = url.clone();
@@ -153,7 +164,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let mut seed_config = Config::default();
     seed_config.database.url = Some(url);
     server::seed::run(&seed_config, 0, 1).await.expect("seed");
-    TestApp {
+    let app = TestApp {
         address,
         client: Client::new(),
         db,
@@ -161,7 +172,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         base_url,
         scratch,
         db_url: url_for_peer,
-    }
+    };
+    (app, served)
 }
 
 impl Drop for TestApp {

@@ -9,6 +9,7 @@ mod browser;
 mod cart;
 mod checkout;
 mod dashboard;
+mod faults;
 mod health;
 mod helpers;
 mod models;

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The crash test: shoppers check out (benches/k6/crash.js) against a server whose PostgreSQL is
+# stopped as a crash would (pg_ctl -m immediate) and started again RESTART_AFTER s later. Then
+# every order the server acknowledged with 201 must be in the database, no request may have
+# answered a 5xx other than 503, and every 503 must carry Retry-After.
+#
+#   scripts/crash.sh           (or: make crash) 60 s of checkouts, the crash 20 s in
+#   scripts/crash.sh --smoke   20 s, the crash 6 s in, on the debug build (the end of make test)
+#
+# The database is a cluster of its own (.local/pg-crash, port CRASH_PG_PORT), durable as the
+# one `make run` creates, so nothing else using the project's cluster is touched; it is stopped
+# at the end. Results: OUT/result.json (default target/crash, or target/crash-smoke), with the
+# k6 summary and the server's log beside it.
+#
+# Environment:
+#   SECONDS_TOTAL   how long the shoppers shop (default 60; smoke 20)
+#   CRASH_AT        seconds after the first order until the crash (default 20; smoke 6)
+#   RESTART_AFTER   seconds PostgreSQL stays down (default 3)
+#   VUS             shoppers (default 20)
+#   CRASH_PG_PORT   port of the crash cluster (default 54339)
+#   PORT            port of the server (default 3919)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$REPO"
+
+log() { printf 'crash: %s\n' "$*" >&2; }
+die() { printf 'crash: error: %s\n' "$*" >&2; exit 2; }
+
+SECONDS_TOTAL=${SECONDS_TOTAL:-60}
+CRASH_AT=${CRASH_AT:-20}
+RESTART_AFTER=${RESTART_AFTER:-3}
+VUS=${VUS:-20}
+OUT=target/crash
+export PROFILE=${PROFILE:-release}
+if [[ ${1:-} == --smoke ]]; then
+    SECONDS_TOTAL=20 CRASH_AT=6 OUT=target/crash-smoke PROFILE=debug
+elif [[ -n ${1:-} ]]; then
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//p;}' "$0"
+    [[ $1 == -h || $1 == --help ]] && exit 0
+    exit 2
+fi
+((CRASH_AT < SECONDS_TOTAL)) || die "CRASH_AT ($CRASH_AT) must come before the end ($SECONDS_TOTAL)"
+command -v python3 >/dev/null || die "python3 is needed"
+
+export SHOP_PG_DIR=$REPO/.local/pg-crash SHOP_PG_PORT=${CRASH_PG_PORT:-54339}
+unset SHOP_PG_UNSAFE
+scripts/pg.sh start
+trap 'scripts/pg.sh stop >/dev/null 2>&1 || true' EXIT
+url=$(scripts/pg.sh url)
+# A fresh start: orders of earlier runs do not count.
+psql -q "$url" -c "DROP SCHEMA public CASCADE; CREATE SCHEMA public;" >/dev/null
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+if [[ $PROFILE == release ]]; then
+    cargo build --release -p server
+else
+    cargo build -p server
+fi
+
+# The crash, once the shoppers have placed their first orders.
+crasher() {
+    local deadline=$((SECONDS + 180)) orders=0
+    while ((SECONDS < deadline)); do
+        orders=$(psql -Atq "$url" -c "SELECT count(*) FROM orders" 2>/dev/null || echo 0)
+        ((orders > 0)) && break
+        sleep 0.5
+    done
+    ((orders > 0)) || { log "no order within 180 s: no crash"; return 1; }
+    sleep "$CRASH_AT"
+    scripts/pg.sh crash
+    date +%s%3N >"$OUT/crashed-at"
+    sleep "$RESTART_AFTER"
+    scripts/pg.sh start
+    date +%s%3N >"$OUT/restarted-at"
+}
+crasher &
+crasher_pid=$!
+
+status=0
+DATABASE_URL=$url PRODUCTS=100 PORT=${PORT:-3919} SUMMARY_DIR=$OUT VUS=$VUS \
+    DURATION=${SECONDS_TOTAL}s scripts/loadtest.sh crash.js 2>&1 | tee "$OUT/k6.log" || status=$?
+wait "$crasher_pid" || die "the crash did not happen"
+((status == 0)) || die "the load run failed (exit $status)"
+
+grep -o 'ACK [0-9]*' "$OUT/k6.log" | cut -d' ' -f2 | sort -un >"$OUT/acknowledged.txt"
+found=$(python3 - "$OUT/acknowledged.txt" <<'PY' | psql -Atq "$url"
+import sys
+ids = [l.strip() for l in open(sys.argv[1]) if l.strip()]
+print(f"SELECT count(*) FROM orders WHERE id = ANY('{{{','.join(ids)}}}'::bigint[])")
+PY
+)
+python3 - "$OUT" "$found" <<'PY'
+import json, sys
+out, found = sys.argv[1], int(sys.argv[2])
+acked = sum(1 for l in open(f"{out}/acknowledged.txt") if l.strip())
+metrics = json.load(open(f"{out}/crash.json"))["metrics"]
+count = lambda name: int(metrics.get(name, {}).get("values", {}).get("count", 0))
+result = {
+    "acknowledged": acked,
+    "found_after_restart": found,
+    "lost": acked - found,
+    "status_5xx_not_503": count("crash_status_500"),
+    "status_503": count("crash_status_503"),
+    "status_503_without_retry_after": count("crash_503_without_retry_after"),
+    "transport_errors": count("crash_transport_errors"),
+    "checkouts_abandoned": count("crash_checkouts_abandoned"),
+    "crashed_at_ms": int(open(f"{out}/crashed-at").read()),
+    "restarted_at_ms": int(open(f"{out}/restarted-at").read()),
+}
+json.dump(result, open(f"{out}/result.json", "w"), indent=1)
+print("crash: " + json.dumps(result))
+problems = []
+if result["acknowledged"] == 0:
+    problems.append("no order was acknowledged")
+if result["lost"]:
+    problems.append(f"{result['lost']} acknowledged orders lost")
+if result["status_5xx_not_503"]:
+    problems.append(f"{result['status_5xx_not_503']} answers were 5xx other than 503")
+if result["status_503_without_retry_after"]:
+    problems.append("503 without Retry-After")
+if problems:
+    sys.exit("crash: " + "; ".join(problems))
+PY
