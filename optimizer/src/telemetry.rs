@@ -485,6 +485,8 @@ fn writer(
                     f.unflushed = 0;
                 }
                 Err(err) => {
+                    // They were counted as written when they went into the buffer.
+                    written.fetch_sub(f.unflushed, Ordering::Relaxed);
                     health.fail(f.unflushed, &err, &config.dir);
                     *file = None;
                     *retry_at = Some(Instant::now() + RETRY_AFTER_ERROR);
@@ -613,7 +615,9 @@ fn writer(
                             written.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(err) => {
-                            // The buffer spilled into a file that would not take it.
+                            // The buffer spilled into a file that would not take it: the
+                            // records in it, counted as written, are lost with this one.
+                            written.fetch_sub(f.unflushed, Ordering::Relaxed);
                             health.fail(f.unflushed + 1, &err, &config.dir);
                             file = None;
                             retry_at = Some(Instant::now() + RETRY_AFTER_ERROR);
