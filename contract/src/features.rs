@@ -40,6 +40,10 @@ pub const OUTCOME_NAMES: [&str; 3] = [
     "status_class",       // HTTP status / 100 (2 success, 4 client error, 5 server error)
 ];
 
+/// Score at or above which a request counts as anomalous: the server flags and heals on it
+/// (`x-anomaly-score`), and the trainer's evaluation counts flagged requests with it.
+pub const ANOMALY_SCORE: f32 = 0.95;
+
 /// The anomaly model's input: a request's features followed by its outcome.
 pub type AnomalyInput = [f32; ANOMALY_INPUT_COUNT];
 

@@ -17,8 +17,8 @@ pub mod onnx;
 pub mod routes;
 
 pub use features::{
-    ANOMALY_INPUT_COUNT, AnomalyInput, FEATURE_COUNT, FEATURE_NAMES, FeatureVector, OUTCOME_NAMES,
-    SCHEMA_FINGERPRINT, anomaly_input,
+    ANOMALY_INPUT_COUNT, ANOMALY_SCORE, AnomalyInput, FEATURE_COUNT, FEATURE_NAMES, FeatureVector,
+    OUTCOME_NAMES, SCHEMA_FINGERPRINT, anomaly_input,
 };
 pub use log::{QueryRecord, RequestRecord};
 pub use manifest::{MANIFEST_FILE, Manifest};

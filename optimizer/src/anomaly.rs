@@ -142,8 +142,7 @@ pub struct Alert {
     pub reason: String,
 }
 
-/// Score at or above which a request counts as anomalous.
-pub const ANOMALY_SCORE: f32 = 0.95;
+pub use contract::ANOMALY_SCORE;
 
 #[cfg(test)]
 mod tests {

@@ -530,6 +530,7 @@ pub async fn optimize<H: Host>(
     // 7. Score. 8. Learn.
     let latency = arrived.elapsed();
     let latency_ms = latency.as_secs_f64() * 1000.0;
+    let finished_ms = arrived_ms + i64::try_from(latency.as_millis()).unwrap_or(0);
     let status = response.status().as_u16();
     let queue_ms = queue.as_secs_f64() * 1000.0;
     let outcome = Outcome {
@@ -543,10 +544,7 @@ pub async fn optimize<H: Host>(
     } else if shed {
         // Shed during an incident: part of it (the served requests say so); else overload,
         // which admission is handling.
-        if opt
-            .healer
-            .in_incident_at(arrived_ms + i64::try_from(latency.as_millis()).unwrap_or(0))
-        {
+        if opt.healer.in_incident_at(finished_ms) {
             SHED_IN_INCIDENT
         } else {
             0.0
@@ -574,7 +572,7 @@ pub async fn optimize<H: Host>(
                     anomaly::explain(&route_stats.snapshot(Instant::now()), &features, &outcome);
                 if !shed {
                     opt.alert(Alert {
-                        ts_ms: arrived_ms + i64::try_from(latency.as_millis()).unwrap_or(0),
+                        ts_ms: finished_ms,
                         route: contract::routes::route_label(route),
                         latency_ms,
                         status,

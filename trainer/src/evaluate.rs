@@ -67,15 +67,12 @@ pub struct Evaluation {
     pub anomalies: Anomalies,
 }
 
-/// The score at or above which the server counts a request as anomalous (its `ANOMALY_SCORE`).
-pub const FLAG_SCORE: f32 = 0.95;
-
 /// How well `x-anomaly-score` (logged as `anomaly_score`) marked the requests incidents hurt:
 /// those that arrived inside an incident and were shed, failed with a server error or missed
 /// the target. Every request counts, shed ones included: shedding must not hide an incident.
 #[derive(Debug, Clone, Serialize)]
 pub struct Anomalies {
-    /// Share of all requests that scored at or above [`FLAG_SCORE`].
+    /// Share of all requests that scored at or above [`contract::ANOMALY_SCORE`].
     pub flagged_share: Option<f64>,
     /// The same share among the requests outside every incident (healthy traffic).
     pub healthy_flagged_share: Option<f64>,
@@ -169,7 +166,7 @@ pub fn evaluate(opts: &Options) -> Result<Evaluation, LoadError> {
             let harmed =
                 inside && (r.shed || r.status >= 500 || f64::from(r.latency_ms) > opts.target_ms);
             let score = f64::from(r.anomaly_score);
-            let high = r.anomaly_score >= FLAG_SCORE;
+            let high = r.anomaly_score >= contract::ANOMALY_SCORE;
             flagged += u64::from(high);
             if !inside {
                 healthy += 1;

@@ -73,11 +73,7 @@ async fn a_statement_the_database_cancelled_is_a_503_not_a_500() {
     let path = format!("/api/products/{id}");
     assert_eq!(app.get(&path).await.status(), StatusCode::OK);
     // Another session holds the table past the statement timeout: the read is cancelled.
-    let locker = app.another_session().await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
-        .await
-        .expect("lock");
+    let locker = app.lock_products().await;
     assert_retry_later(app.get(&path).await).await;
     locker.batch_execute("COMMIT").await.expect("unlock");
     assert_eq!(app.get(&path).await.status(), StatusCode::OK);
@@ -99,11 +95,7 @@ async fn a_draining_server_leaves_rotation_finishes_what_it_started_and_logs_it(
     let path = format!("/api/products/{id}");
     assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
     // A request stalls in flight behind another session's lock.
-    let locker = app.another_session().await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
-        .await
-        .expect("lock");
+    let locker = app.lock_products().await;
     let stalled = tokio::spawn({
         let (client, url) = (app.client.clone(), app.url(&path));
         async move { client.get(&url).send().await.map(|r| r.status()) }

@@ -225,6 +225,17 @@ impl TestApp {
         connect(&self.db_url).await
     }
 
+    /// Another session that takes the products table (`ACCESS EXCLUSIVE`) and holds it until
+    /// the test sends it `COMMIT`: every product read waits for it, as in a stall.
+    pub async fn lock_products(&self) -> tokio_postgres::Client {
+        let locker = self.another_session().await;
+        locker
+            .batch_execute("BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+            .await
+            .expect("lock");
+        locker
+    }
+
     /// Adds `n` generated products through the real seed path (`server seed --products n`).
     pub async fn seed_products(&self, n: u64) {
         let mut config = Config::default();

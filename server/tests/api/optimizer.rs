@@ -572,11 +572,7 @@ async fn a_database_stall_heals_in_its_window_and_stays_an_incident_until_it_end
         assert_eq!(app.get(&path).await.status(), StatusCode::OK);
     }
     // Another session takes the products table: every product read waits for it.
-    let locker = app.another_session().await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
-        .await
-        .expect("lock");
+    let locker = app.lock_products().await;
     // Shoppers keep asking (as the admin, so every flagged answer says why): twelve requests
     // stall holding the permits, the rest are shed, again and again.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
