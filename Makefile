@@ -136,7 +136,7 @@ capture: ## Start a server, drive it with k6 (shop mix + stress bursts), keep it
 # through the environment, e.g. `make loadtest SCRIPTS=shop.js VUS=10 DURATION=10s`.
 #   SCRIPTS           k6 scripts in benches/k6/ to run (default loadtest.js)
 
-.PHONY: loadtest k6 evaluate capture-suite crash
+.PHONY: loadtest k6 evaluate capture-suite crash contract
 
 evaluate: ## The scenario suite (scripts/evaluate.sh): results in target/evaluate/results.md (SCENARIOS="steady lock" for some)
 	@scripts/evaluate.sh $(SCENARIOS)
@@ -144,8 +144,12 @@ evaluate: ## The scenario suite (scripts/evaluate.sh): results in target/evaluat
 capture-suite: ## Training captures for the suite: other seeds and mixes than any evaluation run, into data/logs/suite-*
 	@scripts/evaluate.sh --capture
 
-crash: ## The crash test: PostgreSQL killed under checkout load and restarted; no acknowledged order may be lost (scripts/crash.sh)
+crash: ## The crash tests: PostgreSQL, then the server, killed under checkout load and restarted; no acknowledged order lost, none placed twice (scripts/crash.sh)
 	@scripts/crash.sh
+	KILL=server scripts/crash.sh
+
+contract: ## The contract test: schemathesis, every phase, anonymous, as a shopper and as the admin; must find nothing (scripts/contract.sh)
+	@scripts/contract.sh
 
 loadtest: ## Run k6 load tests against a fresh release server (SCRIPTS="shop.js overload.js")
 	@scripts/loadtest.sh $(SCRIPTS)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The crash test: shoppers check out (benches/k6/crash.js) against a server whose PostgreSQL is
-# stopped as a crash would (pg_ctl -m immediate) and started again RESTART_AFTER s later. Then
-# every order the server acknowledged with 201 must be in the database, no request may have
-# answered a 5xx other than 503, and every 503 must carry Retry-After.
+# The crash test: shoppers check out (benches/k6/crash.js) while something crashes under them,
+# and is started again RESTART_AFTER s later: PostgreSQL, stopped as a crash would (pg_ctl -m
+# immediate), or the server itself, killed with SIGKILL. Then every order the server
+# acknowledged with 201 must be in the database, every key that was answered 201 must have
+# exactly one order (orders = keys recorded with 201; a retry never found cart_empty), no request
+# may have answered a 5xx other than 503, and every 503 must carry Retry-After.
 #
 #   scripts/crash.sh           (or: make crash) 60 s of checkouts, the crash 20 s in
 #   scripts/crash.sh --smoke   20 s, the crash 6 s in, on the debug build (the end of make test)
@@ -13,6 +15,7 @@
 # k6 summary and the server's log beside it.
 #
 # Environment:
+#   KILL            what crashes: postgres (default) or server
 #   SECONDS_TOTAL   how long the shoppers shop (default 60; smoke 20)
 #   CRASH_AT        seconds after the first order until the crash (default 20; smoke 6)
 #   RESTART_AFTER   seconds PostgreSQL stays down (default 3)
@@ -31,6 +34,8 @@ SECONDS_TOTAL=${SECONDS_TOTAL:-60}
 CRASH_AT=${CRASH_AT:-20}
 RESTART_AFTER=${RESTART_AFTER:-3}
 VUS=${VUS:-20}
+KILL=${KILL:-postgres}
+[[ $KILL == postgres || $KILL == server ]] || die "KILL must be postgres or server, got '$KILL'"
 OUT=target/crash
 export PROFILE=${PROFILE:-release}
 if [[ ${1:-} == --smoke ]]; then
@@ -51,12 +56,36 @@ url=$(scripts/pg.sh url)
 # A fresh start: orders of earlier runs do not count.
 psql -q "$url" -c "DROP SCHEMA public CASCADE; CREATE SCHEMA public;" >/dev/null
 
+[[ $KILL == postgres ]] || OUT=$OUT-server
 rm -rf "$OUT"
 mkdir -p "$OUT"
 if [[ $PROFILE == release ]]; then
     cargo build --release -p server
 else
     cargo build -p server
+fi
+
+PORT=${PORT:-3919}
+SERVER=${CARGO_TARGET_DIR:-target}/$PROFILE/server
+server_up() { curl --silent --fail --max-time 2 --output /dev/null "http://127.0.0.1:$PORT/readyz"; }
+# KILL=server: this script runs the server (k6 is pointed at it), so that it can kill it.
+start_server() {
+    HOST=127.0.0.1 PORT=$PORT LOG_DIR=$OUT/logs DATABASE_URL=$url ADMIN_TOKEN=$ADMIN_TOKEN \
+        "$SERVER" serve >>"$OUT/server.log" 2>&1 &
+    echo $! >"$OUT/server.pid"
+    local deadline=$((SECONDS + 60))
+    until server_up; do
+        ((SECONDS < deadline)) || { log "the server was not ready within 60 s"; return 1; }
+        sleep 0.1
+    done
+}
+if [[ $KILL == server ]]; then
+    ADMIN_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    export ADMIN_TOKEN
+    DATABASE_URL=$url "$SERVER" migrate >/dev/null
+    DATABASE_URL=$url "$SERVER" seed --products 100 >/dev/null
+    start_server || die "the server did not start"
+    trap 'kill -KILL "$(cat "$OUT/server.pid" 2>/dev/null)" 2>/dev/null || true; scripts/pg.sh stop >/dev/null 2>&1 || true' EXIT
 fi
 
 # The crash, once the shoppers have placed their first orders.
@@ -69,18 +98,32 @@ crasher() {
     done
     ((orders > 0)) || { log "no order within 180 s: no crash"; return 1; }
     sleep "$CRASH_AT"
-    scripts/pg.sh crash
+    if [[ $KILL == postgres ]]; then
+        scripts/pg.sh crash
+    else
+        log "killing the server (SIGKILL) in the middle of checkouts"
+        kill -KILL "$(cat "$OUT/server.pid")"
+    fi
     date +%s%3N >"$OUT/crashed-at"
     sleep "$RESTART_AFTER"
-    scripts/pg.sh start
+    if [[ $KILL == postgres ]]; then
+        scripts/pg.sh start
+    else
+        start_server
+    fi
     date +%s%3N >"$OUT/restarted-at"
 }
 crasher &
 crasher_pid=$!
 
 status=0
-DATABASE_URL=$url PRODUCTS=100 PORT=${PORT:-3919} SUMMARY_DIR=$OUT VUS=$VUS \
-    DURATION=${SECONDS_TOTAL}s scripts/loadtest.sh crash.js 2>&1 | tee "$OUT/k6.log" || status=$?
+if [[ $KILL == postgres ]]; then
+    DATABASE_URL=$url PRODUCTS=100 PORT=$PORT SUMMARY_DIR=$OUT VUS=$VUS \
+        DURATION=${SECONDS_TOTAL}s scripts/loadtest.sh crash.js 2>&1 | tee "$OUT/k6.log" || status=$?
+else
+    BASE_URL=http://127.0.0.1:$PORT SUMMARY_DIR=$OUT VUS=$VUS \
+        DURATION=${SECONDS_TOTAL}s scripts/loadtest.sh crash.js 2>&1 | tee "$OUT/k6.log" || status=$?
+fi
 wait "$crasher_pid" || die "the crash did not happen"
 ((status == 0)) || die "the load run failed (exit $status)"
 
@@ -91,13 +134,16 @@ ids = [l.strip() for l in open(sys.argv[1]) if l.strip()]
 print(f"SELECT count(*) FROM orders WHERE id = ANY('{{{','.join(ids)}}}'::bigint[])")
 PY
 )
-python3 - "$OUT" "$found" <<'PY'
+orders=$(psql -Atq "$url" -c "SELECT count(*) FROM orders")
+keyed=$(psql -Atq "$url" -c "SELECT count(*) FROM idempotency_keys WHERE status_code = 201")
+python3 - "$OUT" "$found" "$orders" "$keyed" "$KILL" <<'PY'
 import json, sys
-out, found = sys.argv[1], int(sys.argv[2])
+out, found, orders, keyed, kill = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 acked = sum(1 for l in open(f"{out}/acknowledged.txt") if l.strip())
 metrics = json.load(open(f"{out}/crash.json"))["metrics"]
 count = lambda name: int(metrics.get(name, {}).get("values", {}).get("count", 0))
 result = {
+    "killed": kill,
     "acknowledged": acked,
     "found_after_restart": found,
     "lost": acked - found,
@@ -106,6 +152,9 @@ result = {
     "status_503_without_retry_after": count("crash_503_without_retry_after"),
     "transport_errors": count("crash_transport_errors"),
     "checkouts_abandoned": count("crash_checkouts_abandoned"),
+    "cart_empty_on_retry": count("crash_cart_empty_on_retry"),
+    "orders": orders,
+    "keys_answered_201": keyed,
     "crashed_at_ms": int(open(f"{out}/crashed-at").read()),
     "restarted_at_ms": int(open(f"{out}/restarted-at").read()),
 }
@@ -120,6 +169,10 @@ if result["status_5xx_not_503"]:
     problems.append(f"{result['status_5xx_not_503']} answers were 5xx other than 503")
 if result["status_503_without_retry_after"]:
     problems.append("503 without Retry-After")
+if orders != keyed:
+    problems.append(f"{orders} orders for {keyed} keys answered 201: a key placed two orders, or an order has no key")
+if result["cart_empty_on_retry"]:
+    problems.append(f"{result['cart_empty_on_retry']} retries answered cart_empty")
 if problems:
     sys.exit("crash: " + "; ".join(problems))
 PY

@@ -1,5 +1,5 @@
-// Checkout load through a database crash (scripts/crash.sh kills PostgreSQL under it and starts
-// it again). Each virtual user is a shopper who adds a product to the cart and checks out with
+// Checkout load through a crash (scripts/crash.sh kills PostgreSQL or the server under it and
+// starts it again). Each virtual user is a shopper who adds a product to the cart and checks out with
 // its own Idempotency-Key, as a careful client does: a 503 is retried after its Retry-After with
 // the same key (a 409 idempotency_key_in_progress too), so an order is placed at most once
 // however the outage cut it. Every order the server acknowledged with 201 is printed as
@@ -27,6 +27,9 @@ const unavailable = new Counter('crash_status_503');
 const withoutRetryAfter = new Counter('crash_503_without_retry_after');
 const transportErrors = new Counter('crash_transport_errors');
 const abandoned = new Counter('crash_checkouts_abandoned');
+// A checkout of a cart just filled that answered cart_empty: an order placed by an earlier try
+// that the key did not replay.
+const cartEmpty = new Counter('crash_cart_empty_on_retry');
 
 export const options = {
   scenarios: {
@@ -88,6 +91,8 @@ export default function (data) {
   if (res.status === 201) {
     acked.add(1);
     console.log(`ACK ${res.json('id')}`);
+  } else if (res.status === 422 && String(res.body).includes('cart_empty')) {
+    cartEmpty.add(1);
   } else if (again(res)) {
     abandoned.add(1);
   }

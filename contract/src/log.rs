@@ -28,7 +28,9 @@ pub struct RequestRecord {
     pub schema: String,
     /// Route label, e.g. `GET /api/products/{id}`.
     pub route: String,
-    /// The request's path and query string (what the response cache keys on).
+    /// The request's path and query string (what the response cache keys on), with search
+    /// terms and other free text replaced by `~` and a keyed hash unless the server ran with
+    /// `telemetry.keep_query_text`.
     pub path: String,
     /// Priority it was admitted with: `critical`, `high`, `normal` or `low`.
     pub priority: String,

@@ -150,6 +150,9 @@ pub struct TelemetryConfig {
     pub rotate_mb: u64,
     /// Start a new log file after this many minutes.
     pub rotate_minutes: u64,
+    /// Log search terms and other free text in paths as they came; by default they are
+    /// replaced by a keyed hash (`crate::redact`).
+    pub keep_query_text: bool,
 }
 
 impl Default for Config {
@@ -237,6 +240,7 @@ impl Default for TelemetryConfig {
             channel_capacity: 16_384,
             rotate_mb: 64,
             rotate_minutes: 60,
+            keep_query_text: false,
         }
     }
 }

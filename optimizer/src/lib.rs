@@ -40,6 +40,7 @@ pub mod model;
 pub mod policy;
 pub mod predictor;
 pub mod queries;
+pub mod redact;
 pub mod series;
 pub mod snapshot;
 pub mod stats;
@@ -159,6 +160,7 @@ impl Optimizer {
                 rotate_age: Duration::from_secs(config.telemetry.rotate_minutes * 60),
                 retention: Duration::from_secs(config.metrics.retention_hours * 3600),
                 write_files: config.telemetry.enabled,
+                keep_query_text: config.telemetry.keep_query_text,
             })
         } else {
             Telemetry::disabled()

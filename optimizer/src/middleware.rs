@@ -369,7 +369,15 @@ async fn run_for_cache(
     cache: CacheOutcome,
 ) -> (Served, Option<Bytes>) {
     let mut served = run_tracked(next, request, cache).await;
-    if served.response.status() != StatusCode::OK {
+    // Only a plain 200 is kept, and never one its handler marked `no-store` (something only
+    // this caller may see).
+    let no_store = served
+        .response
+        .headers()
+        .get(axum::http::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("no-store"));
+    if served.response.status() != StatusCode::OK || no_store {
         return (served, None);
     }
     let (parts, body) = std::mem::take(&mut served.response).into_parts();

@@ -224,6 +224,8 @@ pub struct WriterConfig {
     pub retention: Duration,
     /// Write files at all (aggregates are kept either way).
     pub write_files: bool,
+    /// Log free text in paths as it came (`telemetry.keep_query_text`).
+    pub keep_query_text: bool,
 }
 
 impl Telemetry {
@@ -470,6 +472,7 @@ fn writer(
 ) {
     let mut file: Option<LogFile> = None;
     let mut encoder = Encoder::new();
+    let redactor = crate::redact::Redactor::new(config.keep_query_text);
     let mut last_flush = Instant::now();
     // After an I/O error the folder is tried again only from then on.
     let mut retry_at: Option<Instant> = None;
@@ -578,11 +581,12 @@ fn writer(
                         });
                     }
                     let p = &pending;
+                    let path = redactor.apply(&p.path);
                     let line = Line {
                         ts_ms: p.ts_ms,
                         schema: &encoder.schema,
                         route: encoder.labels.get(p.route).map_or("other", String::as_str),
-                        path: &p.path,
+                        path: &path,
                         priority: p.priority.as_str(),
                         features: &p.features,
                         predicted_p50_ms: p.prediction.p50_ms,

@@ -254,6 +254,11 @@ async fn maintenance(state: AppState) {
             conn.execute("DELETE FROM sessions WHERE expires_at < now()", &[])
                 .await?;
             conn.execute(
+                "DELETE FROM login_failures WHERE window_start < now() - interval '1 hour'",
+                &[],
+            )
+            .await?;
+            conn.execute(
                 "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
                 &[],
             )

@@ -12,6 +12,7 @@
 //! the bearer token, so a cookie riding along on an unintended request can change nothing.
 
 use crate::app::AppState;
+use crate::db::Conn;
 use crate::error::ApiError;
 use anyhow::Context;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -27,6 +28,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -44,11 +46,124 @@ pub struct Auth {
     dummy_hash: String,
     per_email: DefaultKeyedRateLimiter<String>,
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    /// Hourly failed-login limits, shared by every instance through the database.
+    pub failed_logins: FailedLogins,
     /// Open dashboard sessions: SHA-256 of the cookie value to its expiry. A std mutex: held
     /// for one map operation, never across an `.await`; at most [`MAX_DASHBOARD_SESSIONS`].
     dashboard_sessions: Mutex<HashMap<Vec<u8>, Instant>>,
     /// Lifetime of new tokens.
     pub token_ttl_hours: u32,
+}
+
+/// Failed logins per account and per client address over an hour, counted in the
+/// `login_failures` table so that every instance behind a load balancer enforces one limit.
+///
+/// The per-minute limits of [`Auth::check_login_rate`] stop a burst cheaply in memory; these stop
+/// the slow, patient guessing that stays under them: at most `per_account` wrong passwords for
+/// one e-mail address per hour (from anywhere), at most `per_client` from one address (across
+/// any number of accounts, as credential stuffing does). A client's IPv6 address counts by its
+/// /64 network, which one subscriber usually holds whole. A successful login clears the
+/// account's count, not the client's. The price of a per-account limit is that someone who
+/// knows an e-mail address can lock its owner out for an hour; the limit is set high enough
+/// that this takes a hundred tries, and the logs of the 429s show it.
+pub struct FailedLogins {
+    /// `auth.failed_logins_per_account_per_hour`.
+    pub per_account: u32,
+    /// `auth.failed_logins_per_client_per_hour`.
+    pub per_client: u32,
+    /// Wrong passwords (or unknown accounts) this instance has seen.
+    pub failures: AtomicU64,
+    /// Logins this instance refused because the account was over its hourly limit.
+    pub throttled_account: AtomicU64,
+    /// Logins this instance refused because the client was over its hourly limit.
+    pub throttled_client: AtomicU64,
+}
+
+/// The two `login_failures` keys of an attempt: the account's and the client's.
+fn failure_keys(email: &str, ip: IpAddr) -> (Vec<u8>, Vec<u8>) {
+    let account = Sha256::digest(email.to_lowercase().as_bytes()).to_vec();
+    let client = match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.octets().to_vec(),
+            None => v6.octets()[..8].to_vec(),
+        },
+    };
+    (account, client)
+}
+
+impl FailedLogins {
+    /// Refuses the attempt when the account or the client is over its hourly limit; otherwise
+    /// tells whether the account has failures on record (for [`Self::succeeded`]).
+    ///
+    /// # Errors
+    /// 429 with the seconds until the window that holds the limit is over; the database's
+    /// errors.
+    pub async fn check(&self, conn: &Conn, email: &str, ip: IpAddr) -> Result<bool, ApiError> {
+        let (account, client) = failure_keys(email, ip);
+        let rows = conn
+            .query(
+                "SELECT scope, failures, \
+                 ceil(extract(epoch FROM window_start + interval '1 hour' - now()))::int8 \
+                 FROM login_failures \
+                 WHERE ((scope = 'account' AND key = $1) OR (scope = 'client' AND key = $2)) \
+                 AND window_start > now() - interval '1 hour'",
+                &[&account, &client],
+            )
+            .await?;
+        let mut account_failed = false;
+        for row in rows {
+            let (scope, failures, left): (String, i32, i64) = (row.get(0), row.get(1), row.get(2));
+            let (limit, counter) = if scope == "account" {
+                account_failed = true;
+                (self.per_account, &self.throttled_account)
+            } else {
+                (self.per_client, &self.throttled_client)
+            };
+            if u32::try_from(failures).unwrap_or(0) >= limit {
+                counter.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::TooManyRequests {
+                    retry_after_secs: u64::try_from(left).unwrap_or(1).max(1),
+                });
+            }
+        }
+        Ok(account_failed)
+    }
+
+    /// Counts a failed attempt against the account and the client; a window over an hour old
+    /// starts again at one.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn failed(&self, conn: &Conn, email: &str, ip: IpAddr) -> Result<(), ApiError> {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let (account, client) = failure_keys(email, ip);
+        conn.execute(
+            "INSERT INTO login_failures AS f (scope, key) VALUES ('account', $1), ('client', $2) \
+             ON CONFLICT (scope, key) DO UPDATE SET \
+             failures = CASE WHEN f.window_start <= now() - interval '1 hour' THEN 1 \
+                        ELSE f.failures + 1 END, \
+             window_start = CASE WHEN f.window_start <= now() - interval '1 hour' THEN now() \
+                            ELSE f.window_start END",
+            &[&account, &client],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Clears the account's count after a successful login.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn succeeded(&self, conn: &Conn, email: &str) -> Result<(), ApiError> {
+        let (account, _) = failure_keys(email, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        conn.execute(
+            "DELETE FROM login_failures WHERE scope = 'account' AND key = $1",
+            &[&account],
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 /// Name of the dashboard session cookie.
@@ -84,6 +199,13 @@ impl Auth {
             dummy_hash,
             per_email: RateLimiter::keyed(quota(config.login_attempts_per_minute)),
             per_ip: RateLimiter::keyed(quota(config.login_attempts_per_ip_per_minute)),
+            failed_logins: FailedLogins {
+                per_account: config.failed_logins_per_account_per_hour,
+                per_client: config.failed_logins_per_client_per_hour,
+                failures: AtomicU64::new(0),
+                throttled_account: AtomicU64::new(0),
+                throttled_client: AtomicU64::new(0),
+            },
             dashboard_sessions: Mutex::new(HashMap::new()),
             token_ttl_hours: config.token_ttl_hours,
         })

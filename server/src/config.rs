@@ -193,6 +193,13 @@ pub struct AuthConfig {
     pub login_attempts_per_minute: u32,
     /// Login and registration attempts allowed per client IP per minute.
     pub login_attempts_per_ip_per_minute: u32,
+    /// Failed logins allowed per account (e-mail address, known or not) per hour, counted in
+    /// the database across every instance; beyond it the account's logins answer 429 until
+    /// the hour that began with its first failure is over.
+    pub failed_logins_per_account_per_hour: u32,
+    /// Failed logins allowed per client address per hour, whichever accounts they tried
+    /// (credential stuffing); counted in the database like the per-account limit.
+    pub failed_logins_per_client_per_hour: u32,
 }
 
 /// `[limits]`
@@ -244,6 +251,8 @@ impl Default for AuthConfig {
             token_ttl_hours: 24 * 30,
             login_attempts_per_minute: 10,
             login_attempts_per_ip_per_minute: 600,
+            failed_logins_per_account_per_hour: 100,
+            failed_logins_per_client_per_hour: 300,
         }
     }
 }
@@ -395,6 +404,8 @@ impl Config {
         }
         if self.auth.login_attempts_per_minute == 0
             || self.auth.login_attempts_per_ip_per_minute == 0
+            || self.auth.failed_logins_per_account_per_hour == 0
+            || self.auth.failed_logins_per_client_per_hour == 0
         {
             bail!("auth login attempt limits must be positive");
         }

@@ -26,11 +26,14 @@ pub fn router() -> Routes {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Register {
-    /// E-mail address (unique, case-insensitive).
+    /// E-mail address (unique, case-insensitive), like `name@example.com`.
+    #[schema(schema_with = email_schema)]
     pub email: String,
     /// Password, 8 to 128 characters.
+    #[schema(schema_with = validate::password_schema)]
     pub password: String,
     /// Display name.
+    #[schema(schema_with = validate::text_100_or_null)]
     pub name: Option<String>,
 }
 
@@ -39,6 +42,7 @@ pub struct Register {
 #[serde(deny_unknown_fields)]
 pub struct Login {
     /// E-mail address.
+    #[schema(schema_with = validate::text_254)]
     pub email: String,
     /// Password.
     pub password: String,
@@ -66,6 +70,20 @@ pub struct Session {
     pub expires_at: DateTime<Utc>,
     /// Whose it is.
     pub user: User,
+}
+
+/// The OpenAPI schema of a new account's e-mail address, as [`check_email`] sees it: one `@`,
+/// no white space or control character, something before the `@`, and a domain with a dot
+/// inside it.
+fn email_schema() -> utoipa::openapi::Object {
+    let inner = &validate::VISIBLE[2..];
+    let (any, no_dot) = (format!("[^@{inner}"), format!("[^@.{inner}"));
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .min_length(Some(5))
+        .max_length(Some(254))
+        .pattern(Some(format!("^{any}+@{no_dot}{any}*\\.{any}*{no_dot}$")))
+        .build()
 }
 
 fn check_email(email: &str) -> Result<&str, ApiError> {
@@ -159,7 +177,9 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(session)))
 }
 
-/// Sign in with e-mail and password. Attempts are rate-limited per e-mail and per client.
+/// Sign in with e-mail and password. Attempts are rate-limited per e-mail and per client (per
+/// minute in memory), and failed ones per account and per client over an hour across every
+/// instance (`auth.failed_logins_per_*_per_hour`): over a limit, 429 with `Retry-After`.
 #[utoipa::path(post, path = "/api/auth/login", tag = "accounts", request_body = Login,
     responses((status = 200, body = Session), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn login(
@@ -168,8 +188,11 @@ pub async fn login(
     Json(body): Json<Login>,
 ) -> Result<Json<Session>, ApiError> {
     let email = validate::text("email", &body.email, 254)?;
-    state.auth.check_login_rate(email, peer.ip())?;
+    let ip = peer.ip();
+    state.auth.check_login_rate(email, ip)?;
+    let limits = &state.auth.failed_logins;
     let conn = state.db.conn().await?;
+    let account_failed = limits.check(&conn, email, ip).await?;
     let row = conn
         .query_opt(
             "SELECT id, email, name, password_hash FROM users WHERE lower(email) = lower($1)",
@@ -178,10 +201,14 @@ pub async fn login(
         .await?;
     drop(conn);
     let stored = row.as_ref().map(|r| r.get::<_, String>(3));
-    if !state.auth.verify_password(body.password, stored).await? {
+    let verified = state.auth.verify_password(body.password, stored).await?;
+    let Some(row) = row.filter(|_| verified) else {
+        limits.failed(&state.db.conn().await?, email, ip).await?;
         return Err(ApiError::Unauthorized("wrong email or password"));
+    };
+    if account_failed {
+        limits.succeeded(&state.db.conn().await?, email).await?;
     }
-    let row = row.ok_or(ApiError::Unauthorized("wrong email or password"))?;
     let user = User {
         id: row.get(0),
         email: row.get(1),

@@ -27,6 +27,7 @@ pub struct AnalyticsParams {
     /// End (RFC 3339, exclusive); default now.
     pub to: Option<DateTime<Utc>>,
     /// How many top products (1-50, default 5).
+    #[param(minimum = 1, maximum = 50)]
     pub top: Option<u32>,
 }
 

@@ -63,9 +63,10 @@ pub struct Cart {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AddItem {
     /// Product id.
+    #[serde(deserialize_with = "validate::whole")]
     pub product_id: i64,
     /// Units to add (1-99, default 1).
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "validate::whole")]
     #[schema(minimum = 1, maximum = 99)]
     pub quantity: i32,
 }
@@ -79,6 +80,7 @@ fn one() -> i32 {
 #[serde(deny_unknown_fields)]
 pub struct SetQuantity {
     /// New number of units (1-99).
+    #[serde(deserialize_with = "validate::whole")]
     #[schema(minimum = 1, maximum = 99)]
     pub quantity: i32,
 }

@@ -3,11 +3,19 @@
 //! Stock is taken with a conditional `UPDATE ... WHERE quantity >= n`, so under any concurrency
 //! the last unit is sold exactly once. An `Idempotency-Key` header works as Stripe's does: the
 //! same key with the same body gets the same response (the order is created once); the same key
-//! with a different body is a 422; a retry while the first request still runs is a 409.
+//! with a different body is a 422.
+//!
+//! The key is claimed inside the order's own transaction, as its first statement: the order and
+//! the answer recorded under the key commit together or not at all. A retry while the first
+//! request still runs waits on the key's row (the unique index) and then replays its answer, or
+//! places the order if the first one rolled back. Whatever ends the first request (an error, a
+//! dropped connection, a crash of the server or of PostgreSQL), its claim goes with its
+//! transaction, so the key is free again at once: a retry never waits for a lock to expire and
+//! never finds `cart_empty` for an order that exists.
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
-use crate::db::Conn;
+use crate::db::{Conn, Tx};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::Json;
 use crate::routes::Routes;
@@ -19,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// Routes of this module.
 pub fn router() -> Routes {
@@ -31,8 +39,9 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Set on a response that replays an earlier one.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-/// How long an unfinished key stays locked before a retry may take it over (the request that
-/// held it must have died: its transaction, and so its order, never committed).
+/// How long a claim committed without an answer stays locked before a retry may take it over.
+/// This version never commits one (claim and answer share the order's transaction); an older
+/// server claimed keys in a statement of their own, and one that died left such claims behind.
 const ABANDONED_AFTER: &str = "60 seconds";
 
 /// Accepted payment methods.
@@ -121,9 +130,29 @@ impl CheckoutRequest {
     }
 }
 
+/// The headers of a checkout.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // only its OpenAPI description is used; the handler reads the header itself
+struct CheckoutHeaders {
+    /// Makes retries safe: same key and body, same response (1-255 visible ASCII characters).
+    #[param(rename = "Idempotency-Key", schema_with = idempotency_key_schema)]
+    idempotency_key: Option<String>,
+}
+
+fn idempotency_key_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .pattern(Some("^[!-~]{1,255}$"))
+        .description(Some(
+            "Makes retries safe: same key and body, same response (1-255 visible ASCII characters)",
+        ))
+        .build()
+}
+
 /// Place an order from the caller's cart.
 #[utoipa::path(post, path = "/api/checkout", tag = "checkout", request_body = CheckoutRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: same key and body, same response")),
+    params(CheckoutHeaders),
     security(("bearer" = [])),
     responses((status = 201, body = Order), (status = 409, body = ErrorBody, description = "Out of stock, or the same key is still being processed"),
               (status = 422, body = ErrorBody, description = "Empty cart, invalid body, or key reused with another body")))]
@@ -135,38 +164,47 @@ pub async fn checkout(
 ) -> Result<Response, ApiError> {
     let request = request.validated()?;
     let key = idempotency_key(&headers)?;
+    let claim = match &key {
+        Some(key) => Some(Claim {
+            key,
+            fingerprint: Sha256::digest(serde_json::to_vec(&request).map_err(anyhow::Error::from)?)
+                .to_vec(),
+        }),
+        None => None,
+    };
     let mut conn = state.db.conn().await?;
-    if let Some(key) = &key {
-        let fingerprint =
-            Sha256::digest(serde_json::to_vec(&request).map_err(anyhow::Error::from)?).to_vec();
-        if let Some((status, body)) = claim(&conn, user, key, &fingerprint).await? {
+    match place_order(&mut conn, user, &request, claim.as_ref()).await {
+        Ok(Placed::Order(order)) => Ok((StatusCode::CREATED, axum::Json(order)).into_response()),
+        Ok(Placed::Replay(status, body)) => {
             let mut response = (status, axum::Json(body)).into_response();
             response
                 .headers_mut()
                 .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-            return Ok(response);
+            Ok(response)
         }
-    }
-    match place_order(&mut conn, user, &request, key.as_deref()).await {
-        Ok(order) => Ok((StatusCode::CREATED, axum::Json(order)).into_response()),
         Err(err) => {
-            if let Some(key) = &key {
-                if matches!(err, ApiError::Unavailable { .. }) {
-                    // The connection may have died around COMMIT, so the outcome is unknown:
-                    // release the key on a fresh connection. Its statement waits for the first
-                    // transaction's lock on the key's row, and only releases an unsettled key:
-                    // a committed order keeps its recorded answer (the retry replays it), an
-                    // aborted one frees the key (the retry places it, once).
-                    if let Ok(fresh) = state.db.conn().await {
-                        settle_failure(&fresh, user, key, &err).await;
-                    }
-                } else {
-                    settle_failure(&conn, user, key, &err).await;
-                }
+            // A client error is the answer to this key from now on (a retry gets the same);
+            // anything else left nothing behind: the claim rolled back with the transaction.
+            if let (Some(claim), Some((status, body))) = (&claim, err.client_response()) {
+                record_refusal(&conn, user, claim, status, &body).await;
             }
             Err(err)
         }
     }
+}
+
+/// An `Idempotency-Key` and the fingerprint of the request body it was sent with.
+struct Claim<'a> {
+    key: &'a str,
+    fingerprint: Vec<u8>,
+}
+
+/// What the order transaction came to.
+enum Placed {
+    /// A new order.
+    Order(Order),
+    /// The recorded answer to an earlier request with the same key.
+    Replay(StatusCode, serde_json::Value),
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -187,101 +225,92 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-/// Claims the key for this request. `Ok(None)`: go ahead. `Ok(Some(..))`: replay that response.
+/// Claims the key, as the first statement of the order's transaction. `Ok(None)`: go ahead.
+/// `Ok(Some(..))`: replay that answer. The insert waits while another transaction holds the
+/// same key (a concurrent request with it) and then sees what that one committed.
 async fn claim(
-    conn: &Conn,
+    tx: &Tx<'_>,
     user: AuthUser,
-    key: &str,
-    fingerprint: &[u8],
+    claim: &Claim<'_>,
 ) -> Result<Option<(StatusCode, serde_json::Value)>, ApiError> {
-    // Bounded: each pass either claims, answers, or lost a race with a concurrent delete.
-    for _ in 0..3 {
-        let inserted = conn
+    let inserted = tx
+        .execute(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+            &[&user.id, &claim.key, &claim.fingerprint],
+        )
+        .await?;
+    if inserted == 1 {
+        return Ok(None);
+    }
+    let row = tx
+        .query_one(
+            &format!(
+                "SELECT request_hash, status_code, response_body, locked_at < now() - interval '{ABANDONED_AFTER}' \
+                 FROM idempotency_keys WHERE user_id = $1 AND key = $2"
+            ),
+            &[&user.id, &claim.key],
+        )
+        .await?;
+    let stored_hash: Vec<u8> = row.get(0);
+    if stored_hash != claim.fingerprint {
+        return Err(ApiError::unprocessable(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+        ));
+    }
+    if let (Some(status), Some(body)) = (
+        row.get::<_, Option<i16>>(1),
+        row.get::<_, Option<serde_json::Value>>(2),
+    ) {
+        let status = u16::try_from(status)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok());
+        return Ok(Some((status.unwrap_or(StatusCode::OK), body)));
+    }
+    // A committed claim without an answer: left by a server that claimed keys in a statement of
+    // their own (before this version) and died before it answered. Taken over once it is old.
+    let abandoned: bool = row.get(3);
+    if abandoned {
+        let taken = tx
             .execute(
-                "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3) \
-                 ON CONFLICT DO NOTHING",
-                &[&user.id, &key, &fingerprint],
+                &format!(
+                    "UPDATE idempotency_keys SET locked_at = now() WHERE user_id = $1 AND key = $2 \
+                     AND status_code IS NULL AND locked_at < now() - interval '{ABANDONED_AFTER}'"
+                ),
+                &[&user.id, &claim.key],
             )
             .await?;
-        if inserted == 1 {
+        if taken == 1 {
             return Ok(None);
         }
-        let Some(row) = conn
-            .query_opt(
-                &format!(
-                    "SELECT request_hash, status_code, response_body, locked_at < now() - interval '{ABANDONED_AFTER}' \
-                     FROM idempotency_keys WHERE user_id = $1 AND key = $2"
-                ),
-                &[&user.id, &key],
-            )
-            .await?
-        else {
-            continue;
-        };
-        let stored_hash: Vec<u8> = row.get(0);
-        if stored_hash != fingerprint {
-            return Err(ApiError::unprocessable(
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request body",
-            ));
-        }
-        if let (Some(status), Some(body)) = (
-            row.get::<_, Option<i16>>(1),
-            row.get::<_, Option<serde_json::Value>>(2),
-        ) {
-            let status = u16::try_from(status)
-                .ok()
-                .and_then(|s| StatusCode::from_u16(s).ok());
-            return Ok(Some((status.unwrap_or(StatusCode::OK), body)));
-        }
-        let abandoned: bool = row.get(3);
-        if abandoned {
-            let taken = conn
-                .execute(
-                    &format!(
-                        "UPDATE idempotency_keys SET locked_at = now() WHERE user_id = $1 AND key = $2 \
-                         AND status_code IS NULL AND locked_at < now() - interval '{ABANDONED_AFTER}'"
-                    ),
-                    &[&user.id, &key],
-                )
-                .await?;
-            if taken == 1 {
-                return Ok(None);
-            }
-        }
-        return Err(ApiError::conflict(
-            "idempotency_key_in_progress",
-            "a request with this Idempotency-Key is still being processed; retry shortly",
-        ));
     }
     Err(ApiError::conflict(
         "idempotency_key_in_progress",
-        "the Idempotency-Key is contended; retry shortly",
+        "a request with this Idempotency-Key is still being processed; retry shortly",
     ))
 }
 
-/// After a failed attempt: a client error is recorded (a retry gets the same answer); a server
-/// error releases the key so the client may retry for real.
-async fn settle_failure(conn: &Conn, user: AuthUser, key: &str, err: &ApiError) {
-    let result = match err.client_response() {
-        Some((status, body)) => {
-            let status = i16::try_from(status.as_u16()).unwrap_or(i16::MAX);
-            conn.execute(
-                "UPDATE idempotency_keys SET status_code = $3, response_body = $4 WHERE user_id = $1 AND key = $2",
-                &[&user.id, &key, &status, &body],
-            )
-            .await
-        }
-        None => {
-            conn.execute(
-                "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND status_code IS NULL",
-                &[&user.id, &key],
-            )
-            .await
-        }
-    };
-    if let Err(db_err) = result {
-        tracing::warn!(error = %db_err, "could not settle idempotency key; it will be taken over after the lock expires");
+/// Records a client error as the answer to the key, unless the key already has one (a
+/// concurrent request with it got there first). Best effort: if it fails, a retry runs the
+/// request again and most likely gets the same error.
+async fn record_refusal(
+    conn: &Conn,
+    user: AuthUser,
+    claim: &Claim<'_>,
+    status: StatusCode,
+    body: &serde_json::Value,
+) {
+    let status = i16::try_from(status.as_u16()).unwrap_or(i16::MAX);
+    if let Err(err) = conn
+        .execute(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, status_code, response_body) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            &[&user.id, &claim.key, &claim.fingerprint, &status, body],
+        )
+        .await
+    {
+        tracing::warn!(error = %err, "could not record the refusal under its idempotency key");
     }
 }
 
@@ -291,10 +320,15 @@ async fn place_order(
     conn: &mut Conn,
     user: AuthUser,
     request: &CheckoutRequest,
-    key: Option<&str>,
-) -> Result<Order, ApiError> {
+    key: Option<&Claim<'_>>,
+) -> Result<Placed, ApiError> {
     // An acknowledged order must survive a crash: durable whatever the cluster's setting.
     let tx = conn.durable_transaction().await?;
+    if let Some(key) = key
+        && let Some((status, body)) = claim(&tx, user, key).await?
+    {
+        return Ok(Placed::Replay(status, body));
+    }
     // Product order is fixed (by id) so concurrent checkouts lock inventory rows in the same
     // order and cannot deadlock.
     let lines = tx
@@ -379,10 +413,10 @@ async fn place_order(
         let body = serde_json::to_value(&order).map_err(anyhow::Error::from)?;
         tx.execute(
             "UPDATE idempotency_keys SET status_code = 201, response_body = $3 WHERE user_id = $1 AND key = $2",
-            &[&user.id, &key, &body],
+            &[&user.id, &key.key, &body],
         )
         .await?;
     }
     tx.commit().await?;
-    Ok(order)
+    Ok(Placed::Order(order))
 }

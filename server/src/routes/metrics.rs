@@ -9,6 +9,7 @@ use optimizer::admission::PriorityStats;
 use optimizer::model::MemoState;
 use optimizer::snapshot::RouteView;
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Routes of this module.
 pub fn router() -> Routes {
@@ -270,6 +271,40 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
             String::new(),
             u64::from(snapshot.request_log.failing_since_ms.is_some()),
         )],
+    );
+    let logins = &state.auth.failed_logins;
+    family(
+        &mut out,
+        "shop_login_failures_total",
+        "counter",
+        "Failed logins (wrong password or unknown account) this instance answered.",
+        [(String::new(), logins.failures.load(Relaxed))],
+    );
+    family(
+        &mut out,
+        "shop_login_throttled_total",
+        "counter",
+        "Logins refused with 429 because the account or the client was over its hourly failed-login limit.",
+        [
+            (
+                "scope=\"account\"".to_owned(),
+                logins.throttled_account.load(Relaxed),
+            ),
+            (
+                "scope=\"client\"".to_owned(),
+                logins.throttled_client.load(Relaxed),
+            ),
+        ],
+    );
+    family(
+        &mut out,
+        "shop_login_failure_limit",
+        "gauge",
+        "Failed logins allowed per hour (auth.failed_logins_per_account_per_hour, auth.failed_logins_per_client_per_hour), shared by every instance.",
+        [
+            ("scope=\"account\"".to_owned(), logins.per_account),
+            ("scope=\"client\"".to_owned(), logins.per_client),
+        ],
     );
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -137,10 +137,12 @@ pub async fn ml_metrics(State(state): State<AppState>, _admin: AdminView) -> Jso
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SeriesParams {
-    /// The last this many minutes (1 up to `metrics.retention_hours` × 60; default 60, or the
-    /// whole retention if shorter).
+    /// The last this many minutes (1-525,600, default 60); more than the history holds
+    /// (`metrics.retention_hours`) gives the whole history.
+    #[param(minimum = 1, maximum = 525_600)]
     pub minutes: Option<u32>,
     /// At most this many points (10-720, default 240); neighbouring samples are merged.
+    #[param(minimum = 10, maximum = 720)]
     pub points: Option<u32>,
 }
 
@@ -181,12 +183,8 @@ pub async fn series(
     let longest = u32::try_from(retention_hours.saturating_mul(60))
         .unwrap_or(u32::MAX)
         .max(1);
-    let minutes = validate::range(
-        "minutes",
-        params.minutes.unwrap_or(60.min(longest)),
-        1,
-        longest,
-    )?;
+    let minutes =
+        validate::range("minutes", params.minutes.unwrap_or(60), 1, 525_600)?.min(longest);
     let max_points = validate::range(
         "points",
         params.points.unwrap_or(240),
@@ -218,6 +216,7 @@ pub async fn series(
 #[into_params(parameter_in = Query)]
 pub struct LogParams {
     /// The last this many lines (1-2000, default 200), from at most the last 64 KiB.
+    #[param(minimum = 1, maximum = 2000)]
     pub lines: Option<u32>,
 }
 

@@ -36,8 +36,8 @@ pub fn router() -> Routes {
 pub struct ApiDoc;
 
 /// The answers any operation may give whatever its handler does, added wherever the handler's
-/// annotation left them out: 400 when it takes parameters or a body (malformed input), 413 and
-/// 415 when it takes a body, 401 when it needs a token, and 503 everywhere (the database away or
+/// annotation left them out: 400 when it takes parameters or a body (malformed input), 413, 415
+/// and 422 when it takes a body, 401 when it needs a token, and 503 everywhere (the database away or
 /// saturated, the request shed or past its time; `Retry-After` says when to come back).
 struct CommonResponses;
 
@@ -83,6 +83,14 @@ impl Modify for CommonResponses {
                     add(
                         "400",
                         "Malformed input: a query, path or body that does not parse",
+                    );
+                }
+                if body || params {
+                    add(
+                        "422",
+                        "Well-formed input that breaks a rule: a value out of its range, a field \
+                         of the wrong type, missing or unknown, or a request the current state \
+                         does not allow",
                     );
                 }
                 if body {

@@ -82,9 +82,11 @@ pub struct OrderPage {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct OrderParams {
-    /// 1-based page number (default 1).
+    /// 1-based page number (default 1); page × limit at most 10,000 (`limits.max_result_window`).
+    #[param(minimum = 1, maximum = 10_000)]
     pub page: Option<u32>,
-    /// Page size (default 20, at most 100).
+    /// Page size (default 20, at most 100: `limits.max_page_size`).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 

@@ -7,7 +7,8 @@ use crate::extract::{Json, Path, Query};
 use crate::routes::Routes;
 use crate::validate::{self, Page};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -108,12 +109,13 @@ impl ProductPage {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// 1-based page number (default 1); page × limit at most 10,000 (`limits.max_result_window`).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 10_000)]
     pub page: Option<u32>,
     /// Page size (default 20, at most 100: `limits.max_page_size`).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// Only this category.
+    #[param(schema_with = crate::validate::text_100)]
     pub category: Option<String>,
 }
 
@@ -172,38 +174,57 @@ async fn fetch(state: &AppState, id: i64, include_inactive: bool) -> Result<Prod
         .ok_or(ApiError::NotFound("product"))
 }
 
-/// Get one product.
+/// Get one product. An unlisted one (`active: false`) only with the admin token, and then
+/// with `Cache-Control: no-store`, so that no cache (the server's own included) keeps it for
+/// anyone else.
 #[utoipa::path(get, path = "/api/products/{id}", tag = "catalogue",
     params(("id" = i64, Path, description = "Product id")),
     responses((status = 200, body = Product), (status = 404, body = ErrorBody)))]
 pub async fn detail(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-) -> Result<Json<Product>, ApiError> {
-    Ok(Json(fetch(&state, id, false).await?))
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let admin = state.auth.has_admin_token(&headers);
+    let product = fetch(&state, id, admin).await?;
+    let unlisted = !product.active;
+    let mut response = Json(product).into_response();
+    if unlisted {
+        response.headers_mut().insert(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        );
+    }
+    Ok(response)
 }
 
 /// A product to create (admin).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewProduct {
-    /// Unique SKU; generated when absent.
+    /// Unique SKU (1-64 characters); generated when absent.
+    #[schema(schema_with = validate::text_64_or_null)]
     pub sku: Option<String>,
     /// Display name (1-255 characters).
+    #[schema(schema_with = validate::text_255)]
     pub name: String,
     /// Description (up to 10,000 characters).
     #[serde(default)]
+    #[schema(schema_with = validate::long_text)]
     pub description: String,
-    /// Price with at most two decimals, as a string or number.
-    #[schema(value_type = String, example = "19.99")]
-    pub price: Decimal,
+    /// Price: a decimal string with at most two decimals, 0 to 9999999999.99 (`"19.99"`).
+    #[schema(schema_with = price_schema)]
+    pub price: String,
     /// Category (1-100 characters).
+    #[schema(schema_with = validate::text_100)]
     pub category: String,
-    /// Initial stock (default 0).
-    #[serde(default)]
+    /// Initial stock (0 to 1,000,000,000; default 0).
+    #[serde(default, deserialize_with = "validate::whole")]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: i32,
-    /// Popularity (default 0).
-    #[serde(default)]
+    /// Popularity (0 to 1,000,000,000; default 0).
+    #[serde(default, deserialize_with = "validate::whole")]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub popularity: i32,
     /// Listed (default true).
     #[serde(default = "yes")]
@@ -219,20 +240,50 @@ fn yes() -> bool {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProductUpdate {
     /// New name.
+    #[schema(schema_with = validate::text_255_or_null)]
     pub name: Option<String>,
     /// New description.
+    #[schema(schema_with = validate::long_text_or_null)]
     pub description: Option<String>,
-    /// New price.
-    #[schema(value_type = Option<String>)]
-    pub price: Option<Decimal>,
+    /// New price, as in a new product.
+    #[schema(schema_with = price_or_null_schema)]
+    pub price: Option<String>,
     /// New category.
+    #[schema(schema_with = validate::text_100_or_null)]
     pub category: Option<String>,
     /// New stock level (absolute).
+    #[serde(default, deserialize_with = "validate::whole_opt")]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: Option<i32>,
     /// New popularity.
+    #[serde(default, deserialize_with = "validate::whole_opt")]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub popularity: Option<i32>,
     /// Listed or not.
     pub active: Option<bool>,
+}
+
+/// What a price looks like: up to ten digits without a leading zero, then up to two decimals.
+const PRICE_PATTERN: &str = r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?$";
+
+fn price_schema_of(kind: utoipa::openapi::schema::SchemaType) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(kind)
+        .pattern(Some(PRICE_PATTERN))
+        .examples(["19.99"])
+        .build()
+}
+
+fn price_schema() -> utoipa::openapi::Object {
+    price_schema_of(utoipa::openapi::Type::String.into())
+}
+
+fn price_or_null_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::Type;
+    price_schema_of(utoipa::openapi::schema::SchemaType::from_iter([
+        Type::String,
+        Type::Null,
+    ]))
 }
 
 /// Largest price NUMERIC(12, 2) holds.
@@ -240,15 +291,31 @@ fn max_price() -> Decimal {
     Decimal::new(999_999_999_999, 2)
 }
 
-fn check_price(price: Decimal) -> Result<Decimal, ApiError> {
-    let price = price.normalize();
-    if price.is_sign_negative() || price > max_price() || price.scale() > 2 {
-        return Err(ApiError::unprocessable(
+/// Reads a price as [`PRICE_PATTERN`] has it, and nothing else: a decimal string (JSON numbers
+/// are refused by the type, as a binary float cannot hold most prices exactly).
+fn check_price(text: &str) -> Result<Decimal, ApiError> {
+    let refused = || {
+        ApiError::unprocessable(
             "invalid_price",
-            "price must be between 0 and 9999999999.99 with at most two decimals",
-        ));
+            "price must be a string like \"19.99\": 0 to 9999999999.99, at most two decimals",
+        )
+    };
+    let (whole, cents) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let well_formed = !whole.is_empty()
+        && whole.len() <= 10
+        && digits(whole)
+        && (whole == "0" || !whole.starts_with('0'))
+        && (!text.contains('.') || (1..=2).contains(&cents.len()))
+        && digits(cents);
+    if !well_formed {
+        return Err(refused());
     }
-    Ok(price)
+    let price: Decimal = text.parse().map_err(|_| refused())?;
+    if price > max_price() {
+        return Err(refused());
+    }
+    Ok(price.normalize())
 }
 
 fn product_conflict(constraint: &str) -> Option<ApiError> {
@@ -268,7 +335,7 @@ pub async fn create(
     let name = validate::text("name", &new.name, 255)?;
     let description = validate::optional_text("description", &new.description, 10_000)?;
     let category = validate::text("category", &new.category, 100)?;
-    let price = check_price(new.price)?;
+    let price = check_price(&new.price)?;
     let stock = validate::range("stock", new.stock, 0, 1_000_000_000)?;
     let popularity = validate::range("popularity", new.popularity, 0, 1_000_000_000)?;
     let sku = match &new.sku {
@@ -331,7 +398,7 @@ pub async fn update(
         .as_deref()
         .map(|v| validate::text("category", v, 100))
         .transpose()?;
-    let price = change.price.map(check_price).transpose()?;
+    let price = change.price.as_deref().map(check_price).transpose()?;
     let stock = change
         .stock
         .map(|v| validate::range("stock", v, 0, 1_000_000_000))
@@ -392,12 +459,25 @@ mod tests {
 
     #[test]
     fn prices_are_exact_and_bounded() {
-        let ok = |s: &str| check_price(Decimal::from_str(s).expect("decimal")).is_ok();
+        let ok = |s: &str| check_price(s).is_ok();
         assert!(ok("1299.99"));
         assert!(ok("0"));
-        assert!(ok("19.900"), "trailing zeros are not extra precision");
-        assert!(!ok("19.999"));
-        assert!(!ok("-1"));
-        assert!(!ok("10000000000"));
+        assert!(ok("0.5"));
+        assert!(ok("9999999999.99"));
+        assert_eq!(check_price("19.90").ok(), Decimal::from_str("19.9").ok());
+        for refused in [
+            "19.999",
+            "-1",
+            "10000000000",
+            "",
+            "1.",
+            ".5",
+            "01",
+            "1_000",
+            "1e3",
+            " 1",
+        ] {
+            assert!(!ok(refused), "{refused:?}");
+        }
     }
 }

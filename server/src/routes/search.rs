@@ -22,10 +22,10 @@ pub fn router() -> Routes {
 pub struct SearchParams {
     /// Search words; quotes, `or` and `-word` work as in web search engines (1-200
     /// characters: `limits.max_query_chars`; no control characters).
-    #[param(schema_with = crate::validate::text_200)]
+    #[param(schema_with = crate::validate::text_200, required = true)]
     pub q: String,
     /// 1-based page number (default 1); page × limit at most 10,000 (`limits.max_result_window`).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 10_000)]
     pub page: Option<u32>,
     /// Page size (default 20, at most 100: `limits.max_page_size`).
     #[param(minimum = 1, maximum = 100)]

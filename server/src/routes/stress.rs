@@ -24,6 +24,7 @@ pub fn router() -> Routes {
 #[into_params(parameter_in = Query)]
 pub struct StressParams {
     /// Work multiplier, 1-1000 (default 10).
+    #[param(minimum = 1, maximum = 1000)]
     pub complexity: Option<u32>,
 }
 

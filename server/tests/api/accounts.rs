@@ -1,4 +1,4 @@
-use crate::helpers::{assert_error, spawn_app};
+use crate::helpers::{assert_error, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -174,4 +174,114 @@ async fn login_attempts_are_rate_limited() {
         )
         .await;
     assert_eq!(other.status(), StatusCode::OK);
+}
+
+/// Hourly failed-login limits small enough to reach in a test, the per-minute ones out of the way.
+fn hourly_limits(config: &mut server::config::Config) {
+    config.auth.login_attempts_per_minute = 1_000;
+    config.auth.failed_logins_per_account_per_hour = 6;
+    config.auth.failed_logins_per_client_per_hour = 10;
+}
+
+#[tokio::test]
+async fn failed_logins_are_limited_per_account_across_instances_and_per_client() {
+    let app = spawn_app_with(hourly_limits).await;
+    let peer = app.spawn_peer_with(hourly_limits).await;
+    app.register("gus@example.com", "correct horse battery")
+        .await;
+    let login = |base: &str, email: &str, password: &str| {
+        app.client
+            .post(format!("{base}/api/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+    };
+    // Three wrong passwords on each instance: six for the account, wherever they landed.
+    for base in [
+        &app.address,
+        &peer,
+        &app.address,
+        &peer,
+        &app.address,
+        &peer,
+    ] {
+        let r = login(base, "gus@example.com", "guess")
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    for base in [&app.address, &peer] {
+        let r = login(base, "gus@example.com", "correct horse battery")
+            .await
+            .expect("request");
+        let wait: u64 = r.headers()["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("seconds");
+        assert!((3_000..=3_600).contains(&wait), "retry after {wait} s");
+        assert_error(r, StatusCode::TOO_MANY_REQUESTS, "too_many_requests").await;
+    }
+
+    // The same client trying other accounts (credential stuffing) runs into its own limit:
+    // four more failures make ten from this address, and then even an untried account waits.
+    app.register("hal@example.com", "correct horse battery")
+        .await;
+    for n in 0..4 {
+        let r = login(&peer, &format!("stuffed{n}@example.com"), "guess")
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = login(&app.address, "hal@example.com", "correct horse battery")
+        .await
+        .expect("request");
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "too_many_requests").await;
+
+    // The limits and the refusals are in /metrics.
+    let metrics = app.get("/metrics").await.text().await.expect("text");
+    for line in [
+        "shop_login_failure_limit{scope=\"account\"} 6",
+        "shop_login_failure_limit{scope=\"client\"} 10",
+        "shop_login_throttled_total{scope=\"account\"} 1",
+        "shop_login_throttled_total{scope=\"client\"} 1",
+        "shop_login_failures_total 3",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_successful_login_clears_the_accounts_failures() {
+    let app = spawn_app_with(|c| {
+        hourly_limits(c);
+        c.auth.failed_logins_per_client_per_hour = 100;
+    })
+    .await;
+    app.register("ida@example.com", "correct horse battery")
+        .await;
+    let app = &app;
+    let attempt = |password: &'static str| async move {
+        app.post_json(
+            None,
+            "/api/auth/login",
+            &json!({"email": "ida@example.com", "password": password}),
+        )
+        .await
+    };
+    // Five typos, the right password, five more typos: never six failures in a row, never 429.
+    for round in 0..2 {
+        for _ in 0..5 {
+            assert_eq!(attempt("typo").await.status(), StatusCode::UNAUTHORIZED);
+        }
+        if round == 0 {
+            assert_eq!(
+                attempt("correct horse battery").await.status(),
+                StatusCode::OK
+            );
+        }
+    }
+    assert_eq!(
+        attempt("correct horse battery").await.status(),
+        StatusCode::OK
+    );
 }

@@ -1,7 +1,8 @@
-use crate::helpers::{assert_error, checkout_body, spawn_app};
+use crate::helpers::{assert_error, checkout_body, eventually, header, spawn_app};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 #[tokio::test]
 async fn checkout_turns_the_cart_into_a_pending_order() {
@@ -323,4 +324,75 @@ async fn checkout_refuses_products_out_of_stock_and_keeps_the_cart() {
     );
     assert_eq!(app.count("cart_items").await, 2);
     assert_eq!(app.count("orders").await, 0);
+}
+
+#[tokio::test]
+async fn a_key_whose_request_died_is_free_again_at_once() {
+    let app = spawn_app().await;
+    let user = app
+        .register("phoenix@example.com", "correct horse battery")
+        .await;
+    let laptop = app.product_id("Laptop Pro").await;
+    app.add_to_cart(&user, laptop, 1).await;
+    // Another server's checkout with key "k-9" is in the middle of its transaction: it holds the
+    // key's claim, uncommitted.
+    let other = app.another_session().await;
+    other
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO idempotency_keys (user_id, key, request_hash) \
+             VALUES ({}, 'k-9', '\\x00')",
+            user.id
+        ))
+        .await
+        .expect("claim");
+    // The client's retry waits for it...
+    let retry = tokio::spawn({
+        let request = app
+            .client
+            .post(app.url("/api/checkout"))
+            .bearer_auth(&user.token)
+            .header("Idempotency-Key", "k-9")
+            .json(&checkout_body());
+        async move { request.send().await }
+    });
+    let watcher = app.another_session().await;
+    eventually(
+        Duration::from_secs(10),
+        "the retry waits on the key",
+        || async {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND application_name = 'shop-api' AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .expect("activity")
+                .get(0);
+            (waiting > 0)
+                .then_some(())
+                .ok_or(format!("{waiting} waiting"))
+        },
+    )
+    .await;
+    // ...and when that server dies (its transaction rolls back with its connection), the retry
+    // places the order itself, at once: no lock to wait out, no "in progress".
+    drop(other);
+    let response = retry.await.expect("task").expect("answered");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(response.headers().get("idempotent-replayed").is_none());
+    assert_eq!(app.count("orders").await, 1);
+    // The next retry replays it.
+    let again = app
+        .client
+        .post(app.url("/api/checkout"))
+        .bearer_auth(&user.token)
+        .header("Idempotency-Key", "k-9")
+        .json(&checkout_body())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(header(&again, "idempotent-replayed"), "true");
+    assert_eq!(app.count("orders").await, 1);
 }

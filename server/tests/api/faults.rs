@@ -2,7 +2,7 @@
 //! `Retry-After` and the usual JSON error, never a 500; broken connections are not handed out
 //! again; a server told to stop drains without losing a request or its log record.
 
-use crate::helpers::{TestApp, eventually, header, spawn_app_until, spawn_app_with};
+use crate::helpers::{TestApp, eventually, fixed_limit, header, spawn_app_until, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
@@ -87,6 +87,7 @@ async fn a_draining_server_leaves_rotation_finishes_what_it_started_and_logs_it(
             c.features.caching = false;
             c.server.drain_grace_ms = 500;
             c.server.drain_timeout_ms = 20_000;
+            fixed_limit(32)(c);
         },
         async move { signalled.await.unwrap_or(true) },
     )
@@ -94,12 +95,17 @@ async fn a_draining_server_leaves_rotation_finishes_what_it_started_and_logs_it(
     let id = app.product_id("Laptop Pro").await;
     let path = format!("/api/products/{id}");
     assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
-    // A request stalls in flight behind another session's lock.
+    // Ten requests stall in flight behind another session's lock.
+    const STALLED: i64 = 10;
     let locker = app.lock_products().await;
-    let stalled = tokio::spawn({
-        let (client, url) = (app.client.clone(), app.url(&path));
-        async move { client.get(&url).send().await.map(|r| r.status()) }
-    });
+    let stalled: Vec<_> = (0..STALLED)
+        .map(|_| {
+            tokio::spawn({
+                let (client, url) = (app.client.clone(), app.url(&path));
+                async move { client.get(&url).send().await.map(|r| r.status()) }
+            })
+        })
+        .collect();
     let watcher = app.another_session().await;
     eventually(
         Duration::from_secs(10),
@@ -114,7 +120,7 @@ async fn a_draining_server_leaves_rotation_finishes_what_it_started_and_logs_it(
                 .await
                 .expect("activity")
                 .get(0);
-            (waiting > 0)
+            (waiting == STALLED)
                 .then_some(())
                 .ok_or(format!("{waiting} waiting"))
         },
@@ -137,14 +143,16 @@ async fn a_draining_server_leaves_rotation_finishes_what_it_started_and_logs_it(
     .await;
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
 
-    // The stalled request finishes once the lock goes, and only then does the server stop.
+    // The stalled requests finish once the lock goes, and only then does the server stop.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!served.is_finished(), "it waits for the request in flight");
+    assert!(!served.is_finished(), "it waits for the requests in flight");
     locker.batch_execute("COMMIT").await.expect("unlock");
-    assert_eq!(
-        stalled.await.expect("task").expect("answered"),
-        StatusCode::OK
-    );
+    for request in stalled {
+        assert_eq!(
+            request.await.expect("task").expect("answered"),
+            StatusCode::OK
+        );
+    }
     tokio::time::timeout(Duration::from_secs(10), served)
         .await
         .expect("drained in time")
@@ -155,24 +163,16 @@ async fn a_draining_server_leaves_rotation_finishes_what_it_started_and_logs_it(
         "no longer listening"
     );
 
-    // Every request made it into the request log, the stalled one included.
-    let mut records = Vec::new();
-    for file in std::fs::read_dir(app.scratch.join("data/logs")).expect("log folder") {
-        let path = file.expect("entry").path();
-        if path.extension().is_none_or(|e| e != "ndjson") {
-            continue;
-        }
-        let text = std::fs::read_to_string(path).expect("log file");
-        records.extend(
-            text.lines()
-                .map(|l| serde_json::from_str::<contract::RequestRecord>(l).expect("record")),
-        );
-    }
-    assert!(
-        records
-            .iter()
-            .any(|r| r.route == "GET /api/products/{id}" && r.latency_ms > 1_000.0),
-        "{} records, none of them the stalled read",
+    // Every request made it into the request log, the stalled ones included.
+    let (_, records) = app.request_log();
+    let logged = records
+        .iter()
+        .filter(|r| r.route == "GET /api/products/{id}" && r.latency_ms > 1_000.0)
+        .count();
+    assert_eq!(
+        logged,
+        STALLED as usize,
+        "{} records, {logged} of them stalled reads",
         records.len()
     );
     let readyz = records.iter().filter(|r| r.route == "GET /readyz").count();

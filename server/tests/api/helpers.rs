@@ -217,7 +217,14 @@ impl TestApp {
     /// Starts a second server instance on the same database (another node behind a load
     /// balancer) and returns its base URL.
     pub async fn spawn_peer(&self) -> String {
-        start(server_config(&self.db_url, &self.scratch.join("peer"), 8)).await
+        self.spawn_peer_with(|_| {}).await
+    }
+
+    /// [`Self::spawn_peer`], letting the test adjust the peer's configuration first.
+    pub async fn spawn_peer_with(&self, adjust: impl FnOnce(&mut Config)) -> String {
+        let mut config = server_config(&self.db_url, &self.scratch.join("peer"), 8);
+        adjust(&mut config);
+        start(config).await
     }
 
     /// Another session on the test database, as a second client of PostgreSQL would open.
@@ -234,6 +241,27 @@ impl TestApp {
             .await
             .expect("lock");
         locker
+    }
+
+    /// Everything the request log holds so far (`data/logs/*.ndjson` in the scratch folder),
+    /// as text and as records. A line the writer is still in the middle of is left out.
+    pub fn request_log(&self) -> (String, Vec<contract::RequestRecord>) {
+        let mut text = String::new();
+        if let Ok(files) = std::fs::read_dir(self.scratch.join("data/logs")) {
+            for file in files {
+                let path = file.expect("entry").path();
+                if path.extension().is_some_and(|e| e == "ndjson") {
+                    let file = std::fs::read_to_string(path).expect("log file");
+                    let complete = file.rfind('\n').map_or(0, |end| end + 1);
+                    text.push_str(&file[..complete]);
+                }
+            }
+        }
+        let records = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("record"))
+            .collect();
+        (text, records)
     }
 
     /// Adds `n` generated products through the real seed path (`server seed --products n`).

@@ -12,6 +12,7 @@ mod dashboard;
 mod faults;
 mod health;
 mod helpers;
+mod logs;
 mod models;
 mod optimizer;
 mod orders;

@@ -1,4 +1,6 @@
-use crate::helpers::{ADMIN, assert_error, product_names as names, spawn_app, spawn_app_with};
+use crate::helpers::{
+    ADMIN, assert_error, header, product_names as names, spawn_app, spawn_app_with,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -168,7 +170,7 @@ async fn admin_creates_and_updates_products() {
         .post(app.url("/api/products"))
         .bearer_auth(ADMIN)
         .json(&json!({"sku": "DESK-1", "name": "Standing Desk", "description": "Electric sit-stand desk",
-                      "price": 499.5, "category": "home", "stock": 7, "popularity": 99}))
+                      "price": "499.50", "category": "home", "stock": 7, "popularity": 99}))
         .send()
         .await
         .expect("request");
@@ -212,6 +214,19 @@ async fn admin_creates_and_updates_products() {
         .await
         .expect("request");
     assert_eq!(response.status(), StatusCode::OK);
+    assert_error(
+        app.get(&format!("/api/products/{id}")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    // The admin still sees it (to list it again), and no cache may keep that answer: the
+    // public still gets 404 right after.
+    let unlisted = app.get_as(ADMIN, &format!("/api/products/{id}")).await;
+    assert_eq!(unlisted.status(), StatusCode::OK);
+    assert_eq!(header(&unlisted, "cache-control"), "no-store");
+    let body: Value = unlisted.json().await.expect("json");
+    assert_eq!(body["active"], false);
     assert_error(
         app.get(&format!("/api/products/{id}")).await,
         StatusCode::NOT_FOUND,
@@ -300,6 +315,12 @@ async fn admin_input_is_validated() {
         ),
         (
             json!({"name": "X", "price": "1e400", "category": "x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_price",
+        ),
+        (
+            // A price is a decimal string: a JSON number is the wrong type.
+            json!({"name": "X", "price": 19.99, "category": "x"}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
         ),
