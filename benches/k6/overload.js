@@ -35,9 +35,13 @@
 //   USERS             accounts registered in setup (default 300; register allows 600/min)
 //   STOCK_PRODUCTS    products stocked up for checkouts (default 200)
 //   REQ_TIMEOUT       per-request timeout (default 10s)
-//   ANALYTICS_WINDOW  run: analytics cover this run's orders only (from = setup time), so
-//                     their cost does not drift as runs fill the orders table (default);
+//   ANALYTICS_WINDOW  setup: setup places SETUP_ORDERS orders and every analytics request
+//                     covers exactly those, so an analytics request costs the same in every
+//                     phase and "back to normal" compares like with like (default);
+//                     run: this run's orders (from = setup time): they grow through the run,
+//                     so recovery's analytics read many times the orders baseline's did;
 //                     30d: the API's default window, the last 30 days
+//   SETUP_ORDERS      orders placed in setup for ANALYTICS_WINDOW=setup (default 500)
 //   ANALYTICS_QUERY   more query parameters for /api/analytics, e.g. 'top=5'
 //   MIN_CHECKOUT_SUCCESS  threshold on the checkout success rate in every phase (default 0.99)
 //   CHECKOUT_P99_MS   threshold on checkout p99 in every phase (default 1000)
@@ -67,8 +71,9 @@ const STOCK_PRODUCTS = envInt('STOCK_PRODUCTS', 200);
 const REQ_TIMEOUT = __ENV.REQ_TIMEOUT || '10s';
 const MIN_CHECKOUT_SUCCESS = envNumber('MIN_CHECKOUT_SUCCESS', 0.99, 0);
 const CHECKOUT_P99_MS = envNumber('CHECKOUT_P99_MS', 1000, 1);
-const ANALYTICS_WINDOW = __ENV.ANALYTICS_WINDOW || 'run';
-if (ANALYTICS_WINDOW !== 'run' && ANALYTICS_WINDOW !== '30d') throw new Error(`ANALYTICS_WINDOW must be run or 30d, got '${ANALYTICS_WINDOW}'`);
+const ANALYTICS_WINDOW = __ENV.ANALYTICS_WINDOW || 'setup';
+if (!['setup', 'run', '30d'].includes(ANALYTICS_WINDOW)) throw new Error(`ANALYTICS_WINDOW must be setup, run or 30d, got '${ANALYTICS_WINDOW}'`);
+const SETUP_ORDERS = envInt('SETUP_ORDERS', 500);
 const ANALYTICS_QUERY = (__ENV.ANALYTICS_QUERY || '').replace(/^\?/, '');
 const PHASES = ['baseline', 'overload', 'recovery'];
 const STOCK = 1000000;
@@ -164,7 +169,23 @@ export function setup() {
   const plan = PHASES.map((p) => `${p} ${SECONDS[p]}s: ${PHASE_RATES[p].checkout} checkouts/s + ${PHASE_RATES[p].analytics} analytics/s`);
   console.log(`setup: ${productIds.length} products stocked, ${tokens.length} users; ${plan.join('; ')}`);
   const query = [];
-  if (ANALYTICS_WINDOW === 'run') query.push(`from=${encodeURIComponent(new Date().toISOString())}`);
+  const setupStart = new Date().toISOString();
+  if (ANALYTICS_WINDOW === 'setup') {
+    // Orders for the analytics to read, spread over the users; then the window closes.
+    for (let i = 0; i < SETUP_ORDERS; i++) {
+      const headers = jsonHeaders(tokens[i % tokens.length]);
+      const productId = productIds[i % productIds.length];
+      const add = http.post(`${BASE_URL}/api/cart`, JSON.stringify({ productId, quantity: 1 }), { headers, tags: { kind: 'setup' } });
+      if (add.status !== 200) throw new Error(`setup order ${i}: cart add: status ${add.status}`);
+      const order = http.post(`${BASE_URL}/api/checkout`, JSON.stringify({
+        paymentMethod: 'credit_card',
+        shippingAddress: { street: '1 Setup Way', city: 'Benchville', country: 'NL' },
+      }), { headers, tags: { kind: 'setup' } });
+      if (order.status !== 201) throw new Error(`setup order ${i}: checkout: status ${order.status}`);
+    }
+    query.push(`from=${encodeURIComponent(setupStart)}`, `to=${encodeURIComponent(new Date().toISOString())}`);
+  }
+  if (ANALYTICS_WINDOW === 'run') query.push(`from=${encodeURIComponent(setupStart)}`);
   if (ANALYTICS_QUERY) query.push(ANALYTICS_QUERY);
   const analyticsUrl = `${BASE_URL}/api/analytics${query.length ? `?${query.join('&')}` : ''}`;
   const probe = http.get(analyticsUrl, { headers: jsonHeaders(ADMIN_TOKEN), tags: { name: 'GET /api/analytics', kind: 'setup' } });

@@ -108,7 +108,28 @@ struct Gradient {
     limit: f64,
     samples: u32,
     last_update: Instant,
+    /// Short-term average service time of critical and high requests (checkout, cart, orders).
+    important_ms: f64,
+    /// Their unloaded service time: a slow average, fed only while they are not slowed down.
+    important_base_ms: f64,
+    important_samples: u32,
+    /// When the last critical or high request finished: without any for a second, nothing is
+    /// left to protect and the guard lets go.
+    important_at: Instant,
 }
+
+/// The low-priority guard: while checkout, cart and orders run more than this many times slower
+/// than unloaded, low priority's share shrinks (by [`GUARD_CUT`] every tenth of a second, down to
+/// [`GUARD_FLOOR`]); below [`GUARD_CLEAR`] times it grows back by [`GUARD_STEP`] a tick (one
+/// second from the floor to the whole share). Analytics cost the database and the cores what
+/// checkout needs: under overload they are the first thing to give up, before checkout slows.
+const GUARD_SLOWER: f64 = 2.0;
+const GUARD_CLEAR: f64 = 1.5;
+const GUARD_CUT: f64 = 0.7;
+const GUARD_STEP: f64 = 0.1;
+const GUARD_FLOOR: f64 = 0.05;
+/// Important requests seen before their unloaded time is trusted.
+const GUARD_WARMUP: u32 = 50;
 
 /// The admission controller.
 pub struct Admission {
@@ -118,6 +139,8 @@ pub struct Admission {
     wake: [Notify; 4],
     /// Extra factor on the low-priority share, lowered by auto-healing (thousandths).
     low_factor_milli: AtomicU32,
+    /// Extra factor on the low-priority share, lowered by the guard (thousandths).
+    low_guard_milli: AtomicU32,
     gradient: Mutex<Gradient>,
     min_limit: u32,
     max_limit: u32,
@@ -166,12 +189,17 @@ impl Admission {
             counters: Default::default(),
             wake: Default::default(),
             low_factor_milli: AtomicU32::new(1000),
+            low_guard_milli: AtomicU32::new(1000),
             gradient: Mutex::new(Gradient {
                 short_ms: 0.0,
                 long_ms: 0.0,
                 limit: f64::from(start),
                 samples: 0,
                 last_update: Instant::now(),
+                important_ms: 0.0,
+                important_base_ms: 0.0,
+                important_samples: 0,
+                important_at: Instant::now(),
             }),
             min_limit,
             max_limit,
@@ -196,6 +224,7 @@ impl Admission {
         let mut base = self.limit();
         if priority == Priority::Low {
             share *= f64::from(self.low_factor_milli.load(Ordering::Relaxed)) / 1000.0;
+            share *= f64::from(self.low_guard_milli.load(Ordering::Relaxed)) / 1000.0;
             // Low priority (analytics, stress) is database-heavy: its share is also taken of
             // the connection pool, so it can never hold the connections checkout needs.
             base = base.min(self.db_slots);
@@ -298,7 +327,7 @@ impl Admission {
         self.counters[priority.index()]
             .in_use
             .fetch_sub(1, Ordering::Relaxed);
-        self.update_limit(service);
+        self.update_limit(priority, service);
         // Wake the most important waiter: ceilings shrink with priority, so if it cannot go,
         // no lower priority could either.
         for p in Priority::ALL {
@@ -309,7 +338,7 @@ impl Admission {
         }
     }
 
-    fn update_limit(&self, service: Duration) {
+    fn update_limit(&self, priority: Priority, service: Duration) {
         let ms = service.as_secs_f64() * 1000.0;
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         let Ok(mut g) = self.gradient.try_lock() else {
@@ -318,6 +347,20 @@ impl Admission {
         if g.samples == 0 {
             g.short_ms = ms;
             g.long_ms = ms;
+        }
+        if priority <= Priority::High {
+            if g.important_samples == 0 {
+                g.important_ms = ms;
+                g.important_base_ms = ms;
+            }
+            g.important_samples = g.important_samples.saturating_add(1);
+            g.important_at = Instant::now();
+            g.important_ms += 0.1 * (ms - g.important_ms);
+            // The unloaded time learns only from samples that are not slowed down, so a long
+            // overload cannot make itself the new normal.
+            if ms < GUARD_CLEAR * g.important_base_ms.max(1.0) {
+                g.important_base_ms += 0.01 * (ms - g.important_base_ms);
+            }
         }
         g.samples = g.samples.saturating_add(1);
         g.short_ms += 0.1 * (ms - g.short_ms);
@@ -331,6 +374,24 @@ impl Admission {
             return;
         }
         g.last_update = Instant::now();
+        if g.important_samples >= GUARD_WARMUP {
+            let idle = g.important_at.elapsed() > Duration::from_secs(1);
+            let slower = if idle {
+                0.0
+            } else {
+                g.important_ms / g.important_base_ms.max(1.0)
+            };
+            let guard = f64::from(self.low_guard_milli.load(Ordering::Relaxed)) / 1000.0;
+            let guard = if slower > GUARD_SLOWER {
+                (guard * GUARD_CUT).max(GUARD_FLOOR)
+            } else if slower < GUARD_CLEAR {
+                (guard + GUARD_STEP).min(1.0)
+            } else {
+                guard
+            };
+            self.low_guard_milli
+                .store((guard * 1000.0).round() as u32, Ordering::Relaxed);
+        }
         let tolerance = 1.5;
         let gradient = (tolerance * g.long_ms / g.short_ms.max(1e-3)).clamp(0.5, 1.0);
         let queue = g.limit.sqrt();
@@ -415,6 +476,60 @@ mod tests {
         assert_eq!(stats[2].shed, 1);
         drop(held);
         assert_eq!(admission.in_flight(), 0);
+    }
+
+    /// Feeds a second of requests of `priority` that each took `ms`: ten ticks of the limit's
+    /// clock (faked) with twenty requests each.
+    fn second(admission: &Admission, priority: Priority, ms: u64) {
+        for _ in 0..10 {
+            for _ in 0..19 {
+                admission.update_limit(priority, Duration::from_millis(ms));
+            }
+            if let Ok(mut g) = admission.gradient.lock() {
+                g.last_update -= Duration::from_millis(200);
+            }
+            admission.update_limit(priority, Duration::from_millis(ms));
+        }
+    }
+
+    #[test]
+    fn analytics_give_way_while_checkout_slows_down_and_come_back_after() {
+        let admission = Admission::new(40, 40).with_db_slots(32);
+        assert_eq!(
+            admission.ceiling(Priority::Low),
+            9,
+            "30% of the 32 connections"
+        );
+        second(&admission, Priority::Critical, 5);
+        assert_eq!(
+            admission.ceiling(Priority::Low),
+            9,
+            "checkout at its usual speed"
+        );
+        // Checkout six times slower: within a second analytics are down to one permit.
+        second(&admission, Priority::Critical, 30);
+        assert_eq!(admission.ceiling(Priority::Low), 1);
+        assert_eq!(
+            admission.ceiling(Priority::Critical),
+            40,
+            "checkout keeps everything"
+        );
+        // Five seconds of it do not become the new normal: back at 5 ms the guard lets go
+        // within two seconds.
+        for _ in 0..5 {
+            second(&admission, Priority::Critical, 30);
+        }
+        second(&admission, Priority::High, 5);
+        second(&admission, Priority::High, 5);
+        assert_eq!(admission.ceiling(Priority::Low), 9);
+    }
+
+    #[test]
+    fn slow_analytics_alone_do_not_trip_the_guard() {
+        let admission = Admission::new(40, 40).with_db_slots(32);
+        second(&admission, Priority::Critical, 5);
+        second(&admission, Priority::Low, 500);
+        assert_eq!(admission.ceiling(Priority::Low), 9);
     }
 
     /// A checkout's permit, which must be free.
