@@ -70,10 +70,11 @@ test: db ## Run all tests against the database (local cluster or DATABASE_URL)
 	DATABASE_URL="$$url" cargo test --workspace $(TEST_ARGS)
 	# A short run of the scenario suite on the debug build, so that it cannot rot.
 	DATABASE_URL="$$url" scripts/evaluate.sh --smoke
-	# Short crash tests (PostgreSQL, then the server, killed under checkout load) on a cluster of
-	# their own.
+	# Short crash tests (PostgreSQL, the server, then the server's database sessions killed under
+	# checkout load) on a cluster of their own.
 	scripts/crash.sh --smoke
 	KILL=server scripts/crash.sh --smoke
+	KILL=backends scripts/crash.sh --smoke
 	# The contract test: schemathesis against the OpenAPI description, every phase, fewer examples.
 	DATABASE_URL="$$url" scripts/contract.sh --smoke
 
@@ -148,9 +149,10 @@ evaluate: ## The scenario suite (scripts/evaluate.sh): results in target/evaluat
 capture-suite: ## Training captures for the suite: other seeds and mixes than any evaluation run, into data/logs/suite-*
 	@scripts/evaluate.sh --capture
 
-crash: ## The crash tests: PostgreSQL, then the server, killed under checkout load and restarted; no acknowledged order lost, none placed twice (scripts/crash.sh)
+crash: ## The crash tests: PostgreSQL, the server, then its database sessions killed under checkout load; no acknowledged order lost, none placed twice (scripts/crash.sh)
 	@scripts/crash.sh
 	KILL=server scripts/crash.sh
+	KILL=backends scripts/crash.sh
 
 contract: ## The contract test: schemathesis, every phase, anonymous, as a shopper and as the admin; must find nothing (scripts/contract.sh)
 	@scripts/contract.sh

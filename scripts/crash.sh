@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The crash test: shoppers check out (benches/k6/crash.js) while something crashes under them,
 # and is started again RESTART_AFTER s later: PostgreSQL, stopped as a crash would (pg_ctl -m
-# immediate), or the server itself, killed with SIGKILL. Then every order the server
+# immediate), the server itself, killed with SIGKILL, or every database session of the server,
+# ended from another one (pg_terminate_backend, as a failover or an operator does; nothing to
+# restart: the server must open new connections by itself). Then every order the server
 # acknowledged with 201 must be in the database, every key that was answered 201 must have
 # exactly one order (orders = keys recorded with 201; a retry never found cart_empty), no request
 # may have answered a 5xx other than 503, and every 503 must carry Retry-After.
@@ -15,7 +17,7 @@
 # k6 summary and the server's log beside it.
 #
 # Environment:
-#   KILL            what crashes: postgres (default) or server
+#   KILL            what crashes: postgres (default), server or backends
 #   SECONDS_TOTAL   how long the shoppers shop (default 60; smoke 20)
 #   CRASH_AT        seconds after the first order until the crash (default 20; smoke 6)
 #   RESTART_AFTER   seconds PostgreSQL stays down (default 3)
@@ -35,7 +37,8 @@ CRASH_AT=${CRASH_AT:-20}
 RESTART_AFTER=${RESTART_AFTER:-3}
 VUS=${VUS:-20}
 KILL=${KILL:-postgres}
-[[ $KILL == postgres || $KILL == server ]] || die "KILL must be postgres or server, got '$KILL'"
+[[ $KILL == postgres || $KILL == server || $KILL == backends ]] ||
+    die "KILL must be postgres, server or backends, got '$KILL'"
 OUT=target/crash
 export PROFILE=${PROFILE:-release}
 if [[ ${1:-} == --smoke ]]; then
@@ -56,7 +59,7 @@ url=$(scripts/pg.sh url)
 # A fresh start: orders of earlier runs do not count.
 psql -q "$url" -c "DROP SCHEMA public CASCADE; CREATE SCHEMA public;" >/dev/null
 
-[[ $KILL == postgres ]] || OUT=$OUT-server
+[[ $KILL == postgres ]] || OUT=$OUT-$KILL
 rm -rf "$OUT"
 mkdir -p "$OUT"
 if [[ $PROFILE == release ]]; then
@@ -98,26 +101,32 @@ crasher() {
     done
     ((orders > 0)) || { log "no order within 180 s: no crash"; return 1; }
     sleep "$CRASH_AT"
-    if [[ $KILL == postgres ]]; then
-        scripts/pg.sh crash
-    else
-        log "killing the server (SIGKILL) in the middle of checkouts"
-        kill -KILL "$(cat "$OUT/server.pid")"
-    fi
+    case $KILL in
+        postgres) scripts/pg.sh crash ;;
+        server)
+            log "killing the server (SIGKILL) in the middle of checkouts"
+            kill -KILL "$(cat "$OUT/server.pid")"
+            ;;
+        backends)
+            local ended
+            ended=$(psql -Atq "$url" -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                WHERE datname = current_database() AND application_name = 'shop-api'")
+            log "ended $ended database sessions of the server in the middle of checkouts"
+            ;;
+    esac
     date +%s%3N >"$OUT/crashed-at"
-    sleep "$RESTART_AFTER"
-    if [[ $KILL == postgres ]]; then
-        scripts/pg.sh start
-    else
-        start_server
-    fi
+    [[ $KILL == backends ]] || sleep "$RESTART_AFTER"
+    case $KILL in
+        postgres) scripts/pg.sh start ;;
+        server) start_server ;;
+    esac
     date +%s%3N >"$OUT/restarted-at"
 }
 crasher &
 crasher_pid=$!
 
 status=0
-if [[ $KILL == postgres ]]; then
+if [[ $KILL != server ]]; then
     DATABASE_URL=$url PRODUCTS=100 PORT=$PORT SUMMARY_DIR=$OUT VUS=$VUS \
         DURATION=${SECONDS_TOTAL}s scripts/loadtest.sh crash.js 2>&1 | tee "$OUT/k6.log" || status=$?
 else
@@ -135,10 +144,14 @@ print(f"SELECT count(*) FROM orders WHERE id = ANY('{{{','.join(ids)}}}'::bigint
 PY
 )
 orders=$(psql -Atq "$url" -c "SELECT count(*) FROM orders")
+# How soon checkouts worked again: the first order placed after the restart (ms after it).
+back_after=$(psql -Atq "$url" -c "SELECT coalesce(round(extract(epoch FROM min(created_at)) * 1000 - $(cat "$OUT/restarted-at"))::text, 'none') \
+    FROM orders WHERE created_at >= to_timestamp($(cat "$OUT/restarted-at") / 1000.0)")
 keyed=$(psql -Atq "$url" -c "SELECT count(*) FROM idempotency_keys WHERE status_code = 201")
-python3 - "$OUT" "$found" "$orders" "$keyed" "$KILL" <<'PY'
+python3 - "$OUT" "$found" "$orders" "$keyed" "$KILL" "$back_after" <<'PY'
 import json, sys
 out, found, orders, keyed, kill = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+back_after = None if sys.argv[6] == "none" else int(sys.argv[6])
 acked = sum(1 for l in open(f"{out}/acknowledged.txt") if l.strip())
 metrics = json.load(open(f"{out}/crash.json"))["metrics"]
 count = lambda name: int(metrics.get(name, {}).get("values", {}).get("count", 0))
@@ -155,6 +168,7 @@ result = {
     "cart_empty_on_retry": count("crash_cart_empty_on_retry"),
     "orders": orders,
     "keys_answered_201": keyed,
+    "first_order_after_restart_ms": back_after,
     "crashed_at_ms": int(open(f"{out}/crashed-at").read()),
     "restarted_at_ms": int(open(f"{out}/restarted-at").read()),
 }
@@ -171,6 +185,8 @@ if result["status_503_without_retry_after"]:
     problems.append("503 without Retry-After")
 if orders != keyed:
     problems.append(f"{orders} orders for {keyed} keys answered 201: a key placed two orders, or an order has no key")
+if back_after is None or back_after > 10_000:
+    problems.append(f"no checkout succeeded within 10 s of the restart ({back_after} ms)")
 if result["cart_empty_on_retry"]:
     problems.append(f"{result['cart_empty_on_retry']} retries answered cart_empty")
 if problems:
