@@ -85,6 +85,9 @@ const HISTORY_SECONDS: usize = 120;
 const JUDGE_WINDOW: usize = 3;
 /// Fewer served and stuck requests than this in the window: not judged.
 const MIN_JUDGED: u64 = 10;
+/// Stuck requests that, holding at least half the permits, make a shed request part of an
+/// incident on their own.
+const MIN_STUCK_HOLDERS: u64 = 4;
 
 impl Healer {
     /// A healer acting after `min_duration` s above `threshold`, undoing after `recovery` s
@@ -150,9 +153,12 @@ impl Healer {
 
     /// [`Healer::in_incident`], or already now, before the second closes: the requests served
     /// past the target and the anomalous ones finished so far this second are over the
-    /// threshold. For shed requests only (it reads the arrival ring), so that the first
-    /// second of a stall does not pass for overload.
-    pub fn in_incident_at(&self, now_ms: i64) -> bool {
+    /// threshold; or most of the `holders` (admitted requests holding a permit now) are stuck
+    /// past the target. For shed requests only (it reads the arrival ring): a request shed
+    /// because the permits are held by requests waiting on a stall is the stall's doing, even
+    /// while fast answers (cache hits, routes the stall does not touch) keep the served share
+    /// low; a request shed while the holders move is overload.
+    pub fn in_incident_at(&self, now_ms: i64, holders: u32) -> bool {
         if self.in_incident() {
             return true;
         }
@@ -162,6 +168,9 @@ impl Healer {
             shed: 0,
             stuck: self.arrivals.older_than(now_ms, self.target_ms),
         };
+        if now.stuck >= MIN_STUCK_HOLDERS && now.stuck * 2 >= u64::from(holders) {
+            return true;
+        }
         now.stuck > 0 && now.served + now.stuck >= MIN_JUDGED && share(&now) > self.threshold
     }
 
@@ -316,7 +325,7 @@ mod tests {
             assert_eq!(second(&healer, t, 500, 2, 2_000), Decision::Hold);
         }
         assert!(!healer.in_incident());
-        assert!(!healer.in_incident_at(T0 + 30_500));
+        assert!(!healer.in_incident_at(T0 + 30_500, 32));
     }
 
     #[test]
@@ -327,11 +336,28 @@ mod tests {
         }
         let _stalled: Vec<Ticket> = (0..20).map(|i| healer.arrive(T0 + 5_000 + i)).collect();
         assert!(
-            !healer.in_incident_at(T0 + 5_050),
+            !healer.in_incident_at(T0 + 5_050, 20),
             "not yet past the target"
         );
-        assert!(healer.in_incident_at(T0 + 5_300));
+        assert!(healer.in_incident_at(T0 + 5_300, 20));
         assert!(!healer.in_incident(), "the second has not closed");
+    }
+
+    #[test]
+    fn permits_held_by_stalled_requests_make_shedding_part_of_the_incident() {
+        let healer = healer();
+        for t in 0..5 {
+            second(&healer, t, 100, 0, 0);
+        }
+        // Six of eight permits held by requests stuck in a stall, while cache hits keep the
+        // served share healthy: what is shed now is the stall's doing.
+        let _stalled: Vec<Ticket> = (0..6).map(|i| healer.arrive(T0 + 5_000 + i)).collect();
+        for _ in 0..200 {
+            healer.observe(0.1, false);
+        }
+        assert!(healer.in_incident_at(T0 + 5_300, 8));
+        // The same six among forty busy permits: overload, not an incident.
+        assert!(!healer.in_incident_at(T0 + 5_300, 40));
     }
 
     #[test]

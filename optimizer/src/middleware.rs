@@ -552,7 +552,10 @@ pub async fn optimize<H: Host>(
     } else if shed {
         // Shed during an incident: part of it (the served requests say so); else overload,
         // which admission is handling.
-        if opt.healer.in_incident_at(finished_ms) {
+        if opt
+            .healer
+            .in_incident_at(finished_ms, opt.admission.in_flight())
+        {
             SHED_IN_INCIDENT
         } else {
             0.0
