@@ -550,8 +550,8 @@ pub async fn optimize<H: Host>(
     let score = if !settings.anomaly {
         0.0
     } else if shed {
-        // Shed during an incident: part of it (the served requests say so); else overload,
-        // which admission is handling.
+        // Shed during an incident: part of it (the served requests say so, or stalled requests
+        // hold most of the permits); else overload, which admission is handling.
         if opt
             .healer
             .in_incident_at(finished_ms, opt.admission.in_flight())

@@ -65,7 +65,7 @@ pub struct Auth {
 /// /64 network, which one subscriber usually holds whole. A successful login clears the
 /// account's count, not the client's. The price of a per-account limit is that someone who
 /// knows an e-mail address can lock its owner out for an hour; the limit is set high enough
-/// that this takes a hundred tries, and the logs of the 429s show it.
+/// that this takes a hundred tries, and `/metrics` counts the refusals.
 pub struct FailedLogins {
     /// `auth.failed_logins_per_account_per_hour`.
     pub per_account: u32,
