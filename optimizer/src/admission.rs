@@ -108,20 +108,26 @@ struct Gradient {
     limit: f64,
     samples: u32,
     last_update: Instant,
-    /// Short-term average service time of critical and high requests (checkout, cart, orders).
+    /// Short-term average service time of critical requests (checkout: one route, so its
+    /// service time does not move with the mix of routes).
     important_ms: f64,
-    /// Their unloaded service time: a slow average, fed only while they are not slowed down.
-    important_base_ms: f64,
+    /// Their mean service time in each of the last [`GUARD_MEMORY`] windows of at least a
+    /// second and [`GUARD_SECOND_MIN`] requests; the smallest is their unloaded time (as BBR
+    /// keeps the smallest round trip of a window as the path's).
+    important_means: std::collections::VecDeque<f64>,
+    /// The window being summed: its start, total and count.
+    important_second: (Instant, f64, u32),
     important_samples: u32,
-    /// When the last critical or high request finished: without any for a second, nothing is
-    /// left to protect and the guard lets go.
+    /// When the last critical request finished: without any for a second, nothing is left to
+    /// protect and the guard lets go.
     important_at: Instant,
 }
 
-/// The low-priority guard: while checkout, cart and orders run more than this many times slower
-/// than unloaded, low priority's share shrinks (by [`GUARD_CUT`] every tenth of a second, down to
-/// [`GUARD_FLOOR`]); below [`GUARD_CLEAR`] times it grows back by [`GUARD_STEP`] a tick (one
-/// second from the floor to the whole share). Analytics cost the database and the cores what
+/// The low-priority guard: while checkout runs more than this many times slower than unloaded
+/// (its smallest mean of the last [`GUARD_MEMORY`] windows), low priority's share shrinks (by
+/// [`GUARD_CUT`] every tenth of a second, down to [`GUARD_FLOOR`] of itself, at least one
+/// permit); below [`GUARD_CLEAR`] times it grows back by [`GUARD_STEP`] a tick (one second from
+/// the floor to the whole share). Analytics cost the database and the cores what
 /// checkout needs: under overload they are the first thing to give up, before checkout slows.
 const GUARD_SLOWER: f64 = 2.0;
 const GUARD_CLEAR: f64 = 1.5;
@@ -130,6 +136,12 @@ const GUARD_STEP: f64 = 0.1;
 const GUARD_FLOOR: f64 = 0.05;
 /// Important requests seen before their unloaded time is trusted.
 const GUARD_WARMUP: u32 = 50;
+/// Windows whose means the unloaded time is the smallest of: an overload longer than this many
+/// windows (seconds, at ten checkouts a second or more) becomes the new normal, and the guard
+/// lets go.
+const GUARD_MEMORY: usize = 30;
+/// Checkouts a window needs before it closes (and at least a second).
+const GUARD_SECOND_MIN: u32 = 10;
 
 /// The admission controller.
 pub struct Admission {
@@ -197,7 +209,8 @@ impl Admission {
                 samples: 0,
                 last_update: Instant::now(),
                 important_ms: 0.0,
-                important_base_ms: 0.0,
+                important_means: std::collections::VecDeque::with_capacity(GUARD_MEMORY + 1),
+                important_second: (Instant::now(), 0.0, 0),
                 important_samples: 0,
                 important_at: Instant::now(),
             }),
@@ -348,18 +361,23 @@ impl Admission {
             g.short_ms = ms;
             g.long_ms = ms;
         }
-        if priority <= Priority::High {
+        if priority == Priority::Critical {
             if g.important_samples == 0 {
                 g.important_ms = ms;
-                g.important_base_ms = ms;
             }
             g.important_samples = g.important_samples.saturating_add(1);
             g.important_at = Instant::now();
             g.important_ms += 0.1 * (ms - g.important_ms);
-            // The unloaded time learns only from samples that are not slowed down, so a long
-            // overload cannot make itself the new normal.
-            if ms < GUARD_CLEAR * g.important_base_ms.max(1.0) {
-                g.important_base_ms += 0.01 * (ms - g.important_base_ms);
+            let (started, sum, n) = &mut g.important_second;
+            *sum += ms;
+            *n += 1;
+            if *n >= GUARD_SECOND_MIN && started.elapsed() >= Duration::from_secs(1) {
+                let mean = *sum / f64::from(*n);
+                g.important_second = (Instant::now(), 0.0, 0);
+                g.important_means.push_back(mean);
+                if g.important_means.len() > GUARD_MEMORY {
+                    g.important_means.pop_front();
+                }
             }
         }
         g.samples = g.samples.saturating_add(1);
@@ -374,12 +392,13 @@ impl Admission {
             return;
         }
         g.last_update = Instant::now();
-        if g.important_samples >= GUARD_WARMUP {
+        let unloaded = g.important_means.iter().copied().reduce(f64::min);
+        if let Some(unloaded) = unloaded.filter(|_| g.important_samples >= GUARD_WARMUP) {
             let idle = g.important_at.elapsed() > Duration::from_secs(1);
             let slower = if idle {
                 0.0
             } else {
-                g.important_ms / g.important_base_ms.max(1.0)
+                g.important_ms / unloaded.max(1.0)
             };
             let guard = f64::from(self.low_guard_milli.load(Ordering::Relaxed)) / 1000.0;
             let guard = if slower > GUARD_SLOWER {
@@ -479,14 +498,17 @@ mod tests {
     }
 
     /// Feeds a second of requests of `priority` that each took `ms`: ten ticks of the limit's
-    /// clock (faked) with twenty requests each.
+    /// clock with twenty requests each, the clock faked forward.
     fn second(admission: &Admission, priority: Priority, ms: u64) {
-        for _ in 0..10 {
+        for tick in 0..10 {
             for _ in 0..19 {
                 admission.update_limit(priority, Duration::from_millis(ms));
             }
             if let Ok(mut g) = admission.gradient.lock() {
                 g.last_update -= Duration::from_millis(200);
+                if tick == 9 {
+                    g.important_second.0 -= Duration::from_millis(1_100);
+                }
             }
             admission.update_limit(priority, Duration::from_millis(ms));
         }
@@ -519,8 +541,18 @@ mod tests {
         for _ in 0..5 {
             second(&admission, Priority::Critical, 30);
         }
-        second(&admission, Priority::High, 5);
-        second(&admission, Priority::High, 5);
+        second(&admission, Priority::Critical, 5);
+        second(&admission, Priority::Critical, 5);
+        assert_eq!(admission.ceiling(Priority::Low), 9);
+    }
+
+    #[test]
+    fn slow_cart_and_account_requests_do_not_trip_the_guard() {
+        let admission = Admission::new(40, 40).with_db_slots(32);
+        second(&admission, Priority::Critical, 5);
+        // Other routes of other speeds come and go: only checkout's own slowdown counts.
+        second(&admission, Priority::High, 60);
+        second(&admission, Priority::Critical, 6);
         assert_eq!(admission.ceiling(Priority::Low), 9);
     }
 
