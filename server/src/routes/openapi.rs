@@ -36,9 +36,10 @@ pub fn router() -> Routes {
 pub struct ApiDoc;
 
 /// The answers any operation may give whatever its handler does, added wherever the handler's
-/// annotation left them out: 400 when it takes parameters or a body (malformed input), 413, 415
-/// and 422 when it takes a body, 401 when it needs a token, and 503 everywhere (the database away or
-/// saturated, the request shed or past its time; `Retry-After` says when to come back).
+/// annotation left them out: 400 and 422 when it takes parameters or a body (malformed input, a
+/// rule broken), 413 and 415 when it takes a body, 401 when it needs a token, and 503 everywhere
+/// (the database away or saturated, the request shed or past its time; `Retry-After` says when
+/// to come back).
 struct CommonResponses;
 
 impl Modify for CommonResponses {
