@@ -1,4 +1,6 @@
-use crate::helpers::{assert_error, checkout_body, eventually, header, spawn_app};
+use crate::helpers::{
+    assert_error, checkout_body, eventually, header, server_sessions_waiting_on_locks, spawn_app,
+};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -360,15 +362,7 @@ async fn a_key_whose_request_died_is_free_again_at_once() {
         Duration::from_secs(10),
         "the retry waits on the key",
         || async {
-            let waiting: i64 = watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                     AND application_name = 'shop-api' AND wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await
-                .expect("activity")
-                .get(0);
+            let waiting = server_sessions_waiting_on_locks(&watcher).await;
             (waiting > 0)
                 .then_some(())
                 .ok_or(format!("{waiting} waiting"))

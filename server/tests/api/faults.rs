@@ -2,7 +2,10 @@
 //! `Retry-After` and the usual JSON error, never a 500; broken connections are not handed out
 //! again; a server told to stop drains without losing a request or its log record.
 
-use crate::helpers::{TestApp, eventually, fixed_limit, header, spawn_app_until, spawn_app_with};
+use crate::helpers::{
+    TestApp, eventually, fixed_limit, header, server_sessions_waiting_on_locks, spawn_app_until,
+    spawn_app_with,
+};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
@@ -111,15 +114,7 @@ async fn a_draining_server_leaves_rotation_finishes_what_it_started_and_logs_it(
         Duration::from_secs(10),
         "the read waits for the lock",
         || async {
-            let waiting: i64 = watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND application_name = 'shop-api' AND wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await
-                .expect("activity")
-                .get(0);
+            let waiting = server_sessions_waiting_on_locks(&watcher).await;
             (waiting == STALLED)
                 .then_some(())
                 .ok_or(format!("{waiting} waiting"))

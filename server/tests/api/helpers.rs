@@ -204,6 +204,20 @@ impl Drop for TestApp {
     }
 }
 
+/// How many of the server's database sessions are waiting for a lock now, as `session` (another
+/// session on the test database) sees them.
+pub async fn server_sessions_waiting_on_locks(session: &tokio_postgres::Client) -> i64 {
+    session
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'shop-api' AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .expect("activity")
+        .get(0)
+}
+
 /// A signed-in user.
 #[derive(Debug, Clone)]
 pub struct User {
