@@ -74,6 +74,7 @@ EVALUATION=(
     "overload|ARRIVAL=steady RATE=3000 MIX=cart SEED=17 PRODUCTS=10000|"
     "overload-no-shedding|ARRIVAL=bursty RATE=1200 MIX=cart SEED=20 PRODUCTS=10000||[features]\npriority = false"
     "large-catalogue|ARRIVAL=steady RATE=150 MIX=browse SEED=18 PRODUCTS=100000|"
+    "index|ARRIVAL=steady RATE=150 MIX=search SEED=23 PRODUCTS=100000|index"
 )
 CAPTURE=(
     "steady|ARRIVAL=steady RATE=120 MIX=cart SEED=101 PRODUCTS=10000|"
@@ -133,6 +134,14 @@ incident() { # kind
             # Another session holds the cart for 6 s: cart requests keep their connections while
             # they wait, until the pool runs dry and every database read waits for a connection.
             psql -q "$(database_url)" -c "BEGIN; LOCK TABLE cart_items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;" >/dev/null
+            ;;
+        index)
+            # A plan change: the full-text index is dropped and committed, as a careless
+            # migration would, for 15 s, then built again without blocking writes. Meanwhile
+            # every search the cache does not answer scans the whole catalogue.
+            psql -q "$(database_url)" -c "DROP INDEX IF EXISTS products_search_idx" >/dev/null
+            sleep 15
+            psql -q "$(database_url)" -c "CREATE INDEX CONCURRENTLY IF NOT EXISTS products_search_idx ON products USING GIN (search)" >/dev/null
             ;;
         cpu)
             # A neighbour takes every core for 8 s.

@@ -54,20 +54,44 @@ pub fn z_to_score(z: f64) -> f32 {
 impl OnlineScorer {
     /// Rates a finished request on `route` from 0 (normal) to 1 (certainly anomalous).
     pub fn score(&self, route: usize, outcome: &Outcome) -> f32 {
+        self.judge(route, outcome).unwrap_or(0.0)
+    }
+
+    /// [`OnlineScorer::score`], or `None` while the route has too few samples for a baseline
+    /// (server errors and shed requests are judged by rule all the same).
+    pub fn judge(&self, route: usize, outcome: &Outcome) -> Option<f32> {
         if outcome.status >= 500 && !outcome.shed {
-            return 1.0;
+            return Some(1.0);
         }
         if outcome.shed {
-            return 0.0;
+            return Some(0.0);
         }
         let snap = self.stats.route(route).snapshot(Instant::now());
         if snap.samples < MIN_BASELINE {
-            return 0.0;
+            return None;
         }
         // A floor on the spread: a route with near-constant latency should not flag a request
         // that is a fraction of a millisecond slower.
         let sd = snap.ewma_log_sd.max(0.25);
-        z_to_score((outcome.service_ms().max(0.001).ln() - snap.ewma_log_mean) / sd)
+        Some(z_to_score(
+            (outcome.service_ms().max(0.001).ln() - snap.ewma_log_mean) / sd,
+        ))
+    }
+}
+
+/// The score of a finished request from the model's and the online statistics' verdicts
+/// (either may be missing): anomalous only when both say so. The model judges how unusual the
+/// request is given everything it knows, its load features included, so a request whose only
+/// oddity is its load (hundreds in flight, a rate it never saw) scores high with it; the online
+/// statistics judge whether it was served slower than its route's live level, which rises with
+/// load within a few hundred requests. Taking the lower of the two keeps the model's knowledge
+/// (a cache miss on a route of hits is no anomaly) and asks that an anomaly be slow for the
+/// load the server is under.
+pub fn combine(model: Option<f32>, online: Option<f32>) -> f32 {
+    match (model, online) {
+        (Some(model), Some(online)) => model.min(online),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => 0.0,
     }
 }
 
@@ -178,6 +202,19 @@ mod tests {
             ..outcome
         };
         assert!(explain(&snap, &features, &shed).starts_with("shed during an incident"));
+    }
+
+    #[test]
+    fn a_request_is_anomalous_only_when_the_model_and_its_routes_live_level_agree() {
+        // Unusual only for its load: the model flags it, the route's live level does not.
+        assert!(combine(Some(0.99), Some(0.10)) < ANOMALY_SCORE);
+        // A cache miss on a route of hits: slow for the route, expected by the model.
+        assert!(combine(Some(0.20), Some(0.99)) < ANOMALY_SCORE);
+        assert!(combine(Some(0.99), Some(0.97)) >= ANOMALY_SCORE);
+        // A route without a baseline yet: the model alone; no model: the online score.
+        assert!(combine(Some(0.99), None) >= ANOMALY_SCORE);
+        assert!(combine(None, Some(0.99)) >= ANOMALY_SCORE);
+        assert!(combine(None, None) == 0.0);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Model first, online statistics otherwise: what the request path calls to predict and score.
 
 use super::{Models, Stale};
-use crate::anomaly::{OnlineScorer, Outcome};
+use crate::anomaly::{self, OnlineScorer, Outcome};
 use crate::predictor::{OnlinePredictor, Prediction};
 use crate::stats::Stats;
 use contract::FeatureVector;
@@ -74,7 +74,8 @@ impl ModelScorer {
         }
     }
 
-    /// The model's score, else the online one; `join` as for [`Models::predict`].
+    /// The model's and the online statistics' verdicts combined ([`anomaly::combine`]): the
+    /// online one alone when the model cannot answer; `join` as for [`Models::predict`].
     pub async fn score(
         &self,
         route: usize,
@@ -82,9 +83,7 @@ impl ModelScorer {
         outcome: &Outcome,
         join: bool,
     ) -> f32 {
-        match self.models.score(features, outcome, join).await {
-            Ok(score) => score,
-            Err(_) => self.online.score(route, outcome),
-        }
+        let model = self.models.score(features, outcome, join).await.ok();
+        anomaly::combine(model, self.online.judge(route, outcome))
     }
 }
