@@ -171,7 +171,7 @@ impl Optimizer {
         }
         Self {
             predictor: ModelPredictor::new(models.clone(), stats.clone()),
-            scorer: ModelScorer::new(models.clone(), stats.clone()),
+            scorer: ModelScorer::new(models.clone(), stats.clone(), o.target_latency_ms),
             models,
             admission: Admission::new(o.min_concurrency, o.max_concurrency)
                 .with_db_slots(u32::try_from(config.db_pool_size).unwrap_or(u32::MAX)),

@@ -59,18 +59,22 @@ impl ModelPredictor {
     }
 }
 
-/// Scores with the model, or with online statistics when it is stale or absent.
+/// Scores with the model and the online statistics together, or with online statistics alone
+/// when the model is stale or absent.
 pub struct ModelScorer {
     models: Arc<Models>,
     online: OnlineScorer,
+    /// The latency target (ms): past it the online verdict decides alone.
+    target_ms: f64,
 }
 
 impl ModelScorer {
-    /// A scorer asking `models` first.
-    pub fn new(models: Arc<Models>, stats: Arc<Stats>) -> Self {
+    /// A scorer asking `models` and the online statistics, with this latency target (ms).
+    pub fn new(models: Arc<Models>, stats: Arc<Stats>, target_ms: u64) -> Self {
         Self {
             models,
             online: OnlineScorer::new(stats),
+            target_ms: target_ms as f64,
         }
     }
 
@@ -84,6 +88,7 @@ impl ModelScorer {
         join: bool,
     ) -> f32 {
         let model = self.models.score(features, outcome, join).await.ok();
-        anomaly::combine(model, self.online.judge(route, outcome))
+        let past_target = outcome.service_ms() > self.target_ms;
+        anomaly::combine(model, self.online.judge(route, outcome), past_target)
     }
 }
