@@ -86,13 +86,13 @@ impl OnlineScorer {
 /// saw) scores high with it; the online statistics judge whether it was served slower than its
 /// route's live level, which rises with load within a few hundred requests. Taking the lower of
 /// the two keeps the model's knowledge (a cache miss on a route of hits is no anomaly) and asks
-/// that an anomaly be slow for the load the server is under. Past the target the online verdict
-/// decides alone: a request served seconds long where its route takes milliseconds is an
-/// anomaly whatever the model says, and an isolation forest cannot say how far beyond anything
-/// it was trained on a latency lies (its scores level off there).
+/// that an anomaly be slow for the load the server is under. Past the target either verdict is
+/// enough: the request has already failed its user, and neither side can be trusted alone there
+/// (the route's spread widens as the requests a stall held finish together, which lowers the
+/// online score of the last of them; the model may not know the route's level).
 pub fn combine(model: Option<f32>, online: Option<f32>, past_target: bool) -> f32 {
     match (model, online) {
-        (_, Some(online)) if past_target => online,
+        (Some(model), Some(online)) if past_target => model.max(online),
         (Some(model), Some(online)) => model.min(online),
         (Some(one), None) | (None, Some(one)) => one,
         (None, None) => 0.0,
@@ -222,12 +222,11 @@ mod tests {
     }
 
     #[test]
-    fn past_the_target_the_routes_live_level_decides() {
-        // Seconds where the route takes milliseconds: the model's levelled-off score is not
-        // the last word.
+    fn past_the_target_either_verdict_flags_a_request() {
         assert!(combine(Some(0.80), Some(1.0), true) >= ANOMALY_SCORE);
-        // Past the target but at the route's live level (a slow route, or a loaded server).
-        assert!(combine(Some(0.99), Some(0.30), true) < ANOMALY_SCORE);
+        // The last of a stall's requests, after the route's spread widened.
+        assert!(combine(Some(0.99), Some(0.65), true) >= ANOMALY_SCORE);
+        assert!(combine(Some(0.30), Some(0.40), true) < ANOMALY_SCORE);
         assert!(combine(Some(0.99), None, true) >= ANOMALY_SCORE);
     }
 

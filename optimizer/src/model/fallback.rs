@@ -64,7 +64,7 @@ impl ModelPredictor {
 pub struct ModelScorer {
     models: Arc<Models>,
     online: OnlineScorer,
-    /// The latency target (ms): past it the online verdict decides alone.
+    /// The latency target (ms): past it either verdict flags a request.
     target_ms: f64,
 }
 
