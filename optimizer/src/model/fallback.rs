@@ -1,4 +1,5 @@
-//! Model first, online statistics otherwise: what the request path calls to predict and score.
+//! What the request path calls to predict (the model first, online statistics otherwise) and to
+//! score (the model's and the online verdicts combined).
 
 use super::{Models, Stale};
 use crate::anomaly::{self, OnlineScorer, Outcome};

@@ -4,7 +4,7 @@
 //! - [`watch`]: the watcher: manifest polling, loading, age checks, `training_interval`.
 //! - [`ledger`]: when this server first served each version (the start of its age).
 //! - [`load`]: loading a model folder and checking it before it may serve.
-//! - [`fallback`]: model first, online statistics otherwise.
+//! - [`fallback`]: predictions from the model first, online statistics otherwise; scores from both.
 //! - [`onnx`]: the ONNX Runtime environment and the per-model session pools.
 //! - [`memo`]: answers kept per cell of a model's thresholds, so a row in a cell seen before
 //!   needs no ONNX Runtime call.
