@@ -80,19 +80,16 @@ impl OnlineScorer {
 }
 
 /// The score of a finished request from the model's and the online statistics' verdicts
-/// (either may be missing). Within the latency target a request is anomalous only when both say
-/// so. The model judges how unusual the request is given everything it knows, its load features
-/// included, so a request whose only oddity is its load (hundreds in flight, a rate it never
-/// saw) scores high with it; the online statistics judge whether it was served slower than its
-/// route's live level, which rises with load within a few hundred requests. Taking the lower of
-/// the two keeps the model's knowledge (a cache miss on a route of hits is no anomaly) and asks
-/// that an anomaly be slow for the load the server is under. Past the target either verdict is
-/// enough: the request has already failed its user, and neither side can be trusted alone there
-/// (the route's spread widens as the requests a stall held finish together, which lowers the
-/// online score of the last of them; the model may not know the route's level).
-pub fn combine(model: Option<f32>, online: Option<f32>, past_target: bool) -> f32 {
+/// (either may be missing): a request is anomalous only when both say so. The model judges how
+/// unusual the request is given everything it knows, its load features included, so a request
+/// whose only oddity is its load (hundreds in flight, a rate it never saw) scores high with it;
+/// the online statistics judge whether it was served slower than its route's live level, which
+/// rises with load within a few hundred requests. Taking the lower of the two keeps the model's
+/// knowledge (a cache miss on a route of hits is no anomaly) and asks that an anomaly be slow
+/// for the load the server is under. The requests a stall held stay slow for their route when
+/// they finish together: the route learns from only a few outliers a second (`stats`).
+pub fn combine(model: Option<f32>, online: Option<f32>) -> f32 {
     match (model, online) {
-        (Some(model), Some(online)) if past_target => model.max(online),
         (Some(model), Some(online)) => model.min(online),
         (Some(one), None) | (None, Some(one)) => one,
         (None, None) => 0.0,
@@ -211,23 +208,14 @@ mod tests {
     #[test]
     fn a_request_is_anomalous_only_when_the_model_and_its_routes_live_level_agree() {
         // Unusual only for its load: the model flags it, the route's live level does not.
-        assert!(combine(Some(0.99), Some(0.10), false) < ANOMALY_SCORE);
+        assert!(combine(Some(0.99), Some(0.10)) < ANOMALY_SCORE);
         // A cache miss on a route of hits: slow for the route, expected by the model.
-        assert!(combine(Some(0.20), Some(0.99), false) < ANOMALY_SCORE);
-        assert!(combine(Some(0.99), Some(0.97), false) >= ANOMALY_SCORE);
+        assert!(combine(Some(0.20), Some(0.99)) < ANOMALY_SCORE);
+        assert!(combine(Some(0.99), Some(0.97)) >= ANOMALY_SCORE);
         // A route without a baseline yet: the model alone; no model: the online score.
-        assert!(combine(Some(0.99), None, false) >= ANOMALY_SCORE);
-        assert!(combine(None, Some(0.99), false) >= ANOMALY_SCORE);
-        assert!(combine(None, None, false) == 0.0);
-    }
-
-    #[test]
-    fn past_the_target_either_verdict_flags_a_request() {
-        assert!(combine(Some(0.80), Some(1.0), true) >= ANOMALY_SCORE);
-        // The last of a stall's requests, after the route's spread widened.
-        assert!(combine(Some(0.99), Some(0.65), true) >= ANOMALY_SCORE);
-        assert!(combine(Some(0.30), Some(0.40), true) < ANOMALY_SCORE);
-        assert!(combine(Some(0.99), None, true) >= ANOMALY_SCORE);
+        assert!(combine(Some(0.99), None) >= ANOMALY_SCORE);
+        assert!(combine(None, Some(0.99)) >= ANOMALY_SCORE);
+        assert!(combine(None, None) == 0.0);
     }
 
     #[test]

@@ -183,13 +183,14 @@ impl Healer {
         window_rate(&state.seconds).0
     }
 
-    /// Called once a second: closes the second and decides.
-    pub fn tick(&self) -> Decision {
-        self.tick_at(crate::unix_ms())
+    /// Called once a second, with the admitted requests holding a permit now: closes the
+    /// second and decides.
+    pub fn tick(&self, holders: u32) -> Decision {
+        self.tick_at(crate::unix_ms(), holders)
     }
 
     /// [`Healer::tick`] at `now_ms` (Unix ms).
-    pub fn tick_at(&self, now_ms: i64) -> Decision {
+    pub fn tick_at(&self, now_ms: i64, holders: u32) -> Decision {
         let second = Second {
             served: self.requests.swap(0, Ordering::Relaxed),
             anomalous: self.anomalous.swap(0, Ordering::Relaxed),
@@ -205,12 +206,20 @@ impl Healer {
             state.seconds.pop_front();
         }
         let (rate, window) = window_rate(&state.seconds);
-        // Need some served traffic to judge at all: an idle second, or one in which every
-        // request was shed, is neither good nor bad, and leaves an incident as it was. A busy
-        // second is judged alone (so a one-second spike is one bad second, not three); a quiet
-        // one with the seconds before it.
+        // A second in which requests were shed while most of the permits were held by requests
+        // stuck past the target is bad on its own, however few were served: the stall is what
+        // sheds (the rule `in_incident_at` applies to each shed request).
+        let held = second.shed > 0
+            && second.stuck >= MIN_STUCK_HOLDERS
+            && second.stuck * 2 >= u64::from(holders);
+        // Otherwise it needs some served traffic to be judged at all: an idle second, or one
+        // in which every request was shed, is neither good nor bad, and leaves an incident as
+        // it was. A busy second is judged alone (so a one-second spike is one bad second, not
+        // three); a quiet one with the seconds before it.
         let newest = share(&second);
-        let judged = if second.served + second.stuck >= MIN_JUDGED {
+        let judged = if held {
+            1.0
+        } else if second.served + second.stuck >= MIN_JUDGED {
             newest
         } else if window.served + window.stuck >= MIN_JUDGED {
             rate
@@ -279,7 +288,7 @@ mod tests {
         for _ in 0..shed {
             healer.observe(0.0, true);
         }
-        healer.tick_at(T0 + at * 1_000)
+        healer.tick_at(T0 + at * 1_000, 32)
     }
 
     fn healer() -> Healer {
@@ -391,5 +400,57 @@ mod tests {
             after.iter().any(|d| matches!(d, Decision::Undo { .. })),
             "{after:?}"
         );
+    }
+
+    #[test]
+    fn a_stall_holding_the_permits_while_the_rest_is_shed_heals_in_its_minimum_duration() {
+        let healer = healer();
+        for t in 0..5 {
+            second(&healer, t, 100, 0, 0);
+        }
+        // Eight permits, all held by requests waiting on a lock; the other requests are shed
+        // but for cache hits, which keep the served share under the threshold.
+        let stalled: Vec<Ticket> = (0..8).map(|i| healer.arrive(T0 + 5_000 + i)).collect();
+        let tick = |t: i64, holders: u32| {
+            for _ in 0..40 {
+                healer.observe(0.1, false);
+            }
+            for _ in 0..70 {
+                healer.observe(0.0, true);
+            }
+            healer.tick_at(T0 + t * 1_000, holders)
+        };
+        let decisions: Vec<Decision> = (6..9).map(|t| tick(t, 8)).collect();
+        assert!(
+            matches!(decisions[2], Decision::Heal { .. }),
+            "{decisions:?}"
+        );
+        for ticket in stalled {
+            healer.leave(ticket);
+        }
+        let after: Vec<Decision> = (9..25).map(|t| second(&healer, t, 100, 0, 0)).collect();
+        assert!(
+            after.iter().any(|d| matches!(d, Decision::Undo { .. })),
+            "{after:?}"
+        );
+    }
+
+    #[test]
+    fn a_few_slow_requests_among_many_busy_permits_while_shedding_are_overload() {
+        let healer = healer();
+        for t in 0..5 {
+            second(&healer, t, 100, 0, 0);
+        }
+        // The same eight slow requests among forty busy permits.
+        let _slow: Vec<Ticket> = (0..8).map(|i| healer.arrive(T0 + 5_000 + i)).collect();
+        for t in 6..20 {
+            for _ in 0..40 {
+                healer.observe(0.1, false);
+            }
+            for _ in 0..70 {
+                healer.observe(0.0, true);
+            }
+            assert_eq!(healer.tick_at(T0 + t * 1_000, 40), Decision::Hold);
+        }
     }
 }

@@ -171,7 +171,7 @@ impl Optimizer {
         }
         Self {
             predictor: ModelPredictor::new(models.clone(), stats.clone()),
-            scorer: ModelScorer::new(models.clone(), stats.clone(), o.target_latency_ms),
+            scorer: ModelScorer::new(models.clone(), stats.clone()),
             models,
             admission: Admission::new(o.min_concurrency, o.max_concurrency)
                 .with_db_slots(u32::try_from(config.db_pool_size).unwrap_or(u32::MAX)),
@@ -298,7 +298,7 @@ impl Optimizer {
             );
         }
         if self.settings.anomaly {
-            match self.healer.tick() {
+            match self.healer.tick(self.admission.in_flight()) {
                 Decision::Heal { rate, window } => {
                     self.admission.set_low_factor(0.25);
                     let details = serde_json::json!({ "evidence": {

@@ -23,6 +23,11 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 const EWMA_ALPHA: f64 = 0.05;
 /// Fewer samples than this in the windows: quantiles come from the EWMA instead.
 const MIN_SAMPLES: u32 = 20;
+/// Outliers (past 3 sd) the EWMA learns from per route and second; the rest of that second's
+/// outliers leave it as it is. The requests a stall held finish together, hundreds at once:
+/// each would widen the spread by about 4%, so that the last of them looked ordinary. A lasting
+/// new level is still learned, from ten of its requests a second, within half a minute.
+const OUTLIERS_PER_SECOND: u32 = 10;
 
 /// Number of routes tracked.
 pub const ROUTE_COUNT: usize = ROUTES.len();
@@ -101,6 +106,9 @@ struct RouteState {
     ewma_mean: f64,
     ewma_var: f64,
     samples: u64,
+    /// When the current second of outlier learning began, and how many outliers it learned.
+    outlier_second: Instant,
+    outliers_learned: u32,
     /// The last snapshot, when it was taken, and samples recorded since: reused while it is
     /// younger than [`MEMO_AGE`] and fewer than [`MEMO_SAMPLES`] requests have finished, so a
     /// busy route computes its quantiles a few hundred times a second instead of three times
@@ -219,6 +227,8 @@ impl RouteStats {
                 ewma_mean: 0.0,
                 ewma_var: 0.0,
                 samples: 0,
+                outlier_second: now,
+                outliers_learned: 0,
                 memo: None,
                 since_memo: 0,
             }),
@@ -279,20 +289,32 @@ impl RouteStats {
             s.ewma_mean = log;
             s.ewma_var = 0.25;
         } else {
-            // Winsorize at 3 sd, and learn from outliers ten times more slowly: a burst of
-            // anomalies must not become "normal" within a second, yet a lasting new level is
-            // absorbed after a few hundred requests.
+            // Winsorize at 3 sd, and learn from outliers ten times more slowly and from at
+            // most a few a second: a burst of anomalies must not become "normal" within a
+            // second, yet a lasting new level is absorbed after a few hundred of them.
             let sd = s.ewma_var.sqrt().max(0.05);
             let outlier = (log - s.ewma_mean).abs() > 3.0 * sd;
-            let alpha = if outlier {
-                EWMA_ALPHA / 10.0
+            let learn = if outlier {
+                if now.saturating_duration_since(s.outlier_second) >= Duration::from_secs(1) {
+                    s.outlier_second = now;
+                    s.outliers_learned = 0;
+                }
+                s.outliers_learned += 1;
+                s.outliers_learned <= OUTLIERS_PER_SECOND
             } else {
-                EWMA_ALPHA
+                true
             };
-            let x = log.clamp(s.ewma_mean - 3.0 * sd, s.ewma_mean + 3.0 * sd);
-            let diff = x - s.ewma_mean;
-            s.ewma_mean += alpha * diff;
-            s.ewma_var = (1.0 - alpha) * (s.ewma_var + alpha * diff * diff);
+            if learn {
+                let alpha = if outlier {
+                    EWMA_ALPHA / 10.0
+                } else {
+                    EWMA_ALPHA
+                };
+                let x = log.clamp(s.ewma_mean - 3.0 * sd, s.ewma_mean + 3.0 * sd);
+                let diff = x - s.ewma_mean;
+                s.ewma_mean += alpha * diff;
+                s.ewma_var = (1.0 - alpha) * (s.ewma_var + alpha * diff * diff);
+            }
         }
         s.samples += 1;
         s.since_memo = s.since_memo.saturating_add(1);
@@ -491,26 +513,51 @@ mod tests {
     #[test]
     fn a_burst_stays_anomalous_but_a_lasting_level_is_learned() {
         let stats = RouteStats::new(Instant::now());
-        let now = Instant::now();
+        let start = Instant::now();
         for _ in 0..200 {
-            stats.record(2.0, None, None, false, now);
+            stats.record(2.0, None, None, false, start);
         }
         for _ in 0..30 {
-            stats.record(200.0, None, None, false, now);
+            stats.record(200.0, None, None, false, start);
         }
-        let snap = stats.snapshot(now);
+        let snap = stats.snapshot(start);
         let z = (200.0_f64.ln() - snap.ewma_log_mean) / snap.ewma_log_sd.max(0.25);
         assert!(
             z > 3.0,
             "30 spikes later, a spike is still far out: z = {z}"
         );
-        for _ in 0..2000 {
+        // The new level lasts: 150 requests a second for 40 s.
+        let mut now = start;
+        for _ in 0..6000 {
+            now += Duration::from_micros(6_667);
             stats.record(200.0, None, None, false, now);
         }
         let snap = stats.snapshot(now);
         assert!(
             (snap.ewma_log_mean - 200.0_f64.ln()).abs() < 0.5,
-            "a lasting level becomes the baseline"
+            "a lasting level becomes the baseline: mean {}",
+            snap.ewma_log_mean.exp()
         );
+    }
+
+    #[test]
+    fn the_requests_a_stall_held_stay_anomalous_when_they_finish_together() {
+        let stats = RouteStats::new(Instant::now());
+        let mut now = Instant::now();
+        for i in 0..600 {
+            now += Duration::from_millis(10);
+            let jitter = if i % 2 == 0 { 4.0 } else { 6.0 };
+            stats.record(jitter, None, None, false, now);
+        }
+        // 300 requests held by a 6 s stall finish within 100 ms.
+        for i in 0..300 {
+            stats.record(6_000.0 - f64::from(i), None, None, false, now);
+            if i % 3 == 0 {
+                now += Duration::from_millis(1);
+            }
+        }
+        let snap = stats.snapshot(now);
+        let z = (5_700.0_f64.ln() - snap.ewma_log_mean) / snap.ewma_log_sd.max(0.25);
+        assert!(z > 3.0, "the last of them is still far out: z = {z}");
     }
 }

@@ -65,17 +65,14 @@ impl ModelPredictor {
 pub struct ModelScorer {
     models: Arc<Models>,
     online: OnlineScorer,
-    /// The latency target (ms): past it either verdict flags a request.
-    target_ms: f64,
 }
 
 impl ModelScorer {
-    /// A scorer asking `models` and the online statistics, with this latency target (ms).
-    pub fn new(models: Arc<Models>, stats: Arc<Stats>, target_ms: u64) -> Self {
+    /// A scorer asking `models` and the online statistics.
+    pub fn new(models: Arc<Models>, stats: Arc<Stats>) -> Self {
         Self {
             models,
             online: OnlineScorer::new(stats),
-            target_ms: target_ms as f64,
         }
     }
 
@@ -89,7 +86,6 @@ impl ModelScorer {
         join: bool,
     ) -> f32 {
         let model = self.models.score(features, outcome, join).await.ok();
-        let past_target = outcome.service_ms() > self.target_ms;
-        anomaly::combine(model, self.online.judge(route, outcome), past_target)
+        anomaly::combine(model, self.online.judge(route, outcome))
     }
 }
