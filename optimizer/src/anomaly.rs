@@ -87,7 +87,8 @@ impl OnlineScorer {
 /// rises with load within a few hundred requests. Taking the lower of the two keeps the model's
 /// knowledge (a cache miss on a route of hits is no anomaly) and asks that an anomaly be slow
 /// for the load the server is under. The requests a stall held stay slow for their route when
-/// they finish together: the route learns from only a few outliers a second (`stats`).
+/// they finish together: the route learns from only a few outliers past the latency target a
+/// second (`stats`), while a burst's queueing within the target raises its level freely.
 pub fn combine(model: Option<f32>, online: Option<f32>) -> f32 {
     match (model, online) {
         (Some(model), Some(online)) => model.min(online),

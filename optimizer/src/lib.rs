@@ -151,7 +151,7 @@ impl Optimizer {
             explain_public: o.explain_public,
         };
         let history_len = usize::try_from(config.metrics.retention_hours * 360).unwrap_or(8640);
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::with_target(o.target_latency_ms as f64));
         let telemetry = if settings.any() {
             Telemetry::start(WriterConfig {
                 dir: config.telemetry.log_dir.clone(),

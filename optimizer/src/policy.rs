@@ -29,8 +29,9 @@ pub struct Policy {
     /// Shed outright while auto-healing is in force.
     pub throttled_while_healing: bool,
     /// Never held or shed by admission: the operator's own view of the server (health,
-    /// metrics, the optimizer's state, the dashboard's files), which must answer most of all
-    /// during an incident or an overload. None of them does more than a trivial query.
+    /// metrics, the optimizer's state, the dashboard's files) and remedies (retrain, rollback),
+    /// which must answer most of all during an incident or an overload. None of them does more
+    /// than a trivial query on the request path.
     pub exempt_from_admission: bool,
 }
 
@@ -105,8 +106,11 @@ pub const POLICIES: [Policy; 33] = [
     Policy::new("GET", "/api/ml-metrics/series", Normal).exempt(),
     Policy::new("GET", "/api/ml-metrics/log", Normal).exempt(),
     Policy::new("POST", "/api/ml-metrics/index-advice", Normal),
-    Policy::new("POST", "/api/ml-metrics/retrain", Normal),
-    Policy::new("POST", "/api/ml-metrics/rollback", Normal),
+    // The operator's remedies, wanted most while the server sheds: the retrain trains in a
+    // niced background process, the rollback swaps folders; neither holds a database
+    // connection for long.
+    Policy::new("POST", "/api/ml-metrics/retrain", Normal).exempt(),
+    Policy::new("POST", "/api/ml-metrics/rollback", Normal).exempt(),
     Policy::new("GET", "/metrics", Normal).exempt(),
     Policy::new("GET", "/healthz", Normal).exempt(),
     Policy::new("GET", "/readyz", Normal).exempt(),

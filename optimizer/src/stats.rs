@@ -23,11 +23,15 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 const EWMA_ALPHA: f64 = 0.05;
 /// Fewer samples than this in the windows: quantiles come from the EWMA instead.
 const MIN_SAMPLES: u32 = 20;
-/// Outliers (past 3 sd) the EWMA learns from per route and second; the rest of that second's
-/// outliers leave it as it is. The requests a stall held finish together, hundreds at once:
-/// each would widen the spread by about 4%, so that the last of them looked ordinary. A lasting
-/// new level is still learned, from ten of its requests a second, within half a minute.
+/// Outliers past the latency target (and past 3 sd) the EWMA learns from per route and second;
+/// the rest of that second's such outliers leave it as it is. The requests a stall held finish
+/// together, hundreds at once: each would widen the spread by about 4%, so that the last of them
+/// looked ordinary. A lasting new level past the target is still learned, from ten of its
+/// requests a second, within half a minute. Outliers within the target (a burst's queueing the
+/// server absorbs) are learned from without a cap, so the route's level follows its load.
 const OUTLIERS_PER_SECOND: u32 = 10;
+/// The latency target [`Stats::default`] assumes (`optimization.target_latency_ms`'s default).
+pub const DEFAULT_TARGET_MS: f64 = 100.0;
 
 /// Number of routes tracked.
 pub const ROUTE_COUNT: usize = ROUTES.len();
@@ -215,10 +219,12 @@ pub struct RouteStats {
     /// Requests per second, recent (f32 bits, written by the sampler).
     rate_bits: AtomicU32,
     last_finished: AtomicU64,
+    /// Latencies past this (ms) are the ones whose learning is capped per second.
+    target_ms: f64,
 }
 
 impl RouteStats {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, target_ms: f64) -> Self {
         Self {
             state: Mutex::new(RouteState {
                 current: Window::default(),
@@ -236,6 +242,7 @@ impl RouteStats {
             finished: AtomicU64::new(0),
             rate_bits: AtomicU32::new(0),
             last_finished: AtomicU64::new(0),
+            target_ms,
         }
     }
 
@@ -289,12 +296,13 @@ impl RouteStats {
             s.ewma_mean = log;
             s.ewma_var = 0.25;
         } else {
-            // Winsorize at 3 sd, and learn from outliers ten times more slowly and from at
-            // most a few a second: a burst of anomalies must not become "normal" within a
-            // second, yet a lasting new level is absorbed after a few hundred of them.
+            // Winsorize at 3 sd, and learn from outliers ten times more slowly, and from at
+            // most a few a second of those past the target: a stall's victims must not become
+            // "normal" within a second, yet a lasting new level is absorbed after a few hundred
+            // of them, and a burst within the target is learned as the load it is.
             let sd = s.ewma_var.sqrt().max(0.05);
             let outlier = (log - s.ewma_mean).abs() > 3.0 * sd;
-            let learn = if outlier {
+            let learn = if outlier && latency_ms > self.target_ms {
                 if now.saturating_duration_since(s.outlier_second) >= Duration::from_secs(1) {
                     s.outlier_second = now;
                     s.outliers_learned = 0;
@@ -415,16 +423,23 @@ pub struct Stats {
 
 impl Default for Stats {
     fn default() -> Self {
-        let now = Instant::now();
-        Self {
-            routes: (0..ROUTE_COUNT).map(|_| RouteStats::new(now)).collect(),
-            in_flight: AtomicU32::new(0),
-            total_rate_bits: AtomicU32::new(0),
-        }
+        Self::with_target(DEFAULT_TARGET_MS)
     }
 }
 
 impl Stats {
+    /// Statistics for a server whose latency target is `target_ms`.
+    pub fn with_target(target_ms: f64) -> Self {
+        let now = Instant::now();
+        Self {
+            routes: (0..ROUTE_COUNT)
+                .map(|_| RouteStats::new(now, target_ms))
+                .collect(),
+            in_flight: AtomicU32::new(0),
+            total_rate_bits: AtomicU32::new(0),
+        }
+    }
+
     /// The statistics of one route (index 0, "other", for anything unknown).
     pub fn route(&self, index: usize) -> &RouteStats {
         self.routes.get(index).unwrap_or(&self.routes[0])
@@ -462,7 +477,7 @@ mod tests {
     fn recorded(
         requests: impl IntoIterator<Item = (f64, Option<(f64, f64)>)>,
     ) -> (RouteStats, Instant) {
-        let stats = RouteStats::new(Instant::now());
+        let stats = RouteStats::new(Instant::now(), DEFAULT_TARGET_MS);
         let now = Instant::now();
         for (latency, predicted) in requests {
             stats.record(latency, predicted, None, false, now);
@@ -512,7 +527,7 @@ mod tests {
 
     #[test]
     fn a_burst_stays_anomalous_but_a_lasting_level_is_learned() {
-        let stats = RouteStats::new(Instant::now());
+        let stats = RouteStats::new(Instant::now(), DEFAULT_TARGET_MS);
         let start = Instant::now();
         for _ in 0..200 {
             stats.record(2.0, None, None, false, start);
@@ -542,7 +557,7 @@ mod tests {
 
     #[test]
     fn the_requests_a_stall_held_stay_anomalous_when_they_finish_together() {
-        let stats = RouteStats::new(Instant::now());
+        let stats = RouteStats::new(Instant::now(), DEFAULT_TARGET_MS);
         let mut now = Instant::now();
         for i in 0..600 {
             now += Duration::from_millis(10);
@@ -559,5 +574,29 @@ mod tests {
         let snap = stats.snapshot(now);
         let z = (5_700.0_f64.ln() - snap.ewma_log_mean) / snap.ewma_log_sd.max(0.25);
         assert!(z > 3.0, "the last of them is still far out: z = {z}");
+    }
+
+    #[test]
+    fn a_burst_within_the_target_is_learned_as_load() {
+        let stats = RouteStats::new(Instant::now(), DEFAULT_TARGET_MS);
+        let mut now = Instant::now();
+        for i in 0..600 {
+            now += Duration::from_millis(10);
+            let jitter = if i % 2 == 0 { 4.0 } else { 6.0 };
+            stats.record(jitter, None, None, false, now);
+        }
+        // 300 requests of a burst queue for up to 60 ms (the target is 100) within 100 ms.
+        for i in 0..300 {
+            stats.record(20.0 + f64::from(i) / 7.5, None, None, false, now);
+            if i % 3 == 0 {
+                now += Duration::from_millis(1);
+            }
+        }
+        let snap = stats.snapshot(now);
+        let z = (60.0_f64.ln() - snap.ewma_log_mean) / snap.ewma_log_sd.max(0.25);
+        assert!(
+            z < 3.0,
+            "the burst's slowest is ordinary for this load: z = {z}"
+        );
     }
 }

@@ -218,6 +218,49 @@ async fn a_client_may_lower_but_not_raise_its_priority() {
 }
 
 #[tokio::test]
+async fn the_operator_can_roll_back_while_the_server_sheds() {
+    // Under an overload the suite measured, the admin's retrain was shed with 503 like the
+    // load it was meant to remedy. The low-priority permit is held, so a request at low
+    // priority is shed, unless it is the operator's.
+    let app = spawn_app_with(fixed_limit(4)).await;
+    let slow = app
+        .client
+        .get(app.url("/api/stress-test?complexity=300"))
+        .bearer_auth(ADMIN)
+        .send();
+    let probe = async {
+        low_priority_permit_held(&app).await;
+        let at_low = |method: reqwest::Method, path: &str| {
+            app.client
+                .request(method, app.url(path))
+                .bearer_auth(ADMIN)
+                .header("x-priority", "low")
+                .json(&json!({}))
+                .send()
+        };
+        let read = at_low(reqwest::Method::GET, "/api/products")
+            .await
+            .expect("read");
+        let rollback = at_low(reqwest::Method::POST, "/api/ml-metrics/rollback")
+            .await
+            .expect("rollback");
+        let body: Value = rollback.json().await.expect("rollback json");
+        (read.status(), body)
+    };
+    let (slow, (read, rollback)) = tokio::join!(slow, probe);
+    assert_eq!(slow.expect("request").status(), StatusCode::OK);
+    assert_eq!(
+        read,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "low priority is shed"
+    );
+    assert_eq!(
+        rollback["error"]["code"], "no_rollback",
+        "the rollback is answered (there is nothing to roll back to): {rollback}"
+    );
+}
+
+#[tokio::test]
 async fn cache_hits_after_a_miss_and_serves_fresh_data_after_an_update() {
     let app = spawn_app().await;
     let id = app.product_id("Wireless Mouse").await;
@@ -520,41 +563,50 @@ fn actions_named(metrics: &Value, name: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_burst_within_the_target_is_not_an_incident() {
-    let app = spawn_app_with(|c| c.features.caching = false).await;
+    // A debug build answers a burst of 64 in tens of milliseconds, its slowest in a few hundred:
+    // a target of a second keeps every burst within it on any machine this runs on.
+    let app = spawn_app_with(|c| {
+        c.features.caching = false;
+        c.optimization.target_latency_ms = 1_000;
+    })
+    .await;
     let id = app.product_id("Laptop Pro").await;
     let path = format!("/api/products/{id}");
-    // A calm baseline, one request at a time, then bursts of 64 at once for five seconds: the
-    // server answers every one well within the target.
+    // A calm baseline, one request at a time, then bursts of 64 at once for five seconds.
     for _ in 0..200 {
         assert_eq!(app.get(&path).await.status(), StatusCode::OK);
     }
     let started = std::time::Instant::now();
     let mut slowest = Duration::ZERO;
+    let (mut answered, mut flagged) = (0_u32, 0_u32);
     while started.elapsed() < Duration::from_secs(5) {
         let sent = std::time::Instant::now();
-        let statuses: Vec<StatusCode> = join_all((0..64).map(|_| app.get(&path)))
-            .await
-            .iter()
-            .map(Response::status)
-            .collect();
+        let responses = join_all((0..64).map(|_| app.get(&path))).await;
         slowest = slowest.max(sent.elapsed());
-        assert!(
-            statuses.iter().all(|s| *s == StatusCode::OK),
-            "{statuses:?}"
-        );
+        for r in &responses {
+            assert_eq!(r.status(), StatusCode::OK);
+            answered += 1;
+            flagged += u32::from(two_decimals(r, "x-anomaly-score") >= 0.95);
+        }
     }
+    assert!(
+        slowest < Duration::from_millis(1_000),
+        "the bursts stayed within the target: slowest {slowest:?}"
+    );
+    let share = f64::from(flagged) / f64::from(answered);
+    assert!(
+        share < 0.03,
+        "{flagged} of {answered} burst responses scored anomalous (slowest {slowest:?})"
+    );
     // Past the healer's minimum duration and a tick: it has judged every burst second.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let metrics = app.ml_metrics().await;
     assert!(
-        slowest >= Duration::from_millis(100) || actions_named(&metrics, "heal").is_empty(),
-        "a burst answered within {slowest:?} healed: {:?}",
+        actions_named(&metrics, "heal").is_empty() && metrics["anomaly"]["healing"] == false,
+        "a burst within the target healed (slowest {slowest:?}, {flagged} of {answered} \
+         flagged): {} {:?}",
+        metrics["anomaly"],
         metrics["actions"]
-    );
-    assert_eq!(
-        metrics["anomaly"]["healing"], false,
-        "{}",
-        metrics["anomaly"]
     );
 }
 
