@@ -95,13 +95,14 @@ impl Manifest {
 }
 
 /// Row counts of a training run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RowCounts {
     /// Log files read.
     pub files: u64,
     /// Records read.
     pub read: u64,
-    /// Records dropped, by reason (for example `non_finite`, `shed`).
+    /// Records left out, by reason: `implausible_values`, `shed`, `duplicate` (a record read
+    /// twice), `sampled_out` (past `trainer train --sample-rows`).
     pub dropped: BTreeMap<String, u64>,
     /// Rows the models were fitted on.
     pub train: u64,

@@ -3,6 +3,7 @@
 //! server loads (`docs/models.md`).
 //!
 //! - [`logs`]: finds and reads log files, checks every line against `contract`, builds polars frames.
+//! - [`ingest`]: training's parallel, bounded-memory read: a uniform sample of distinct records.
 //! - [`report`]: `trainer report`, per route and per statement.
 //! - [`evaluate`]: `trainer evaluate`, the model beside the online statistics on a scenario's logs.
 //! - [`gbdt`]: histogram gradient boosting for the latency quantiles.
@@ -17,6 +18,7 @@ pub mod evaluate;
 pub mod forest;
 pub mod gbdt;
 pub mod iforest;
+pub mod ingest;
 pub mod logs;
 pub mod metrics;
 pub mod onnx;
@@ -81,9 +83,14 @@ pub enum Command {
         /// route's live baseline (`relative`), or whichever does better on the holdout (`auto`).
         #[arg(long, value_enum, default_value = "auto")]
         form: train::Form,
-        /// Fit on one thread (what background retraining beside a server uses).
+        /// Fit on one thread (what background retraining beside a server uses); the logs are
+        /// then read on one thread too.
         #[arg(long)]
         one_thread: bool,
+        /// Most served requests kept from `--logs` (and from `--base-logs`): past it, a
+        /// uniform sample of the distinct records, so memory is bounded whatever the volume.
+        #[arg(long, default_value_t = ingest::DEFAULT_CAP)]
+        sample_rows: usize,
     },
     /// Summarize what the logs say, per route and per query fingerprint, slowest first.
     Report {
@@ -132,9 +139,12 @@ pub enum Command {
         /// Records to write.
         #[arg(long)]
         rows: usize,
-        /// Output file (NDJSON).
+        /// Output file (NDJSON), or with `--files` over 1 the folder the files go to.
         #[arg(long)]
         out: PathBuf,
+        /// Files to spread the records over, as a server's rotated logs.
+        #[arg(long, default_value_t = 1)]
+        files: usize,
         /// Random seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -160,6 +170,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             anomaly_grid,
             form,
             one_thread,
+            sample_rows,
         } => {
             let mut opts = train::Options::new(logs, out);
             opts.base_logs = base_logs;
@@ -172,6 +183,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             opts.iforest.grid = anomaly_grid;
             opts.form = form;
             opts.one_thread = one_thread;
+            opts.sample_rows = sample_rows;
             let outcome = train::train(&opts)?;
             print!("{}", summary(&outcome));
         }
@@ -222,9 +234,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             logs,
             rows,
             out,
+            files,
             seed,
         } => {
-            let written = resample::resample(&logs, rows, &out, seed)?;
+            let written = resample::resample(&logs, rows, &out, files, seed)?;
             println!("wrote {written} records to {}", out.display());
         }
     }

@@ -274,7 +274,7 @@ impl Columns {
 }
 
 /// Whether every number a model would learn from is finite and in range.
-fn plausible(record: &RequestRecord) -> bool {
+pub fn plausible(record: &RequestRecord) -> bool {
     record.latency_ms.is_finite()
         && record.latency_ms >= 0.0
         && record.db_ms.is_finite()

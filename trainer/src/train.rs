@@ -1,7 +1,8 @@
 //! `trainer train`: logs in, two ONNX models and a manifest out.
 //!
-//! 1. Load and validate the logs ([`crate::logs`]); leave out shed requests (their latency is
-//!    the cost of saying no, not of serving).
+//! 1. Read and validate the logs in parallel ([`crate::ingest`]); leave out shed requests
+//!    (their latency is the cost of saying no, not of serving) and copies of a record, and past
+//!    `sample_rows` keep a uniform sample, so memory stays bounded.
 //! 2. Sort by time; the most recent `holdout` share is never trained on. Rows from the base
 //!    logs (`--base-logs`: the corpus the committed models came from, when a server retrains
 //!    on its own logs) are all trained on, so that a retrain on a calm hour keeps what the
@@ -14,14 +15,13 @@
 //!    temporary file and a rename: a run that fails anywhere leaves the old models in use.
 
 use crate::forest::Forest;
-use crate::logs::{self, Logs, feature_column};
+use crate::ingest;
 use crate::{gbdt, iforest, metrics, onnx};
 use anyhow::{Context, bail};
 use contract::manifest::{
     AnomalyMetrics, LatencyMetrics, MANIFEST_FILE, ModelFile, Probe, RowCounts,
 };
 use contract::{ANOMALY_INPUT_COUNT, FEATURE_COUNT, FeatureVector, Manifest};
-use polars::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -45,6 +45,9 @@ pub struct Options {
     pub holdout: f64,
     /// Fewer served rows than this is an error: nothing worth learning.
     pub min_rows: usize,
+    /// Most served requests held from each of `logs` and `base_logs`: past it, a uniform
+    /// sample of the distinct records ([`ingest`]), so memory is bounded whatever the volume.
+    pub sample_rows: usize,
     /// Latency model knobs.
     pub gbdt: gbdt::Params,
     /// Anomaly model knobs.
@@ -82,6 +85,7 @@ impl Options {
             out: out.into(),
             holdout: 0.2,
             min_rows: 200,
+            sample_rows: ingest::DEFAULT_CAP,
             gbdt: gbdt::Params::default(),
             iforest: iforest::Params::default(),
             false_alarm_rate: 0.005,
@@ -157,54 +161,64 @@ impl Rows {
     }
 }
 
-fn served_rows(logs: &Logs) -> PolarsResult<Rows> {
-    let df = logs
-        .requests
-        .clone()
-        .lazy()
-        .filter(col("shed").not())
-        .sort(
-            ["ts_ms"],
-            SortMultipleOptions::default().with_maintain_order(true),
-        )
-        .collect()?;
-    let f32s = |name: &str| -> PolarsResult<Vec<f32>> {
-        Ok(df.column(name)?.f32()?.into_no_null_iter().collect())
+/// The sampled served requests (oldest first) as plain vectors.
+fn rows_of(served: Vec<ingest::Served>) -> Rows {
+    let n = served.len();
+    let mut rows = Rows {
+        ts: Vec::with_capacity(n),
+        route: Vec::with_capacity(n),
+        status: Vec::with_capacity(n),
+        latency: Vec::with_capacity(n),
+        queue: Vec::with_capacity(n),
+        features: Vec::with_capacity(n),
+        source: Vec::with_capacity(n),
+        predicted_p50: Vec::with_capacity(n),
+        predicted_p90: Vec::with_capacity(n),
+        online_p50: Vec::with_capacity(n),
+        online_p90: Vec::with_capacity(n),
+        online_score: Vec::with_capacity(n),
     };
-    let strings = |name: &str| -> PolarsResult<Vec<String>> {
-        Ok(df
-            .column(name)?
-            .str()?
-            .iter()
-            .map(|s| s.unwrap_or_default().to_owned())
-            .collect())
+    for r in served {
+        rows.ts.push(r.ts_ms);
+        rows.route.push(r.route);
+        rows.status.push(r.status);
+        rows.latency.push(r.latency_ms);
+        rows.queue.push(r.queue_ms);
+        rows.features.push(r.features);
+        rows.source.push(r.source);
+        rows.predicted_p50.push(r.predicted_ms[0]);
+        rows.predicted_p90.push(r.predicted_ms[1]);
+        rows.online_p50.push(r.online_ms[0]);
+        rows.online_p90.push(r.online_ms[1]);
+        rows.online_score.push(r.anomaly_score);
+    }
+    rows
+}
+
+/// Reads `spec` into a sample of at most `opts.sample_rows` served requests, adding what was
+/// read and left out to the counts.
+fn read_rows(spec: &str, opts: &Options, counts: &mut RowCounts) -> anyhow::Result<Rows> {
+    let threads = if opts.one_thread {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
     };
-    let mut features = vec![[0.0_f32; FEATURE_COUNT]; df.height()];
-    for f in 0..FEATURE_COUNT {
-        let column = df.column(&feature_column(f))?.f32()?;
-        for (row, value) in features.iter_mut().zip(column.into_no_null_iter()) {
-            row[f] = value;
+    let sample = ingest::sample(spec, opts.sample_rows, threads)?;
+    counts.files += sample.files.len() as u64;
+    counts.read += sample.read;
+    let sampled_out = sample
+        .served
+        .saturating_sub(sample.rows.len() as u64 + sample.duplicates);
+    for (reason, n) in sample.dropped.into_iter().chain([
+        ("shed".to_owned(), sample.shed),
+        ("duplicate".to_owned(), sample.duplicates),
+        ("sampled_out".to_owned(), sampled_out),
+    ]) {
+        if n > 0 {
+            *counts.dropped.entry(reason).or_default() += n;
         }
     }
-    Ok(Rows {
-        ts: df.column("ts_ms")?.i64()?.into_no_null_iter().collect(),
-        route: strings("route")?,
-        status: df
-            .column("status")?
-            .i32()?
-            .into_no_null_iter()
-            .map(|s| u16::try_from(s).unwrap_or(0))
-            .collect(),
-        latency: f32s("latency_ms")?,
-        queue: f32s("queue_ms")?,
-        features,
-        source: strings("source")?,
-        predicted_p50: f32s("predicted_p50_ms")?,
-        predicted_p90: f32s("predicted_p90_ms")?,
-        online_p50: f32s("online_p50_ms")?,
-        online_p90: f32s("online_p90_ms")?,
-        online_score: f32s("anomaly_score")?,
-    })
+    Ok(rows_of(sample.rows))
 }
 
 /// Latency metrics on `rows`, compared with the online statistics on the rows that had an
@@ -321,13 +335,9 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
         bail!("holdout must be between 0.05 and 0.5, got {}", opts.holdout);
     }
     let started = Instant::now();
-    let logs = logs::load(&opts.logs)?;
-    let own = anyhow::Context::context(served_rows(&logs), "preparing rows")?;
+    let mut counts = RowCounts::default();
+    let own = read_rows(&opts.logs, opts, &mut counts)?;
     let own_n = own.len();
-    let mut dropped = logs.dropped.clone();
-    let mut shed = logs.requests.height() - own_n;
-    let (mut files, mut read) = (logs.files.len() as u64, logs.read);
-    drop(logs);
     if own_n < opts.min_rows {
         bail!(
             "only {own_n} served requests in {} (need at least {}); capture more traffic (make capture)",
@@ -339,23 +349,14 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
     let data = match &opts.base_logs {
         None => own,
         Some(base_logs) => {
-            let base = logs::load(base_logs).context("reading the base logs")?;
-            let mut data = anyhow::Context::context(served_rows(&base), "preparing the base rows")?;
-            shed += base.requests.height() - data.len();
-            for (reason, count) in &base.dropped {
-                *dropped.entry(reason.clone()).or_default() += count;
-            }
-            files += base.files.len() as u64;
-            read += base.read;
+            let mut data =
+                read_rows(base_logs, opts, &mut counts).context("reading the base logs")?;
             data.append(own);
             data
         }
     };
     let n = data.len();
     let base_n = n - own_n;
-    if shed > 0 {
-        dropped.insert("shed".to_owned(), shed as u64);
-    }
     #[allow(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
@@ -541,12 +542,10 @@ pub fn train(opts: &Options) -> anyhow::Result<Outcome> {
             data.ts.iter().copied().max().unwrap_or(0),
         ],
         rows: RowCounts {
-            files,
-            read,
-            dropped,
             train: train_idx.len() as u64,
             base: base_n as u64,
             holdout: holdout_idx.len() as u64,
+            ..counts
         },
         latency_model: model_file(
             format!("latency-{version}.onnx"),

@@ -216,3 +216,68 @@ fn base_logs_are_trained_on_and_never_held_out() {
         run.stdout
     );
 }
+
+/// Trains on `logs` into a fresh folder under `dir`; returns the manifest.
+fn train_manifest(dir: &Path, name: &str, logs: &str, extra: &[&str]) -> contract::Manifest {
+    let out = dir.join(name);
+    let mut args = vec!["train", "--logs", logs, "--out"];
+    let out_text = out.to_string_lossy().into_owned();
+    args.push(&out_text);
+    args.extend_from_slice(extra);
+    let run = trainer(&args);
+    assert!(run.ok, "{}", run.stderr);
+    let text = std::fs::read_to_string(out.join("manifest.json")).expect("manifest");
+    serde_json::from_str(&text).expect("manifest json")
+}
+
+#[test]
+fn past_the_sample_bound_a_bounded_sample_is_trained_on_and_the_rest_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sample = repo().join("data/sample").to_string_lossy().into_owned();
+    let all = train_manifest(dir.path(), "all", &sample, &[]);
+    let bounded = train_manifest(dir.path(), "bounded", &sample, &["--sample-rows", "2000"]);
+    let served = all.rows.train + all.rows.holdout;
+    assert!(served > 2_000, "the sample holds {served} served requests");
+    assert_eq!(all.rows.dropped.get("sampled_out"), None);
+    assert_eq!(bounded.rows.read, all.rows.read);
+    assert_eq!(bounded.rows.train + bounded.rows.holdout, 2_000);
+    assert_eq!(bounded.rows.dropped["sampled_out"], served - 2_000);
+    // A uniform sample spans the same time as all of it.
+    let span = |m: &contract::Manifest| m.data_window_ms[1] - m.data_window_ms[0];
+    assert!(
+        span(&bounded) * 10 > span(&all) * 9,
+        "{:?}",
+        bounded.data_window_ms
+    );
+}
+
+#[test]
+fn logs_with_overlapping_copies_train_the_same_model_as_the_logs_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sample = repo().join("data/sample");
+    let copy = dir.path().join("copy");
+    std::fs::create_dir_all(&copy).expect("mkdir");
+    for file in trainer::logs::find_files(&sample.to_string_lossy()).expect("sample logs") {
+        std::fs::copy(&file, copy.join(file.file_name().expect("name"))).expect("copy");
+    }
+    let alone = sample.to_string_lossy().into_owned();
+    let both = format!("{alone},{}", copy.display());
+    for extra in [&[][..], &["--sample-rows", "3000"][..]] {
+        let one = train_manifest(dir.path(), "one", &alone, extra);
+        let two = train_manifest(dir.path(), "two", &both, extra);
+        assert_eq!(two.rows.read, 2 * one.rows.read);
+        // Under the bound every copy is seen as one; past it, those that met the sample.
+        let copies = two.rows.dropped["duplicate"];
+        if extra.is_empty() {
+            assert_eq!(copies, one.rows.train + one.rows.holdout);
+        } else {
+            assert!(copies > 0);
+        }
+        assert_eq!(
+            (one.rows.train, one.rows.holdout),
+            (two.rows.train, two.rows.holdout)
+        );
+        assert_eq!(one.probes, two.probes, "{extra:?}: the same trees");
+        assert_eq!(one.latency_holdout, two.latency_holdout);
+    }
+}
