@@ -153,6 +153,9 @@ pub struct TelemetryConfig {
     /// Log search terms and other free text in paths as they came; by default they are
     /// replaced by a keyed hash (`crate::redact`).
     pub keep_query_text: bool,
+    /// Gzip each log file once it is rotated (about a fifth of its size; the trainer and the
+    /// retrain comparison read both forms).
+    pub compress_rotated: bool,
 }
 
 impl Default for Config {
@@ -241,6 +244,7 @@ impl Default for TelemetryConfig {
             rotate_mb: 64,
             rotate_minutes: 60,
             keep_query_text: false,
+            compress_rotated: true,
         }
     }
 }

@@ -161,6 +161,7 @@ impl Optimizer {
                 retention: Duration::from_secs(config.metrics.retention_hours * 3600),
                 write_files: config.telemetry.enabled,
                 keep_query_text: config.telemetry.keep_query_text,
+                compress_rotated: config.telemetry.compress_rotated,
             })
         } else {
             Telemetry::disabled()

@@ -3,7 +3,9 @@
 //! The request path only does a `try_send` on a bounded channel; a full channel drops the record
 //! and counts it (the request never waits on disk). A dedicated OS thread turns records into
 //! [`contract::RequestRecord`] lines, rotates files by size and age, deletes files past the
-//! retention, and keeps per-statement aggregates for the metrics endpoint.
+//! retention, and keeps per-statement aggregates for the metrics endpoint. A rotated file is
+//! gzipped beside it by another thread (`telemetry.compress_rotated`), a fifth of its size: the
+//! trainer and the retrain comparison read both forms.
 
 use super::admission::Priority;
 use super::cache::CacheOutcome;
@@ -226,6 +228,8 @@ pub struct WriterConfig {
     pub write_files: bool,
     /// Log free text in paths as it came (`telemetry.keep_query_text`).
     pub keep_query_text: bool,
+    /// Gzip each file once it is rotated (`telemetry.compress_rotated`).
+    pub compress_rotated: bool,
 }
 
 impl Telemetry {
@@ -397,6 +401,7 @@ impl Encoder {
 }
 
 struct LogFile {
+    path: PathBuf,
     out: BufWriter<File>,
     bytes: u64,
     /// Records in the buffer since the last flush that succeeded (lost if the next fails).
@@ -429,15 +434,70 @@ fn open_log(dir: &Path) -> std::io::Result<LogFile> {
     let ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let path = dir.join(format!("requests-{ms}-{}.ndjson", std::process::id()));
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    // A file rotated within the same millisecond (or its gzipped copy) is not reopened.
+    let pid = std::process::id();
+    let mut path = dir.join(format!("requests-{ms}-{pid}.ndjson"));
+    for n in 1.. {
+        if !path.exists() && !path.with_extension("ndjson.gz").exists() {
+            break;
+        }
+        path = dir.join(format!("requests-{ms}-{pid}-{n}.ndjson"));
+    }
+    let file = OpenOptions::new().create(true).append(true).open(&path)?;
     Ok(LogFile {
+        path,
         out: BufWriter::with_capacity(256 * 1024, file),
         bytes: 0,
         unflushed: 0,
         opened: Instant::now(),
         statements_written: std::collections::HashSet::new(),
     })
+}
+
+/// Gzips a closed log file to `<name>.gz` beside it, through a temporary name so that no
+/// reader sees half a file, then removes the original (a reader that listed both meanwhile
+/// prefers the plain one; the trainer keeps one copy of a record read twice).
+///
+/// # Errors
+/// An I/O error; the original is then left as it was.
+pub fn compress(path: &Path) -> std::io::Result<PathBuf> {
+    let gz = path.with_extension("ndjson.gz");
+    let tmp = path.with_extension("ndjson.gz.tmp");
+    let mut input = File::open(path)?;
+    let out = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+    let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    let written = std::io::copy(&mut input, &mut encoder)
+        .and_then(|_| encoder.finish())
+        .and_then(|out| {
+            out.into_inner()
+                .map_err(std::io::IntoInnerError::into_error)
+        })
+        .and_then(|file| file.sync_all());
+    if let Err(err) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(err);
+    }
+    fs::rename(&tmp, &gz)?;
+    fs::remove_file(path)?;
+    Ok(gz)
+}
+
+/// Starts the thread that gzips rotated files, or none when it cannot start (files then stay
+/// plain).
+fn compressor() -> Option<std::sync::mpsc::Sender<PathBuf>> {
+    let (sender, receiver) = std::sync::mpsc::channel::<PathBuf>();
+    std::thread::Builder::new()
+        .name("request-log-gzip".into())
+        .spawn(move || {
+            for path in receiver {
+                if let Err(err) = compress(&path) {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot gzip a rotated request log; it stays plain");
+                }
+            }
+        })
+        .map_err(|err| tracing::warn!(error = %err, "cannot start the request log compressor; rotated logs stay plain"))
+        .ok()
+        .map(|_| sender)
 }
 
 /// Deletes request logs older than the retention.
@@ -447,9 +507,12 @@ fn prune(dir: &Path, retention: Duration) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let is_log = name
-            .to_str()
-            .is_some_and(|n| n.starts_with("requests-") && n.ends_with(".ndjson"));
+        let is_log = name.to_str().is_some_and(|n| {
+            n.starts_with("requests-")
+                && [".ndjson", ".ndjson.gz", ".ndjson.gz.tmp"]
+                    .iter()
+                    .any(|end| n.ends_with(end))
+        });
         let old = entry
             .metadata()
             .and_then(|m| m.modified())
@@ -471,6 +534,11 @@ fn writer(
     health: &LogHealth,
 ) {
     let mut file: Option<LogFile> = None;
+    let gzip = if config.compress_rotated && config.write_files {
+        compressor()
+    } else {
+        None
+    };
     let mut encoder = Encoder::new();
     let redactor = crate::redact::Redactor::new(config.keep_query_text);
     let mut last_flush = Instant::now();
@@ -547,8 +615,12 @@ fn writer(
                     f.bytes >= config.rotate_bytes || f.opened.elapsed() >= config.rotate_age
                 });
                 if rotate {
+                    let closed = file.as_ref().map(|f| f.path.clone());
                     flush(&mut file, &mut retry_at);
                     file = None;
+                    if let (Some(gzip), Some(closed)) = (&gzip, closed) {
+                        let _ = gzip.send(closed);
+                    }
                     prune(&config.dir, config.retention);
                 }
                 if file.is_none() && retry_at.is_none_or(|at| Instant::now() >= at) {
@@ -648,6 +720,103 @@ mod tests {
             agg.add(v, 1);
         }
         agg
+    }
+
+    fn pending(ts_ms: i64) -> Pending {
+        Pending {
+            ts_ms,
+            route: 0,
+            path: "/api/products".to_owned(),
+            priority: Priority::Normal,
+            features: [0.0; contract::FEATURE_COUNT],
+            prediction: Prediction::NONE,
+            status: 200,
+            latency_ms: 1.5,
+            db_ms: 1.0,
+            queue_ms: 0.0,
+            cache: CacheOutcome::Off,
+            shed: false,
+            anomaly_score: 0.0,
+            queries: Vec::new(),
+        }
+    }
+
+    /// The log folder's file names ending in `end`.
+    fn named(dir: &Path, end: &str) -> Vec<PathBuf> {
+        let mut names: Vec<PathBuf> = fs::read_dir(dir)
+            .expect("log folder")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.to_string_lossy().ends_with(end))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn rotated_logs_are_gzipped_and_every_record_reads_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let telemetry = Telemetry::start(WriterConfig {
+            dir: dir.path().to_owned(),
+            capacity: 64,
+            // Every record goes to a file of its own: the next one rotates it.
+            rotate_bytes: 1,
+            rotate_age: Duration::from_secs(3_600),
+            retention: Duration::from_secs(3_600),
+            write_files: true,
+            keep_query_text: false,
+            compress_rotated: true,
+        });
+        for ts in 1..=3 {
+            telemetry.send(pending(ts));
+            assert!(
+                telemetry.flush(Duration::from_secs(10)),
+                "record {ts} written"
+            );
+        }
+        // The two rotated files are gzipped by another thread: wait for it, within a bound.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while named(dir.path(), ".ndjson.gz").len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let gz = named(dir.path(), ".ndjson.gz");
+        let plain = named(dir.path(), ".ndjson");
+        assert_eq!((gz.len(), plain.len()), (2, 1), "{gz:?} {plain:?}");
+        assert!(named(dir.path(), ".tmp").is_empty());
+        let mut stamps = Vec::new();
+        for path in gz.iter().chain(&plain) {
+            let file = File::open(path).expect("open");
+            let reader: Box<dyn std::io::Read> = if path.extension().is_some_and(|e| e == "gz") {
+                Box::new(flate2::read::MultiGzDecoder::new(file))
+            } else {
+                Box::new(file)
+            };
+            for line in std::io::BufRead::lines(std::io::BufReader::new(reader)) {
+                let record: contract::RequestRecord =
+                    serde_json::from_str(&line.expect("line")).expect("a request record");
+                stamps.push(record.ts_ms);
+            }
+        }
+        stamps.sort_unstable();
+        assert_eq!(stamps, [1, 2, 3]);
+    }
+
+    #[test]
+    fn compressing_leaves_one_complete_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("requests-1-1.ndjson");
+        let text: String = (0..1_000).map(|i| format!("{{\"line\":{i}}}\n")).collect();
+        fs::write(&path, &text).expect("write");
+        let gz = compress(&path).expect("compress");
+        assert_eq!(gz, dir.path().join("requests-1-1.ndjson.gz"));
+        assert!(!path.exists());
+        let mut back = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::MultiGzDecoder::new(File::open(&gz).expect("open")),
+            &mut back,
+        )
+        .expect("gunzip");
+        assert_eq!(back, text);
+        assert!(fs::metadata(&gz).expect("size").len() * 3 < text.len() as u64);
     }
 
     #[test]

@@ -269,22 +269,33 @@ fn train_and_compare(
 fn recent_rows(log_dir: &Path, n: usize) -> Vec<Row> {
     let want = n.min(MAX_COMPARE_ROWS);
     let schema = contract::features::fingerprint_hex();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(log_dir)
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
-                .collect()
-        })
+    let names: std::collections::BTreeSet<PathBuf> = std::fs::read_dir(log_dir)
+        .map(|dir| dir.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
-    files.sort();
+    // Plain files and rotated ones gzipped by the writer; while a file is being replaced by its
+    // gzipped copy both may be listed, and the plain one is read.
+    let files: Vec<&PathBuf> = names
+        .iter()
+        .filter(|p| {
+            let name = p.to_string_lossy();
+            name.ends_with(".ndjson")
+                || (name.ends_with(".ndjson.gz") && !names.contains(&p.with_extension("")))
+        })
+        .collect();
     let mut rows: Vec<Row> = Vec::new();
-    // Newest files first, until enough rows.
+    // Newest files first, until enough rows (the names start with the time they were opened).
     for path in files.iter().rev() {
         let Ok(file) = std::fs::File::open(path) else {
             continue;
         };
-        for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+        let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
+            Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(
+                file,
+            )))
+        } else {
+            Box::new(std::io::BufReader::new(file))
+        };
+        for line in reader.lines().map_while(Result::ok) {
             if let Ok(r) = serde_json::from_str::<RequestRecord>(&line)
                 && r.schema == schema
                 && !r.shed
@@ -424,4 +435,64 @@ fn install(from: &Path, dir: &Path, set: &ModelSet) -> Result<(), String> {
     let tmp = dir.join(format!(".{MANIFEST_FILE}.tmp"));
     std::fs::copy(from.join(MANIFEST_FILE), &tmp).map_err(|e| format!("copying manifest: {e}"))?;
     std::fs::rename(&tmp, dir.join(MANIFEST_FILE)).map_err(|e| format!("installing manifest: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    /// A log file of served requests arriving at `stamps`, gzipped when the name says so.
+    fn write_log(path: &Path, stamps: std::ops::Range<i64>) {
+        let mut text = String::new();
+        for ts_ms in stamps {
+            let record = RequestRecord {
+                ts_ms,
+                schema: contract::features::fingerprint_hex(),
+                route: "GET /api/products".to_owned(),
+                path: "/api/products".to_owned(),
+                priority: "normal".to_owned(),
+                features: [0.0; FEATURE_COUNT],
+                predicted_p50_ms: 1.0,
+                predicted_p90_ms: 2.0,
+                confidence: 0.5,
+                source: "online".to_owned(),
+                model_ms: [1.0, 2.0],
+                online_ms: [1.0, 2.0],
+                status: 200,
+                latency_ms: 1.5,
+                db_ms: 1.0,
+                queue_ms: 0.0,
+                cache: "miss".to_owned(),
+                shed: false,
+                anomaly_score: 0.0,
+                queries: Vec::new(),
+            };
+            text.push_str(&serde_json::to_string(&record).expect("json"));
+            text.push('\n');
+        }
+        let file = std::fs::File::create(path).expect("create");
+        if path.extension().is_some_and(|e| e == "gz") {
+            let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+            gz.write_all(text.as_bytes()).expect("write");
+            gz.finish().expect("finish");
+        } else {
+            let mut file = file;
+            file.write_all(text.as_bytes()).expect("write");
+        }
+    }
+
+    #[test]
+    fn recent_rows_come_from_plain_and_gzipped_logs_once_each() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        write_log(&d.join("requests-1000-1.ndjson.gz"), 0..100);
+        // Caught while the writer replaces it by its gzipped copy: both are there.
+        write_log(&d.join("requests-2000-1.ndjson"), 100..200);
+        write_log(&d.join("requests-2000-1.ndjson.gz"), 100..200);
+        write_log(&d.join("requests-3000-1.ndjson"), 200..300);
+        let stamps = |n| -> Vec<i64> { recent_rows(d, n).iter().map(|r| r.ts_ms).collect() };
+        assert_eq!(stamps(300), (0..300).collect::<Vec<_>>());
+        assert_eq!(stamps(150), (150..300).collect::<Vec<_>>());
+    }
 }
