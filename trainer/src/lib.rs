@@ -270,7 +270,7 @@ fn summary(outcome: &train::Outcome) -> String {
          anomaly: {af} ({ab} bytes, {at} trees), holdout ROC AUC {auc} vs online z-score \
          {oauc} ({labelled} labelled of {arows}), threshold {thr:.3} flags {caught} of the \
          labelled and {alarms} of the rest\n\
-         time: load {t0:.1} s, fit {t1:.1} s, evaluate and export {t2:.1} s\n",
+         time: load {t0:.1} s, fit {t1:.1} s, evaluate and export {t2:.1} s{memory}\n",
         path = outcome.path.display(),
         version = m.version,
         read = m.rows.read,
@@ -298,5 +298,14 @@ fn summary(outcome: &train::Outcome) -> String {
         t0 = outcome.seconds[0],
         t1 = outcome.seconds[1],
         t2 = outcome.seconds[2],
+        memory = peak_memory_mb().map_or_else(String::new, |mb| format!("; peak memory {mb} MB")),
     )
+}
+
+/// This process's peak resident memory so far (MB), where the system says (Linux).
+fn peak_memory_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
 }

@@ -281,3 +281,56 @@ fn logs_with_overlapping_copies_train_the_same_model_as_the_logs_alone() {
         assert_eq!(one.latency_holdout, two.latency_holdout);
     }
 }
+
+/// The peak memory (MB) a training run printed.
+fn peak_mb(stdout: &str) -> u64 {
+    let (_, rest) = stdout
+        .split_once("peak memory ")
+        .unwrap_or_else(|| panic!("no peak memory in {stdout}"));
+    rest.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number in {rest}"))
+}
+
+#[test]
+fn memory_is_held_to_the_sample_bound_whatever_the_volume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sample = repo().join("data/sample").to_string_lossy().into_owned();
+    let mut peaks = Vec::new();
+    for rows in ["20000", "200000"] {
+        let logs = dir.path().join(format!("logs-{rows}"));
+        let made = trainer(&[
+            "resample",
+            "--logs",
+            &sample,
+            "--rows",
+            rows,
+            "--files",
+            "4",
+            "--out",
+            &logs.to_string_lossy(),
+        ]);
+        assert!(made.ok, "{}", made.stderr);
+        let out = dir.path().join(format!("models-{rows}"));
+        let run = trainer(&[
+            "train",
+            "--logs",
+            &logs.to_string_lossy(),
+            "--out",
+            &out.to_string_lossy(),
+            "--sample-rows",
+            "2000",
+        ]);
+        assert!(run.ok, "{}", run.stderr);
+        peaks.push(peak_mb(&run.stdout));
+    }
+    // Without the bound the 180,000 more records take about 86 MB more (30 MB at 20,000, 116
+    // MB at 200,000 on the build machine); with it, the sample is the same size at both.
+    assert!(
+        peaks[1] < peaks[0] + 30,
+        "peak memory {} MB at 20,000 records, {} MB at 200,000",
+        peaks[0],
+        peaks[1]
+    );
+}
