@@ -555,8 +555,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_requests_a_stall_held_stay_anomalous_when_they_finish_together() {
+    /// A route calm at 4-6 ms for six seconds, then 300 requests finishing within 100 ms with
+    /// the latencies `flood` gives; the z-score of `probe_ms` against the route afterwards.
+    fn z_after_a_flood(flood: impl Fn(f64) -> f64, probe_ms: f64) -> f64 {
         let stats = RouteStats::new(Instant::now(), DEFAULT_TARGET_MS);
         let mut now = Instant::now();
         for i in 0..600 {
@@ -564,36 +565,27 @@ mod tests {
             let jitter = if i % 2 == 0 { 4.0 } else { 6.0 };
             stats.record(jitter, None, None, false, now);
         }
-        // 300 requests held by a 6 s stall finish within 100 ms.
         for i in 0..300 {
-            stats.record(6_000.0 - f64::from(i), None, None, false, now);
+            stats.record(flood(f64::from(i)), None, None, false, now);
             if i % 3 == 0 {
                 now += Duration::from_millis(1);
             }
         }
         let snap = stats.snapshot(now);
-        let z = (5_700.0_f64.ln() - snap.ewma_log_mean) / snap.ewma_log_sd.max(0.25);
+        (probe_ms.ln() - snap.ewma_log_mean) / snap.ewma_log_sd.max(0.25)
+    }
+
+    #[test]
+    fn the_requests_a_stall_held_stay_anomalous_when_they_finish_together() {
+        // 300 requests held by a 6 s stall.
+        let z = z_after_a_flood(|i| 6_000.0 - i, 5_700.0);
         assert!(z > 3.0, "the last of them is still far out: z = {z}");
     }
 
     #[test]
     fn a_burst_within_the_target_is_learned_as_load() {
-        let stats = RouteStats::new(Instant::now(), DEFAULT_TARGET_MS);
-        let mut now = Instant::now();
-        for i in 0..600 {
-            now += Duration::from_millis(10);
-            let jitter = if i % 2 == 0 { 4.0 } else { 6.0 };
-            stats.record(jitter, None, None, false, now);
-        }
-        // 300 requests of a burst queue for up to 60 ms (the target is 100) within 100 ms.
-        for i in 0..300 {
-            stats.record(20.0 + f64::from(i) / 7.5, None, None, false, now);
-            if i % 3 == 0 {
-                now += Duration::from_millis(1);
-            }
-        }
-        let snap = stats.snapshot(now);
-        let z = (60.0_f64.ln() - snap.ewma_log_mean) / snap.ewma_log_sd.max(0.25);
+        // 300 requests of a burst queue for up to 60 ms (the target is 100).
+        let z = z_after_a_flood(|i| 20.0 + i / 7.5, 60.0);
         assert!(
             z < 3.0,
             "the burst's slowest is ordinary for this load: z = {z}"

@@ -298,12 +298,19 @@ pub fn read_incidents(path: &Path) -> anyhow::Result<Vec<Incident>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use contract::RequestRecord;
     use std::io::Write as _;
 
-    fn record(ts_ms: i64, latency_ms: f32, model: f32, online: f32, shed: bool) -> RequestRecord {
+    /// A logged request on `GET /api/products`; the other tests' records start from it.
+    pub(crate) fn record(
+        ts_ms: i64,
+        latency_ms: f32,
+        model: f32,
+        online: f32,
+        shed: bool,
+    ) -> RequestRecord {
         RequestRecord {
             ts_ms,
             schema: contract::features::fingerprint_hex(),

@@ -290,26 +290,8 @@ mod tests {
     /// A valid record line of `route` at `ts_ms` with `latency_ms`.
     fn line(ts_ms: i64, route: &str, latency_ms: f32) -> String {
         let record = RequestRecord {
-            ts_ms,
-            schema: contract::features::fingerprint_hex(),
             route: route.to_owned(),
-            path: "/".to_owned(),
-            priority: "normal".to_owned(),
-            features: [0.5; contract::FEATURE_COUNT],
-            predicted_p50_ms: 1.0,
-            predicted_p90_ms: 2.0,
-            confidence: 0.5,
-            source: "online".to_owned(),
-            model_ms: [0.0, 0.0],
-            online_ms: [1.0, 2.0],
-            status: 200,
-            latency_ms,
-            db_ms: 0.5,
-            queue_ms: 0.0,
-            cache: "miss".to_owned(),
-            shed: false,
-            anomaly_score: 0.1,
-            queries: Vec::new(),
+            ..crate::evaluate::tests::record(ts_ms, latency_ms, 1.0, 1.0, false)
         };
         serde_json::to_string(&record).expect("json")
     }

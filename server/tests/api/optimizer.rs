@@ -104,6 +104,14 @@ async fn with_every_feature_off_only_the_headers_remain() {
     );
 }
 
+/// A stress test slow enough to hold low priority's single permit while the test probes.
+fn slow_stress_test(app: &TestApp) -> impl std::future::Future<Output = reqwest::Result<Response>> {
+    app.client
+        .get(app.url("/api/stress-test?complexity=300"))
+        .bearer_auth(ADMIN)
+        .send()
+}
+
 /// Waits until a request holds low priority's permit (with a fixed limit of 4 there is one), as
 /// `/api/ml-metrics` shows it.
 async fn low_priority_permit_held(app: &TestApp) {
@@ -186,11 +194,7 @@ async fn low_priority_is_shed_before_checkout_under_saturation() {
 async fn a_client_may_lower_but_not_raise_its_priority() {
     let app = spawn_app_with(fixed_limit(4)).await;
     // Hold the single low-priority permit with a slow stress test...
-    let slow = app
-        .client
-        .get(app.url("/api/stress-test?complexity=300"))
-        .bearer_auth(ADMIN)
-        .send();
+    let slow = slow_stress_test(&app);
     let probe = async {
         low_priority_permit_held(&app).await;
         // ...then a catalogue read that volunteers to be low priority is shed,
@@ -223,11 +227,7 @@ async fn the_operator_can_roll_back_while_the_server_sheds() {
     // load it was meant to remedy. The low-priority permit is held, so a request at low
     // priority is shed, unless it is the operator's.
     let app = spawn_app_with(fixed_limit(4)).await;
-    let slow = app
-        .client
-        .get(app.url("/api/stress-test?complexity=300"))
-        .bearer_auth(ADMIN)
-        .send();
+    let slow = slow_stress_test(&app);
     let probe = async {
         low_priority_permit_held(&app).await;
         let at_low = |method: reqwest::Method, path: &str| {
