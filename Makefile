@@ -3,6 +3,8 @@
 # Environment:
 #   DATABASE_URL      use this database instead of the local cluster (scripts/pg.sh)
 #   SHOP_PG_PORT      port of the local cluster (default 54329)
+#   REPLICAS          `make run`: streaming read replicas of the local cluster to create,
+#                     start and spread reads over (default 0; `make test` starts one)
 #   SHOP_PG_UNSAFE    1: the local cluster runs with fsync, full_page_writes and
 #                     synchronous_commit off (fast, loses acknowledged writes on a crash)
 #   ADMIN_TOKEN       admin token for `make run` (default: generated into .local/admin-token)
@@ -32,10 +34,10 @@ help: ## List targets
 setup: ## Install missing system packages (PostgreSQL 15, hypopg, Chromium + chromedriver); check cargo
 	@scripts/setup.sh
 
-db: ## Start the local PostgreSQL cluster (skipped when DATABASE_URL is set)
+db: ## Start the local PostgreSQL cluster and REPLICAS read replicas (skipped when DATABASE_URL is set)
 	@if [[ -z "$${DATABASE_URL:-}" ]]; then
 		scripts/setup.sh
-		$(PG) start
+		SHOP_PG_REPLICAS="$${REPLICAS:-0}" $(PG) start
 	fi
 
 run: db ## Build and run the server: migrate, seed, serve on PORT (default 3000)
@@ -52,6 +54,11 @@ run: db ## Build and run the server: migrate, seed, serve on PORT (default 3000)
 	fi
 	DATABASE_URL="$(DB_URL)"
 	export DATABASE_URL ADMIN_TOKEN PORT="$${PORT:-3000}"
+	if [[ -z "$${DATABASE_REPLICA_URLS:-}" && "$${REPLICAS:-0}" != 0 ]]; then
+		DATABASE_REPLICA_URLS="$$($(PG) replica-urls)"
+		export DATABASE_REPLICA_URLS
+		echo "read replicas: $${REPLICAS}"
+	fi
 	# The ONNX Runtime library for the models in models/; without it the server still runs, on
 	# online statistics (x-ml-source: online; stale=no-runtime).
 	if ORT_DYLIB_PATH="$$(scripts/ort.sh)"; then export ORT_DYLIB_PATH; fi
@@ -62,8 +69,16 @@ run: db ## Build and run the server: migrate, seed, serve on PORT (default 3000)
 	echo "dashboard: http://localhost:$$PORT/dashboard (sign in with $$token_hint)"
 	exec "$(SERVER)" serve
 
-test: db ## Run all tests against the database (local cluster or DATABASE_URL)
-	@url="$(DB_URL)"
+test: ## Run all tests against the database (local cluster with one read replica, or DATABASE_URL and TEST_REPLICA_URLS)
+	@if [[ -z "$${DATABASE_URL:-}" ]]; then
+		scripts/setup.sh
+		SHOP_PG_REPLICAS=1 $(PG) start
+		# Only for the test harness's replica tests (server/tests/api/replicas.rs): a name of its
+		# own, so that no server binary a test starts picks it up as DATABASE_REPLICA_URLS.
+		TEST_REPLICA_URLS="$$($(PG) replica-urls)"
+		export TEST_REPLICA_URLS
+	fi
+	url="$(DB_URL)"
 	# The ONNX Runtime library (from the PyPI wheel) for the tests that load exported models.
 	ORT_DYLIB_PATH="$$(scripts/ort.sh)"
 	export ORT_DYLIB_PATH

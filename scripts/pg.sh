@@ -9,6 +9,14 @@
 #   scripts/pg.sh destroy  stop it and delete the cluster, its password and its log
 #   scripts/pg.sh crash    stop it as a crash would (pg_ctl -m immediate: no checkpoint, no
 #                          goodbye to clients), for scripts/crash.sh
+#   scripts/pg.sh replica-urls          print the running replicas' URLs, comma-separated
+#                                       (the server's DATABASE_REPLICA_URLS)
+#   scripts/pg.sh replica-stop K        stop replica K (1-based), as an outage would (immediate)
+#   scripts/pg.sh replica-start K       start replica K again; it catches up by streaming
+#
+# Read replicas: SHOP_PG_REPLICAS=N (make run REPLICAS=N) makes `start` also create and start N
+# hot standbys of the cluster: each made once with pg_basebackup, streaming from the primary,
+# on port+K, in .local/pg/replica-K. `stop` and `destroy` take the replicas along.
 #
 # Everything lives under <repo>/.local/pg/ (git-ignored), or SHOP_PG_DIR for a second cluster
 # (scripts/crash.sh uses .local/pg-crash). Port: ${SHOP_PG_PORT:-54329}, TCP on 127.0.0.1 only.
@@ -24,6 +32,11 @@ PORT=${SHOP_PG_PORT:-54329}
 DB_USER=shop
 DB_NAME=shop
 READY_TIMEOUT=30
+REPLICAS=${SHOP_PG_REPLICAS:-0}
+# Internal, set when this script starts a replica of its own cluster: the primary's port and
+# base folder.
+STANDBY_OF=${SHOP_PG_STANDBY_OF:-}
+PRIMARY_BASE=${SHOP_PG_PRIMARY_BASE:-}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 PG_BASE=${SHOP_PG_DIR:-$REPO/.local/pg}
@@ -39,6 +52,9 @@ die() { printf 'pg: error: %s\n' "$*" >&2; exit 1; }
 
 if ! [[ $PORT =~ ^[1-9][0-9]{0,4}$ ]] || ((PORT > 65535)); then
     die "SHOP_PG_PORT must be a TCP port number, got '$PORT'"
+fi
+if ! [[ $REPLICAS =~ ^[0-9]$ ]]; then
+    die "SHOP_PG_REPLICAS must be 0 to 9, got '$REPLICAS'"
 fi
 
 # initdb and postgres refuse to run as root; as root we run them as the 'postgres' user.
@@ -211,10 +227,42 @@ unix_socket_directories = '$sock_q'
 max_connections = 300
 shared_buffers = 256MB
 $(durability)
+# Replicas: WAL kept for a standby that was away a while, and no query on a standby cancelled
+# because the primary vacuumed the rows it reads.
+wal_keep_size = 256MB
+hot_standby_feedback = on
 # shared_preload_libraries stays unset: hypopg is loaded by CREATE EXTENSION.
 EOF
     chmod 644 "$conf"
     own_for_pg "$conf"
+}
+
+# A standby's data folder: a base backup of the primary, then streaming from it. The connection
+# settings (with the password) go to a file only the server user can read.
+init_standby() {
+    cp "$PRIMARY_BASE/password" "$PASSWORD_FILE"
+    chmod 600 "$PASSWORD_FILE"
+    local pw passfile
+    pw=$(read_password)
+    passfile=$(mktemp /tmp/shop-pg-pass.XXXXXX)
+    # shellcheck disable=SC2064 # expand now: the variable is local
+    trap "rm -f '$passfile'" EXIT
+    printf '127.0.0.1:%s:*:%s:%s\n' "$STANDBY_OF" "$DB_USER" "$pw" >"$passfile"
+    chmod 600 "$passfile"
+    own_for_pg "$passfile"
+    log "creating replica in $DATA from the primary on port $STANDBY_OF (log: $LOG_FILE)"
+    as_pg env PGPASSFILE="$passfile" "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$STANDBY_OF" \
+        -U "$DB_USER" -D "$DATA" -X stream -c fast >>"$LOG_FILE" 2>&1 \
+        || { tail -n 20 "$LOG_FILE" >&2; rm -rf -- "${DATA:?}"; die "pg_basebackup failed; see $LOG_FILE"; }
+    rm -f "$passfile"
+    trap - EXIT
+    local conf=$DATA/shop-standby.conf
+    printf "primary_conninfo = 'host=127.0.0.1 port=%s user=%s password=%s application_name=%s'\n" \
+        "$STANDBY_OF" "$DB_USER" "$pw" "$(basename "$PG_BASE")" >"$conf"
+    chmod 600 "$conf"
+    own_for_pg "$conf"
+    printf "include_if_exists = 'shop-standby.conf'\n" >>"$DATA/postgresql.conf"
+    as_pg touch "$DATA/standby.signal"
 }
 
 init_cluster() {
@@ -236,6 +284,10 @@ init_cluster() {
         log "postgres cannot reach $REPO; data folder is $DATA (symlinked from .local/pg/data)"
     fi
     make_pg_dir "$DATA" 700
+    if [[ -n $STANDBY_OF ]]; then
+        init_standby
+        return 0
+    fi
     ensure_password
 
     # initdb runs as the server user, who may not be able to read our 600 password
@@ -329,12 +381,44 @@ cmd_start() {
     as_pg "$PG_BIN/pg_ctl" start -W -D "$DATA" </dev/null >>"$LOG_FILE" 2>&1 \
         || { tail -n 20 "$LOG_FILE" >&2; die "pg_ctl start failed; see $LOG_FILE"; }
     wait_ready
+    if [[ -n $STANDBY_OF ]]; then
+        log "ready: replica on 127.0.0.1:$PORT, streaming from port $STANDBY_OF"
+        return 0
+    fi
     ensure_database
     log "ready: database $DB_NAME on 127.0.0.1:$PORT (scripts/pg.sh url), $(durability_word)"
+    start_replicas
+}
+
+# The replicas live in replica-K next to the primary's data, on port+K.
+replica_base() { printf '%s/replica-%s' "$PG_BASE" "$1"; }
+
+# Runs this script on replica K.
+on_replica() { # k command...
+    local k=$1
+    shift
+    [[ $k =~ ^[1-9]$ ]] || die "replica number must be 1 to 9, got '$k'"
+    SHOP_PG_DIR=$(replica_base "$k") SHOP_PG_PORT=$((PORT + k)) SHOP_PG_STANDBY_OF=$PORT \
+        SHOP_PG_PRIMARY_BASE=$PG_BASE SHOP_PG_REPLICAS=0 "${BASH_SOURCE[0]}" "$@"
+}
+
+# Replica numbers that exist on disk, in order.
+existing_replicas() {
+    local dir
+    for dir in "$PG_BASE"/replica-[1-9]; do
+        [[ -d $dir ]] && printf '%s\n' "${dir##*-}"
+    done
+}
+
+start_replicas() {
+    local k
+    for ((k = 1; k <= REPLICAS; k++)); do on_replica "$k" start; done
 }
 
 cmd_stop() {
     resolve_layout
+    local k
+    for k in $(existing_replicas); do on_replica "$k" stop; done
     if ! running_pid >/dev/null; then
         [[ -d $DATA ]] && remove_stale_pid
         log "not running"
@@ -379,6 +463,9 @@ cmd_psql() {
 }
 
 cmd_destroy() {
+    resolve_layout
+    local k
+    for k in $(existing_replicas); do on_replica "$k" destroy; done
     cmd_stop
     # The data folder may be a symlink to /var/tmp; delete the target too.
     if [[ -L $DATA_LINK ]]; then
@@ -388,6 +475,18 @@ cmd_destroy() {
     if [[ -d /tmp/shop-pg-$HASH && ! -L /tmp/shop-pg-$HASH ]]; then rm -rf -- "/tmp/shop-pg-$HASH"; fi
     rm -rf -- "${PG_BASE:?}"
     log "deleted local cluster ($PG_BASE)"
+}
+
+cmd_replica_urls() {
+    resolve_layout
+    local k pw urls=()
+    pw=$(read_password)
+    for k in $(existing_replicas); do
+        if on_replica "$k" status >/dev/null; then
+            urls+=("postgres://$DB_USER:$pw@127.0.0.1:$((PORT + k))/$DB_NAME")
+        fi
+    done
+    (IFS=,; printf '%s\n' "${urls[*]}")
 }
 
 usage() {
@@ -402,6 +501,9 @@ case ${1:-} in
     url) cmd_url ;;
     psql) shift; cmd_psql "$@" ;;
     destroy) cmd_destroy ;;
+    replica-urls) cmd_replica_urls ;;
+    replica-stop) resolve_layout; on_replica "${2:-}" crash ;;
+    replica-start) resolve_layout; on_replica "${2:-}" start ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 2 ;;
 esac

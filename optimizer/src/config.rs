@@ -27,6 +27,8 @@ pub struct Config {
     /// Where the index advisor opens its own connection (HypoPG's hypothetical indexes live in
     /// that session); `None` leaves the advisor without a database.
     pub pg: Option<tokio_postgres::Config>,
+    /// The read replicas and how reads are spread over them (from `[database]`).
+    pub balance: crate::balance::BalanceConfig,
 }
 
 /// `[models]`
@@ -171,6 +173,7 @@ impl Default for Config {
             models: ModelsConfig::default(),
             db_pool_size: 32,
             pg: None,
+            balance: crate::balance::BalanceConfig::default(),
         }
     }
 }

@@ -18,6 +18,7 @@
 //!   answers and background retraining.
 //! - [`admission`]: priorities, the adaptive concurrency limit, load shedding.
 //! - [`cache`]: the predictive response cache; [`listen`]: its invalidation across instances.
+//! - [`balance`]: adaptive read distribution over the primary and its read replicas.
 //! - [`queries`]: per-request statement tracking; [`capture`]: parameters of slow executions.
 //! - [`advice`]: the index advisor's passes (suggest, and opt-in build, measure, drop).
 //! - [`telemetry`]: the request log for the trainer; [`actions`]: the action log.
@@ -29,6 +30,7 @@ pub mod admission;
 pub mod advice;
 pub mod anomaly;
 pub mod arrivals;
+pub mod balance;
 pub mod cache;
 pub mod capture;
 pub mod config;
@@ -118,7 +120,8 @@ pub struct Optimizer {
     pub(crate) cache: ResponseCache,
     pub(crate) healer: Healer,
     pub(crate) telemetry: Telemetry,
-    actions: Actions,
+    actions: Arc<Actions>,
+    pub(crate) balancer: Arc<balance::Balancer>,
     alerts: Recent<Alert>,
     history: History,
     advice: advice::Advice,
@@ -167,6 +170,7 @@ impl Optimizer {
             Telemetry::disabled()
         };
         let models = Arc::new(Models::new(&config.models));
+        let actions = Arc::new(Actions::new(config.telemetry.optimizer_log.clone()));
         if settings.prediction || settings.anomaly {
             models.poll();
         }
@@ -186,7 +190,11 @@ impl Optimizer {
                 o.target_latency_ms,
             ),
             telemetry,
-            actions: Actions::new(config.telemetry.optimizer_log.clone()),
+            balancer: Arc::new(balance::Balancer::new(
+                config.balance.clone(),
+                actions.clone(),
+            )),
+            actions,
             alerts: Recent::new(MAX_ALERTS),
             history: History::new(history_len),
             advice: advice::Advice::new(config),
@@ -222,7 +230,7 @@ impl Optimizer {
             let optimizer = self.clone();
             tasks.push(listen::spawn(
                 pg,
-                Arc::new(move |id| optimizer.invalidate_product(id)),
+                Arc::new(move |id, lsn| optimizer.invalidate_product_at(id, lsn)),
             ));
         }
         tokio::spawn(async move {
@@ -470,6 +478,7 @@ impl Optimizer {
                     error: failing.map(|f| f.1),
                 }
             },
+            load_distribution: self.balancer.view(),
         }
     }
 
@@ -542,6 +551,21 @@ impl Optimizer {
     /// Where the database layer puts the parameters of slow executions for the advisor.
     pub fn captures(&self) -> Arc<capture::Captures> {
         self.advice.captures()
+    }
+
+    /// Drops the cached answers that show product `id`, which changed in a commit the primary's
+    /// WAL holds by `lsn` (when known): from then on, replica reads must have replayed it, so
+    /// that no cache fill stores the row as it was before.
+    pub fn invalidate_product_at(&self, id: i64, lsn: Option<balance::Lsn>) {
+        if let Some(lsn) = lsn {
+            self.balancer.changed_at(lsn);
+        }
+        self.invalidate_product(id);
+    }
+
+    /// The read balancer the application's database layer asks where a read may go.
+    pub fn balancer(&self) -> Arc<balance::Balancer> {
+        self.balancer.clone()
     }
 
     /// Drops the cached answers that show product `id` (it changed).

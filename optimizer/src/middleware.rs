@@ -396,7 +396,7 @@ async fn run_for_cache(
 /// The middleware.
 pub async fn optimize<H: Host>(
     State(state): State<Pipeline<H>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let arrived = Instant::now();
@@ -467,6 +467,13 @@ pub async fn optimize<H: Host>(
     } else {
         Prediction::NONE
     };
+
+    // Where a read goes among replicas depends on its predicted cost (only asked for then).
+    if prediction.is_known() && opt.balancer.has_replicas() {
+        request
+            .extensions_mut()
+            .insert(crate::balance::Predicted(prediction.p50_ms));
+    }
 
     let mut queue = Duration::ZERO;
     // Auto-healing throttles some routes (the stress test) outright while an incident lasts.

@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub anomaly: AnomalyState,
     /// Request log records.
     pub request_log: RequestLog,
+    /// Where reads went: the primary and each read replica.
+    pub load_distribution: Vec<crate::balance::TargetView>,
 }
 
 /// Which model answers and how healthy it is.

@@ -69,7 +69,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         crate::migrate::run(&config).await?;
         let optimizer = Arc::new(Optimizer::new(&config.optimizer()));
-        let db = Db::new(&config)?.with_captures(optimizer.captures());
+        let db = Db::new(&config, optimizer.balancer())?.with_captures(optimizer.captures());
         let auth = Arc::new(Auth::new(&config.auth)?);
         let address = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&address)
@@ -117,6 +117,7 @@ impl Application {
         signal: impl Future<Output = bool> + Send + 'static,
     ) -> anyhow::Result<()> {
         let maintenance = tokio::spawn(maintenance(self.state.clone()));
+        let probes = tokio::spawn(self.state.db.clone().probe());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let optimizer = self.state.optimizer.spawn(async {
             let _ = stopped.await;
@@ -158,6 +159,7 @@ impl Application {
             }
         };
         maintenance.abort();
+        probes.abort();
         let _ = stop.send(());
         let _ = optimizer.await;
         let optimizer = self.state.optimizer.clone();
@@ -208,6 +210,10 @@ pub fn router(state: AppState) -> Router {
                 .layer(middleware::from_fn_with_state(timeout, request_timeout))
                 .layer(DefaultBodyLimit::max(limits.max_body_bytes))
                 .layer(middleware::from_fn_with_state(
+                    state.db.clone(),
+                    write_position,
+                ))
+                .layer(middleware::from_fn_with_state(
                     Pipeline::new(state.optimizer.clone(), state.clone()),
                     optimize::<AppState>,
                 )),
@@ -241,6 +247,38 @@ async fn request_timeout(State(limits): State<Timeouts>, request: Request, next:
         }
         .into_response(),
     }
+}
+
+/// With read replicas, a successful write's response carries the primary's WAL position after
+/// it (`x-write-lsn`, and the `write_lsn` cookie for browsers): sent back, it keeps the client's
+/// reads on targets that have replayed the write, on any instance. Outside the optimizer's
+/// middleware, so the extra statement is not counted as the request's.
+async fn write_position(State(db): State<Db>, request: Request, next: Next) -> Response {
+    use axum::http::{HeaderValue, Method, header::SET_COOKIE};
+    let writes = db.has_replicas()
+        && !matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS
+        );
+    let mut response = next.run(request).await;
+    if writes
+        && response.status().is_success()
+        && let Ok(lsn) = db.position().await
+    {
+        let lsn = optimizer::balance::format_lsn(lsn);
+        let cookie = format!(
+            "{}={lsn}; Path=/; Max-Age=300; HttpOnly; SameSite=Lax",
+            crate::extract::WRITE_LSN_COOKIE
+        );
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&lsn) {
+            headers.insert(crate::extract::WRITE_LSN_HEADER, value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            headers.append(SET_COOKIE, value);
+        }
+    }
+    response
 }
 
 /// Hourly housekeeping: expired sessions, old idempotency keys, idle rate-limit keys.

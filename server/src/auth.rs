@@ -371,7 +371,7 @@ impl Auth {
 }
 
 /// The value of the cookie `name`, from any `Cookie` header of the request.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()

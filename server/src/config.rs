@@ -78,6 +78,15 @@ pub struct Overrides {
     /// Maximum database connections.
     #[arg(long, env = "DB_POOL_SIZE", global = true)]
     pub db_pool_size: Option<usize>,
+    /// Read replica URLs, comma-separated (`database.replicas`).
+    #[arg(
+        long,
+        env = "DATABASE_REPLICA_URLS",
+        global = true,
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub database_replica_urls: Option<Vec<String>>,
     /// Bearer token for admin endpoints; admin endpoints are closed without one.
     #[arg(long, env = "ADMIN_TOKEN", global = true, hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -179,6 +188,22 @@ pub struct DatabaseConfig {
     pub pool_timeout_ms: u64,
     /// Server-side statement timeout, so no query can hold a connection forever.
     pub statement_timeout_ms: u64,
+    /// Streaming read replicas of the primary, as URLs (`DATABASE_REPLICA_URLS`,
+    /// comma-separated): catalogue, search and analytics reads are spread over them and the
+    /// primary. Empty: everything goes to the primary.
+    pub replicas: Vec<String>,
+    /// A replica further behind the primary than this (ms) takes no reads until it catches up.
+    pub max_replica_lag_ms: u64,
+    /// The primary's weight for reads beside one replica: its cost is divided by it, so 1 treats
+    /// it as one more replica, 0.5 (the default, as the primary also carries every write) sends
+    /// it a read only when it answers more than twice as fast, and 0 keeps reads off it while a
+    /// replica can take them.
+    pub primary_read_weight: f64,
+    /// Longest ban of a failing replica (ms); the first lasts 1 s, and each failure in a row
+    /// doubles it up to this.
+    pub replica_ban_max_ms: u64,
+    /// How often each replica's replay position (and so its lag and health) is probed (ms).
+    pub replica_probe_ms: u64,
 }
 
 /// `[auth]`
@@ -240,6 +265,11 @@ impl Default for DatabaseConfig {
             pool_size: 32,
             pool_timeout_ms: 5_000,
             statement_timeout_ms: 15_000,
+            replicas: Vec::new(),
+            max_replica_lag_ms: 1_000,
+            primary_read_weight: 0.5,
+            replica_ban_max_ms: 5_000,
+            replica_probe_ms: 200,
         }
     }
 }
@@ -328,6 +358,14 @@ impl Config {
         set(&mut self.database.password, &o.db_password);
         set(&mut self.database.name, &o.db_name);
         set(&mut self.database.pool_size, &o.db_pool_size);
+        if let Some(urls) = &o.database_replica_urls {
+            self.database.replicas = urls
+                .iter()
+                .map(|u| u.trim())
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
         if o.admin_token.is_some() {
             self.auth.admin_token.clone_from(&o.admin_token);
         }
@@ -399,6 +437,21 @@ impl Config {
         if self.database.pool_size == 0 {
             bail!("database.pool_size must be at least 1");
         }
+        let db = &self.database;
+        if !db.primary_read_weight.is_finite() || db.primary_read_weight < 0.0 {
+            bail!("database.primary_read_weight must be a non-negative number");
+        }
+        if db.replica_probe_ms == 0 || db.replica_ban_max_ms < 1_000 {
+            bail!(
+                "database.replica_probe_ms must be positive and replica_ban_max_ms at least 1000"
+            );
+        }
+        if db.replicas.len() > 15 {
+            bail!("database.replicas: at most 15");
+        }
+        for (i, _) in db.replicas.iter().enumerate() {
+            self.replica_pg_config(i)?;
+        }
         if self.limits.max_page_size == 0 || self.limits.max_result_window == 0 {
             bail!("limits.max_page_size and limits.max_result_window must be positive");
         }
@@ -424,6 +477,14 @@ impl Config {
             models: self.models.clone(),
             db_pool_size: self.database.pool_size,
             pg: self.pg_config().ok(),
+            balance: optimizer::balance::BalanceConfig {
+                replicas: (0..self.database.replicas.len())
+                    .map(|i| self.replica_label(i))
+                    .collect(),
+                max_lag: Duration::from_millis(self.database.max_replica_lag_ms),
+                primary_weight: self.database.primary_read_weight,
+                max_ban: Duration::from_millis(self.database.replica_ban_max_ms),
+            },
         }
     }
 
@@ -433,7 +494,7 @@ impl Config {
     /// A malformed `DATABASE_URL`.
     pub fn pg_config(&self) -> anyhow::Result<tokio_postgres::Config> {
         let db = &self.database;
-        let mut pg = match &db.url {
+        let pg = match &db.url {
             Some(url) => url
                 .parse::<tokio_postgres::Config>()
                 .context("parsing DATABASE_URL")?,
@@ -447,10 +508,52 @@ impl Config {
                 pg
             }
         };
+        Ok(self.session(pg))
+    }
+
+    /// The settings every session of the server has, on the primary or a replica.
+    fn session(&self, mut pg: tokio_postgres::Config) -> tokio_postgres::Config {
         pg.application_name("shop-api");
         pg.connect_timeout(Duration::from_secs(5));
-        pg.options(format!("-c statement_timeout={}", db.statement_timeout_ms));
+        pg.options(format!(
+            "-c statement_timeout={}",
+            self.database.statement_timeout_ms
+        ));
+        pg
+    }
+
+    /// The connection settings of read replica `index` (0-based).
+    ///
+    /// # Errors
+    /// A malformed URL (the message does not repeat it: it may hold a password).
+    pub fn replica_pg_config(&self, index: usize) -> anyhow::Result<tokio_postgres::Config> {
+        let url = &self.database.replicas[index];
+        let pg = url.parse::<tokio_postgres::Config>().map_err(|e| {
+            anyhow::anyhow!("database.replicas[{index}] is not a PostgreSQL URL: {e}")
+        })?;
+        // Session settings (the statement timeout, a 2 s connect timeout: a replica that does not
+        // answer is skipped, not waited for).
+        let mut pg = self.session(pg);
+        pg.connect_timeout(Duration::from_secs(2));
         Ok(pg)
+    }
+
+    /// How replica `index` is named in metrics: its host and port, never its password.
+    pub fn replica_label(&self, index: usize) -> String {
+        match self.replica_pg_config(index) {
+            Ok(pg) => {
+                let host = pg
+                    .get_hosts()
+                    .first()
+                    .map_or_else(String::new, |h| match h {
+                        tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                    });
+                let port = pg.get_ports().first().copied().unwrap_or(5432);
+                format!("{host}:{port}")
+            }
+            Err(_) => format!("replica-{}", index + 1),
+        }
     }
 }
 

@@ -5,11 +5,18 @@
 //! and parameters always travel separately from the SQL text: nothing a client sends can be
 //! spliced into a statement. This single path is also where query tracking hooks in, and where
 //! the parameters of slow executions are captured for the index advisor.
+//!
+//! Reads that may see a slightly older state (catalogue, search, analytics) go through
+//! [`Db::read`], which asks the optimizer's balancer for a target among the primary and the
+//! read replicas (`database.replicas`), runs them there, and retries them on the primary when
+//! the replica failed; everything else uses [`Db::conn`], the primary. [`Db::probe`] feeds the
+//! balancer each replica's replay position, from which it knows lag and health.
 
 use crate::config::Config;
 use crate::error::ApiError;
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use optimizer::balance::{self, Balancer, Lsn, PRIMARY};
 use optimizer::capture::Captures;
 use optimizer::queries;
 use std::sync::Arc;
@@ -24,7 +31,72 @@ pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    /// One pool per read replica, in the order of `database.replicas`.
+    replicas: Arc<[Pool]>,
+    balancer: Arc<Balancer>,
     captures: Arc<Captures>,
+    probe_every: Duration,
+}
+
+/// A pool of `size` connections made with `pg`.
+fn new_pool(
+    pg: tokio_postgres::Config,
+    size: usize,
+    wait: Duration,
+    create: Duration,
+) -> anyhow::Result<Pool> {
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        // `Fast` skips a round trip per checkout; a broken connection still surfaces as an
+        // error on its next use and is then dropped by the pool.
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(create))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .context("building a database pool")
+}
+
+/// What a read must see, and what it is expected to cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadFrom {
+    /// The WAL position of the caller's own last write (0: none known).
+    pub lsn: Lsn,
+    /// The optimizer's prediction of the request's time (ms), when it made one.
+    pub predicted_ms: Option<f32>,
+}
+
+impl ReadFrom {
+    /// A read that must see everything committed so far: the primary's.
+    pub const PRIMARY: Self = Self {
+        lsn: Lsn::MAX,
+        predicted_ms: None,
+    };
+}
+
+/// What to do with a read that failed on a replica.
+enum OnReplicaError {
+    /// The replica is away: ban it, run the read on the primary.
+    Ban,
+    /// The replica cancelled it (a conflict with WAL replay): run it on the primary.
+    Retry,
+    /// The read itself failed; the primary would fail it too.
+    Fail,
+}
+
+fn on_replica_error(err: &tokio_postgres::Error) -> OnReplicaError {
+    match err.as_db_error().map(|db| db.code().code()) {
+        Some("40001" | "40P01") => OnReplicaError::Retry,
+        Some("57014") => OnReplicaError::Fail,
+        _ if crate::error::database_away(err) => OnReplicaError::Ban,
+        _ => OnReplicaError::Fail,
+    }
 }
 
 impl Db {
@@ -32,26 +104,32 @@ impl Db {
     ///
     /// # Errors
     /// Invalid connection settings.
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let manager = Manager::from_config(
+    pub fn new(config: &Config, balancer: Arc<Balancer>) -> anyhow::Result<Self> {
+        let db = &config.database;
+        let pool = new_pool(
             config.pg_config()?,
-            NoTls,
-            // `Fast` skips a round trip per checkout; a broken connection still surfaces as an
-            // error on its next use and is then dropped by the pool.
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.database.pool_size)
-            .wait_timeout(Some(Duration::from_millis(config.database.pool_timeout_ms)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .context("building the database pool")?;
+            db.pool_size,
+            Duration::from_millis(db.pool_timeout_ms),
+            Duration::from_secs(5),
+        )?;
+        // A replica is one choice among several: a read waits for it briefly, then goes to the
+        // primary.
+        let replicas = (0..db.replicas.len())
+            .map(|i| {
+                new_pool(
+                    config.replica_pg_config(i)?,
+                    db.pool_size,
+                    Duration::from_millis(db.pool_timeout_ms.min(500)),
+                    Duration::from_secs(2),
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             pool,
+            replicas: replicas.into(),
+            balancer,
             captures: Arc::new(Captures::off()),
+            probe_every: Duration::from_millis(db.replica_probe_ms),
         })
     }
 
@@ -60,6 +138,104 @@ impl Db {
     pub fn with_captures(mut self, captures: Arc<Captures>) -> Self {
         self.captures = captures;
         self
+    }
+
+    /// Whether reads are spread over replicas (and writes must tell the client their position).
+    pub fn has_replicas(&self) -> bool {
+        !self.replicas.is_empty()
+    }
+
+    /// A connection for reads that may see a slightly older state, on the target the
+    /// balancer picks; a replica that fails a statement (away, or cancelling it for WAL replay)
+    /// hands it, and the rest of the request's reads, to the primary, so a replica's death
+    /// fails no request.
+    ///
+    /// # Errors
+    /// No connection to the primary either (503).
+    pub async fn read(&self, from: ReadFrom) -> Result<ReadConn<'_>, ApiError> {
+        let mut read = self.balancer.choose(from.lsn, from.predicted_ms);
+        if read.target() != PRIMARY {
+            match self.replicas[read.target() - 1].get().await {
+                Ok(inner) => {
+                    read.connected();
+                    let conn = Conn {
+                        inner,
+                        captures: self.captures.clone(),
+                    };
+                    return Ok(ReadConn {
+                        db: self,
+                        conn,
+                        read,
+                    });
+                }
+                Err(err) => read.failed(&format!("no connection: {err}")),
+            }
+            drop(read);
+            read = self.balancer.start(PRIMARY);
+        }
+        let conn = self.conn().await?;
+        read.connected();
+        Ok(ReadConn {
+            db: self,
+            conn,
+            read,
+        })
+    }
+
+    /// The primary's WAL position now: at or past every commit acknowledged before the call.
+    ///
+    /// # Errors
+    /// The primary is away.
+    pub async fn position(&self) -> Result<Lsn, ApiError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?;
+        let text: String = row.get(0);
+        balance::parse_lsn(&text)
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("unreadable WAL position {text}")))
+    }
+
+    /// Probes the primary's WAL position and each replica's replay position, every
+    /// `database.replica_probe_ms`, forever: the balancer learns lag, failures and returns.
+    pub async fn probe(self) {
+        if self.replicas.is_empty() {
+            return;
+        }
+        let mut tick = tokio::time::interval(self.probe_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let limit = self.probe_every.max(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if let Ok(Ok(lsn)) = tokio::time::timeout(limit, self.position()).await {
+                self.balancer.primary_at(lsn);
+            }
+            let balancer = &self.balancer;
+            let probes = self
+                .replicas
+                .iter()
+                .enumerate()
+                .map(|(i, pool)| async move {
+                    let replay = tokio::time::timeout(limit, async {
+                        let client = pool.get().await.map_err(|e| e.to_string())?;
+                        let row = client
+                            .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let text: Option<String> = row.get(0);
+                        text.as_deref()
+                            .and_then(balance::parse_lsn)
+                            .ok_or_else(|| "not a streaming replica".to_owned())
+                    })
+                    .await
+                    .unwrap_or_else(|_| Err("probe timed out".into()));
+                    match replay {
+                        Ok(lsn) => balancer.probed(i + 1, lsn),
+                        Err(why) => balancer.failed(i + 1, &format!("probe: {why}")),
+                    }
+                });
+            futures::future::join_all(probes).await;
+        }
     }
 
     /// A pooled connection; waits at most the configured time, then a 503.
@@ -76,6 +252,63 @@ impl Db {
     /// Pool size and idle connections, for readiness and metrics.
     pub fn status(&self) -> deadpool_postgres::Status {
         self.pool.status()
+    }
+}
+
+/// A connection for reads ([`Db::read`]): on a replica or the primary, counted as a read in
+/// flight there until dropped.
+pub struct ReadConn<'a> {
+    db: &'a Db,
+    conn: Conn,
+    read: balance::Read<'a>,
+}
+
+/// The read statements of [`Conn`], each moved to the primary when the replica fails it.
+macro_rules! reads {
+    ($($name:ident -> $out:ty),*) => {
+        impl ReadConn<'_> {
+            $(
+                /// As on [`Conn`]; on the primary when the replica fails it.
+                ///
+                /// # Errors
+                /// The statement's error on the primary, or the replica's own when the
+                /// primary would fail it too.
+                pub async fn $name(&mut self, sql: &str, params: Params<'_>) -> Result<$out, ApiError> {
+                    match self.conn.$name(sql, params).await {
+                        Ok(out) => Ok(out),
+                        Err(err) => {
+                            self.move_to_primary(err).await?;
+                            Ok(self.conn.$name(sql, params).await?)
+                        }
+                    }
+                }
+            )*
+        }
+    };
+}
+
+reads!(query -> Vec<Row>, query_one -> Row, query_opt -> Option<Row>);
+
+impl ReadConn<'_> {
+    /// After `err` on this connection: moves to the primary when that can help, else `err`.
+    async fn move_to_primary(&mut self, err: tokio_postgres::Error) -> Result<(), ApiError> {
+        if self.read.target() == PRIMARY {
+            return Err(err.into());
+        }
+        match on_replica_error(&err) {
+            OnReplicaError::Fail => return Err(err.into()),
+            OnReplicaError::Retry => {}
+            OnReplicaError::Ban => self.read.failed(&err.to_string()),
+        }
+        self.conn = self.db.conn().await?;
+        self.read = self.db.balancer.start(PRIMARY);
+        self.read.connected();
+        Ok(())
+    }
+
+    /// Which target the reads run on: 0 the primary, `k` the `k`-th replica.
+    pub fn target(&self) -> usize {
+        self.read.target()
     }
 }
 

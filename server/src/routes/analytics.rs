@@ -2,6 +2,7 @@
 
 use crate::app::AppState;
 use crate::auth::Admin;
+use crate::db::ReadFrom;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
 use crate::routes::Routes;
@@ -79,6 +80,7 @@ pub struct Analytics {
 pub async fn analytics(
     State(state): State<AppState>,
     _admin: Admin,
+    read_from: ReadFrom,
     Query(params): Query<AnalyticsParams>,
 ) -> Result<Json<Analytics>, ApiError> {
     let to = params.to.unwrap_or_else(Utc::now);
@@ -95,7 +97,7 @@ pub async fn analytics(
         ));
     }
     let top = i64::from(validate::range("top", params.top.unwrap_or(5), 1, 50)?);
-    let conn = state.db.conn().await?;
+    let mut conn = state.db.read(read_from).await?;
     let totals = conn
         .query_one(
             "SELECT COALESCE(sum(total), 0), count(*) FROM orders \
@@ -103,8 +105,6 @@ pub async fn analytics(
             &[&from, &to],
         )
         .await?;
-    let revenue: Decimal = totals.get(0);
-    let orders: i64 = totals.get(1);
     let rows = conn
         .query(
             "SELECT oi.product_id, p.name, sum(oi.quantity)::bigint, sum(oi.price * oi.quantity) \
@@ -114,6 +114,8 @@ pub async fn analytics(
             &[&from, &to, &top],
         )
         .await?;
+    let revenue: Decimal = totals.get(0);
+    let orders: i64 = totals.get(1);
     let average_order_value = if orders == 0 {
         Decimal::ZERO
     } else {

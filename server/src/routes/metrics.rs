@@ -306,8 +306,84 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
             ("scope=\"client\"".to_owned(), logins.per_client),
         ],
     );
+    load_distribution(&mut out, &snapshot.load_distribution);
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         out,
     )
+}
+
+/// A label value as the text format wants it: backslash, quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The read targets: the primary and each replica (host and port, a set the configuration
+/// fixes).
+fn load_distribution(out: &mut String, targets: &[optimizer::balance::TargetView]) {
+    let by_target = |pick: &dyn Fn(&optimizer::balance::TargetView) -> f64| {
+        targets
+            .iter()
+            .map(|t| {
+                (
+                    format!("target=\"{}\",role=\"{}\"", escape(&t.target), t.role),
+                    pick(t),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        out,
+        "shop_db_reads_total",
+        "counter",
+        "Reads sent to each database target (catalogue, search, analytics).",
+        by_target(&|t| t.reads as f64),
+    );
+    family(
+        out,
+        "shop_db_read_ewma_ms",
+        "gauge",
+        "Peak-sensitive EWMA of each target's read time (ms), by which reads are spread.",
+        by_target(&|t| t.ewma_ms),
+    );
+    family(
+        out,
+        "shop_db_reads_in_flight",
+        "gauge",
+        "Reads running on each target now.",
+        by_target(&|t| f64::from(t.in_flight)),
+    );
+    family(
+        out,
+        "shop_db_replica_lag_ms",
+        "gauge",
+        "How far each replica is behind the primary (ms).",
+        targets.iter().filter_map(|t| {
+            t.lag_ms
+                .map(|lag| (format!("target=\"{}\"", escape(&t.target)), lag))
+        }),
+    );
+    family(
+        out,
+        "shop_db_target_serving",
+        "gauge",
+        "1 while the target takes reads, 0 while it is unknown, banned or lagging.",
+        by_target(&|t| {
+            if t.state == optimizer::balance::TargetState::Serving {
+                1.0
+            } else {
+                0.0
+            }
+        }),
+    );
+    family(
+        out,
+        "shop_db_target_bans_total",
+        "counter",
+        "Times each replica was banned for failing.",
+        by_target(&|t| t.bans as f64),
+    );
 }

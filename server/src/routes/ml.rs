@@ -93,6 +93,11 @@ pub struct MlMetrics {
     /// reduction), statements without one and why, and indexes built automatically.
     #[schema(value_type = Object)]
     pub index_advice: AdviceView,
+    /// Where reads went, per target (the primary, each read replica): share of reads, EWMA
+    /// latency, in flight, replication lag, state (`serving`, `unknown`, `banned`, `lagging`),
+    /// failures and bans.
+    #[schema(value_type = Vec<Object>)]
+    pub load_distribution: Vec<optimizer::balance::TargetView>,
 }
 
 /// Model health, accuracy, cache, admission, anomalies, actions and history (admin token, or
@@ -112,6 +117,7 @@ pub async fn ml_metrics(State(state): State<AppState>, _admin: AdminView) -> Jso
         concurrency_limit,
         anomaly,
         request_log,
+        load_distribution,
     } = opt.snapshot();
     Json(MlMetrics {
         uptime_secs,
@@ -129,6 +135,7 @@ pub async fn ml_metrics(State(state): State<AppState>, _admin: AdminView) -> Jso
         queries: opt.queries(),
         request_log,
         index_advice: opt.advice(),
+        load_distribution,
     })
 }
 

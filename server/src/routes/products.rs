@@ -2,6 +2,7 @@
 
 use crate::app::AppState;
 use crate::auth::Admin;
+use crate::db::ReadFrom;
 use crate::error::{ApiError, ErrorBody, on_constraint};
 use crate::extract::{Json, Path, Query};
 use crate::routes::Routes;
@@ -124,16 +125,21 @@ pub struct ListParams {
     responses((status = 200, body = ProductPage), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
+    from: ReadFrom,
     Query(params): Query<ListParams>,
 ) -> Result<Json<ProductPage>, ApiError> {
     let limits = &state.config.limits;
     let page = Page::within(params.page, params.limit, limits)?;
-    let conn = state.db.conn().await?;
+    let category = params
+        .category
+        .as_deref()
+        .map(|category| validate::text("category", category, 100))
+        .transpose()?;
     // Two statements rather than one with `$1 IS NULL OR ...`: a generic plan for the combined
     // form cannot use an index on category, and the plans here should be the obvious ones.
-    let rows = match params.category.as_deref() {
+    let mut conn = state.db.read(from).await?;
+    let rows = match category {
         Some(category) => {
-            let category = validate::text("category", category, 100)?;
             conn.query(
                 &format!(
                     "SELECT {PRODUCT_COLUMNS} FROM products p LEFT JOIN inventory i ON i.product_id = p.id \
@@ -157,17 +163,23 @@ pub async fn list(
     Ok(Json(ProductPage::from_rows(&rows, page)))
 }
 
-/// Fetches one product (inactive ones only when `include_inactive`).
-async fn fetch(state: &AppState, id: i64, include_inactive: bool) -> Result<Product, ApiError> {
-    let conn = state.db.conn().await?;
-    let row = conn
-        .query_opt(
-            &format!(
-                "SELECT {PRODUCT_COLUMNS} FROM products p LEFT JOIN inventory i ON i.product_id = p.id \
-                 WHERE p.id = $1 AND (p.active OR $2)"
-            ),
-            &[&id, &include_inactive],
-        )
+/// Fetches one product (inactive ones only when `include_inactive`), from a target `from`
+/// allows; after a write, from the primary ([`ReadFrom::PRIMARY`]).
+async fn fetch(
+    state: &AppState,
+    from: ReadFrom,
+    id: i64,
+    include_inactive: bool,
+) -> Result<Product, ApiError> {
+    let sql = format!(
+        "SELECT {PRODUCT_COLUMNS} FROM products p LEFT JOIN inventory i ON i.product_id = p.id \
+         WHERE p.id = $1 AND (p.active OR $2)"
+    );
+    let row = state
+        .db
+        .read(from)
+        .await?
+        .query_opt(&sql, &[&id, &include_inactive])
         .await?;
     row.as_ref()
         .map(Product::from_row)
@@ -182,11 +194,12 @@ async fn fetch(state: &AppState, id: i64, include_inactive: bool) -> Result<Prod
     responses((status = 200, body = Product), (status = 404, body = ErrorBody)))]
 pub async fn detail(
     State(state): State<AppState>,
+    from: ReadFrom,
     Path(id): Path<i64>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let admin = state.auth.has_admin_token(&headers);
-    let product = fetch(&state, id, admin).await?;
+    let product = fetch(&state, from, id, admin).await?;
     let unlisted = !product.active;
     let mut response = Json(product).into_response();
     if unlisted {
@@ -370,7 +383,10 @@ pub async fn create(
     tx.commit().await?;
     drop(conn);
     announce_change(&state, id).await;
-    Ok((StatusCode::CREATED, Json(fetch(&state, id, true).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(fetch(&state, ReadFrom::PRIMARY, id, true).await?),
+    ))
 }
 
 /// Update a product (admin).
@@ -433,17 +449,24 @@ pub async fn update(
     tx.commit().await?;
     drop(conn);
     announce_change(&state, id).await;
-    Ok(Json(fetch(&state, id, true).await?))
+    Ok(Json(fetch(&state, ReadFrom::PRIMARY, id, true).await?))
 }
 
 /// Drops this instance's cached copies of the product (and every list and search) at once, and
-/// tells the other instances through PostgreSQL `NOTIFY`. A failed NOTIFY is logged, not fatal:
-/// other instances then serve the old entry until its TTL (at most 30 s) runs out.
+/// tells the other instances through PostgreSQL `NOTIFY`, with the primary's WAL position after
+/// the change: until a replica has replayed it, no cache fill reads from that replica. A failed
+/// NOTIFY is logged, not fatal: other instances then serve the old entry until its TTL (at
+/// most 30 s) runs out.
 async fn announce_change(state: &AppState, id: i64) {
-    state.optimizer.invalidate_product(id);
+    let position = state.db.position().await.ok();
+    state.optimizer.invalidate_product_at(id, position);
     let notified = async {
         let conn = state.db.conn().await?;
-        conn.execute("SELECT pg_notify('shop_cache', $1)", &[&id.to_string()])
+        let payload = match position {
+            Some(lsn) => format!("{id} {}", optimizer::balance::format_lsn(lsn)),
+            None => id.to_string(),
+        };
+        conn.execute("SELECT pg_notify('shop_cache', $1)", &[&payload])
             .await?;
         Ok::<_, ApiError>(())
     };

@@ -1,6 +1,7 @@
 //! Full-text search over product names and descriptions (PostgreSQL `tsvector`, ranked).
 
 use crate::app::AppState;
+use crate::db::ReadFrom;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
 use crate::routes::Routes;
@@ -53,24 +54,25 @@ pub struct SearchResults {
     responses((status = 200, body = SearchResults), (status = 400, body = ErrorBody)))]
 pub async fn search(
     State(state): State<AppState>,
+    from: ReadFrom,
     Query(params): Query<SearchParams>,
 ) -> Result<Json<SearchResults>, ApiError> {
     let limits = &state.config.limits;
     let q = validate::text("q", &params.q, limits.max_query_chars)?;
     let page = Page::within(params.page, params.limit, limits)?;
-    let conn = state.db.conn().await?;
     // websearch_to_tsquery never fails on user input (unbalanced quotes, stray operators), so any
     // text is safe to pass; it is a bound parameter in any case.
-    let rows = conn
-        .query(
-            &format!(
-                "SELECT {PRODUCT_COLUMNS} FROM products p LEFT JOIN inventory i ON i.product_id = p.id, \
-                 websearch_to_tsquery('english', $1) query \
-                 WHERE p.active AND p.search @@ query \
-                 ORDER BY ts_rank_cd(p.search, query) DESC, p.popularity DESC, p.id LIMIT $2 OFFSET $3"
-            ),
-            &[&q, &page.fetch(), &page.offset()],
-        )
+    let sql = format!(
+        "SELECT {PRODUCT_COLUMNS} FROM products p LEFT JOIN inventory i ON i.product_id = p.id, \
+         websearch_to_tsquery('english', $1) query \
+         WHERE p.active AND p.search @@ query \
+         ORDER BY ts_rank_cd(p.search, query) DESC, p.popularity DESC, p.id LIMIT $2 OFFSET $3"
+    );
+    let rows = state
+        .db
+        .read(from)
+        .await?
+        .query(&sql, &[&q, &page.fetch(), &page.offset()])
         .await?;
     let found = ProductPage::from_rows(&rows, page);
     Ok(Json(SearchResults {

@@ -154,6 +154,10 @@ pub async fn spawn_app_until(
     let scratch = std::env::temp_dir().join(format!("shop-{db_name}"));
     let mut config = server_config(&url, &scratch, 16);
     adjust(&mut config);
+    // Replicas are named by their cluster's URL; the test's database is on them too.
+    for replica in &mut config.database.replicas {
+        *replica = with_dbname(replica, &db_name);
+    }
     let app = Application::build(config).await.expect("server starts");
     let address = format!("http://127.0.0.1:{}", app.port());
     let served = tokio::spawn(app.run_until(signal));
@@ -174,6 +178,14 @@ pub async fn spawn_app_until(
         db_url: url_for_peer,
     };
     (app, served)
+}
+
+impl TestApp {
+    /// A direct connection to this test's database on another server of the cluster (a
+    /// replica), given its URL.
+    pub async fn connect_on(&self, cluster_url: &str) -> tokio_postgres::Client {
+        connect(&with_dbname(cluster_url, &self.db_name)).await
+    }
 }
 
 impl Drop for TestApp {

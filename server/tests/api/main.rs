@@ -17,4 +17,5 @@ mod models;
 mod optimizer;
 mod orders;
 mod products;
+mod replicas;
 mod search;
