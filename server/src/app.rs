@@ -281,7 +281,8 @@ async fn write_position(State(db): State<Db>, request: Request, next: Next) -> R
     response
 }
 
-/// Hourly housekeeping: expired sessions, old idempotency keys, idle rate-limit keys.
+/// Hourly housekeeping: expired sessions (login and dashboard), old idempotency keys, idle
+/// rate-limit keys.
 async fn maintenance(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -291,6 +292,11 @@ async fn maintenance(state: AppState) {
             let conn = state.db.conn().await?;
             conn.execute("DELETE FROM sessions WHERE expires_at < now()", &[])
                 .await?;
+            conn.execute(
+                "DELETE FROM dashboard_sessions WHERE expires_at < now()",
+                &[],
+            )
+            .await?;
             conn.execute(
                 "DELETE FROM login_failures WHERE window_start < now() - interval '1 hour'",
                 &[],

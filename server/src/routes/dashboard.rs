@@ -10,7 +10,7 @@
 //! script or style, no framing.
 
 use crate::app::AppState;
-use crate::auth::DASHBOARD_COOKIE;
+use crate::auth::{Auth, DASHBOARD_COOKIE};
 use crate::error::ApiError;
 use crate::routes::Routes;
 use axum::Form;
@@ -83,7 +83,19 @@ const DISABLED: &str = "<p class=\"error\">Admin access is disabled on this serv
 /// The dashboard, or the sign-in form with 401 when the request has no session.
 async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let auth = &state.auth;
-    if auth.has_dashboard_session(&headers) || auth.has_admin_token(&headers) {
+    let session = async {
+        if !Auth::has_dashboard_cookie(&headers) {
+            return Ok(false);
+        }
+        auth.has_dashboard_session(&state.db.conn().await?, &headers)
+            .await
+    };
+    let signed_in = auth.has_admin_token(&headers)
+        || match session.await {
+            Ok(open) => open,
+            Err(err) => return err.into_response(),
+        };
+    if signed_in {
         html(StatusCode::OK, PAGE_HTML.to_owned())
     } else if admin_disabled(&state) {
         login_page(StatusCode::UNAUTHORIZED, DISABLED)
@@ -117,13 +129,18 @@ async fn login(
             "<p class=\"error\">Enter the admin token.</p>",
         );
     };
-    match state.auth.open_dashboard_session(&form.token) {
+    let opened = async {
+        let conn = state.db.conn().await?;
+        state.auth.open_dashboard_session(&conn, &form.token).await
+    };
+    match opened.await {
         Ok(session) => {
             // No Max-Age: the cookie ends with the browser session. No `Secure`: `make run`
             // serves plain HTTP on localhost; put TLS in front for anything else.
             let cookie = format!("{DASHBOARD_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict");
             redirect_to_dashboard(&cookie)
         }
+        Err(err @ ApiError::Unavailable { .. }) => err.into_response(),
         Err(_) if admin_disabled(&state) => login_page(StatusCode::UNAUTHORIZED, DISABLED),
         Err(_) => login_page(
             StatusCode::UNAUTHORIZED,
@@ -144,7 +161,13 @@ fn redirect_to_dashboard(cookie: &str) -> Response {
 
 /// Ends the session and forgets the cookie.
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    state.auth.close_dashboard_session(&headers);
+    let closed = async {
+        let conn = state.db.conn().await?;
+        state.auth.close_dashboard_session(&conn, &headers).await
+    };
+    if let Err(err) = closed.await {
+        return err.into_response();
+    }
     redirect_to_dashboard(&format!(
         "{DASHBOARD_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
     ))

@@ -96,6 +96,54 @@ async fn the_page_and_its_data_answer_401_without_the_admin_token() {
 }
 
 #[tokio::test]
+async fn a_session_opened_on_one_instance_works_on_every_instance_and_they_stay_bounded() {
+    let app = spawn_app().await;
+    let peer = app.spawn_peer().await;
+    let (_, first) = sign_in(&app).await;
+    // Behind a round-robin load balancer the next poll lands on the other instance.
+    let on_peer = app
+        .client
+        .get(format!("{peer}/api/ml-metrics"))
+        .header(COOKIE, &first)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        on_peer.status(),
+        StatusCode::OK,
+        "the peer accepts the session"
+    );
+
+    // Signing in again and again keeps at most 64 sessions; the oldest makes room.
+    let mut last = String::new();
+    for _ in 0..64 {
+        last = sign_in(&app).await.1;
+    }
+    assert_eq!(app.count("dashboard_sessions").await, 64);
+    assert_eq!(
+        get_with_cookie(&app, "/api/ml-metrics", &first)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED,
+        "the oldest session made room"
+    );
+    // Signing out on the peer ends the session everywhere.
+    let out = no_redirects()
+        .post(format!("{peer}/dashboard/logout"))
+        .header(COOKIE, &last)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        get_with_cookie(&app, "/api/ml-metrics", &last)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
 async fn signing_in_once_opens_the_page_and_its_data_for_that_browser_session() {
     let app = spawn_app().await;
     let (set_cookie, cookie) = sign_in(&app).await;
