@@ -158,6 +158,10 @@ pub struct TelemetryConfig {
     /// Gzip each log file once it is rotated (about a fifth of its size; the trainer and the
     /// retrain comparison read both forms).
     pub compress_rotated: bool,
+    /// This instance's name in its log file names (`requests-<ms>-<instance>-<pid>.ndjson`), so
+    /// that the logs of many instances can share one folder and be told apart; unset: the
+    /// host name. Letters, digits, `.`, `_` and `-` only (anything else becomes `_`).
+    pub instance_id: Option<String>,
 }
 
 impl Default for Config {
@@ -248,6 +252,7 @@ impl Default for TelemetryConfig {
             rotate_minutes: 60,
             keep_query_text: false,
             compress_rotated: true,
+            instance_id: None,
         }
     }
 }

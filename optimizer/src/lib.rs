@@ -165,6 +165,7 @@ impl Optimizer {
                 write_files: config.telemetry.enabled,
                 keep_query_text: config.telemetry.keep_query_text,
                 compress_rotated: config.telemetry.compress_rotated,
+                instance: telemetry::instance_name(config.telemetry.instance_id.as_deref()),
             })
         } else {
             Telemetry::disabled()

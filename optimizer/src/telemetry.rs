@@ -230,6 +230,31 @@ pub struct WriterConfig {
     pub keep_query_text: bool,
     /// Gzip each file once it is rotated (`telemetry.compress_rotated`).
     pub compress_rotated: bool,
+    /// This instance's name in file names ([`instance_name`]).
+    pub instance: String,
+}
+
+/// The instance's name for its log files: `configured` or the host name, with every character
+/// outside `[A-Za-z0-9._-]` replaced by `_`, at most 64 characters.
+pub fn instance_name(configured: Option<&str>) -> String {
+    let host = || {
+        fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let name = configured.map_or_else(host, str::to_owned);
+    let name: String = name
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() { "host".into() } else { name }
 }
 
 impl Telemetry {
@@ -429,19 +454,19 @@ impl<W: Write> Write for CountingWriter<'_, W> {
     }
 }
 
-fn open_log(dir: &Path) -> std::io::Result<LogFile> {
+fn open_log(dir: &Path, instance: &str) -> std::io::Result<LogFile> {
     fs::create_dir_all(dir)?;
     let ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     // A file rotated within the same millisecond (or its gzipped copy) is not reopened.
     let pid = std::process::id();
-    let mut path = dir.join(format!("requests-{ms}-{pid}.ndjson"));
+    let mut path = dir.join(format!("requests-{ms}-{instance}-{pid}.ndjson"));
     for n in 1.. {
         if !path.exists() && !path.with_extension("ndjson.gz").exists() {
             break;
         }
-        path = dir.join(format!("requests-{ms}-{pid}-{n}.ndjson"));
+        path = dir.join(format!("requests-{ms}-{instance}-{pid}-{n}.ndjson"));
     }
     let file = OpenOptions::new().create(true).append(true).open(&path)?;
     Ok(LogFile {
@@ -624,7 +649,7 @@ fn writer(
                     prune(&config.dir, config.retention);
                 }
                 if file.is_none() && retry_at.is_none_or(|at| Instant::now() >= at) {
-                    match open_log(&config.dir) {
+                    match open_log(&config.dir, &config.instance) {
                         Ok(f) => {
                             file = Some(f);
                             retry_at = None;
@@ -765,6 +790,7 @@ mod tests {
             write_files: true,
             keep_query_text: false,
             compress_rotated: true,
+            instance: "test-instance".into(),
         });
         for ts in 1..=3 {
             telemetry.send(pending(ts));
@@ -782,6 +808,11 @@ mod tests {
         let plain = named(dir.path(), ".ndjson");
         assert_eq!((gz.len(), plain.len()), (2, 1), "{gz:?} {plain:?}");
         assert!(named(dir.path(), ".tmp").is_empty());
+        let pid = format!("-test-instance-{}", std::process::id());
+        for path in gz.iter().chain(&plain) {
+            let name = path.file_name().expect("name").to_string_lossy();
+            assert!(name.contains(&pid), "{name} names the instance and its pid");
+        }
         let mut stamps = Vec::new();
         for path in gz.iter().chain(&plain) {
             let file = File::open(path).expect("open");
@@ -798,6 +829,15 @@ mod tests {
         }
         stamps.sort_unstable();
         assert_eq!(stamps, [1, 2, 3]);
+    }
+
+    #[test]
+    fn instance_names_are_safe_in_file_names() {
+        assert_eq!(instance_name(Some("web-1.eu")), "web-1.eu");
+        assert_eq!(instance_name(Some("a/b c")), "a_b_c");
+        assert_eq!(instance_name(Some("")), "host");
+        assert_eq!(instance_name(Some(&"x".repeat(100))).len(), 64);
+        assert!(!instance_name(None).is_empty());
     }
 
     #[test]

@@ -111,9 +111,13 @@ pub struct Overrides {
     /// Minutes between background retraining runs (0: never).
     #[arg(long, env = "TRAINING_INTERVAL", global = true)]
     pub training_interval: Option<u64>,
-    /// Folder for request logs (`telemetry.log_dir`): two servers on one machine need two.
+    /// Folder for request logs (`telemetry.log_dir`).
     #[arg(long, env = "LOG_DIR", global = true)]
     pub log_dir: Option<PathBuf>,
+    /// This instance's name in its log file names (`telemetry.instance_id`; default: the host
+    /// name).
+    #[arg(long, env = "INSTANCE_ID", global = true)]
+    pub instance_id: Option<String>,
 }
 
 /// The whole configuration, as the TOML file spells it.
@@ -378,6 +382,9 @@ impl Config {
         set(&mut self.models.max_age_hours, &o.model_max_age_hours);
         set(&mut self.training_interval, &o.training_interval);
         set(&mut self.telemetry.log_dir, &o.log_dir);
+        if o.instance_id.is_some() {
+            self.telemetry.instance_id.clone_from(&o.instance_id);
+        }
     }
 
     /// Rejects settings that would make the server unsafe or useless.
