@@ -37,6 +37,8 @@ pub struct AppState {
     pub optimizer: Arc<Optimizer>,
     /// Set once a shutdown signal arrived: `/readyz` answers 503 from then on.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 /// The optimizer sees the shop through this: its pool's state and the admin check.
@@ -75,7 +77,9 @@ impl Application {
         let listener = TcpListener::bind(&address)
             .await
             .with_context(|| format!("binding {address}"))?;
+        let trusted_proxies = config.trusted_proxies()?.into();
         let state = AppState {
+            trusted_proxies,
             db,
             config: Arc::new(config),
             auth,

@@ -78,6 +78,9 @@ pub struct Overrides {
     /// Maximum database connections.
     #[arg(long, env = "DB_POOL_SIZE", global = true)]
     pub db_pool_size: Option<usize>,
+    /// Proxies whose `X-Forwarded-For` is believed, comma-separated (`server.trusted_proxies`).
+    #[arg(long, env = "TRUSTED_PROXIES", global = true, value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
     /// Read replica URLs, comma-separated (`database.replicas`).
     #[arg(
         long,
@@ -168,6 +171,12 @@ pub struct ServerConfig {
     /// Longest the requests in flight may take to finish once the server stops listening
     /// (ms); past it they are cut and the server exits.
     pub drain_timeout_ms: u64,
+    /// Load balancers and proxies whose `X-Forwarded-For` is believed (addresses or networks,
+    /// e.g. `127.0.0.1` or `10.0.0.0/8`; env `TRUSTED_PROXIES`, comma-separated): a request
+    /// from one of them is counted against the client address it forwards, for the login and
+    /// sign-up limits. Empty (the default): the header is ignored, so a client cannot pick its
+    /// own address.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[database]`
@@ -253,6 +262,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             drain_grace_ms: 5_000,
             drain_timeout_ms: 30_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -353,6 +363,14 @@ impl Config {
         }
         set(&mut self.server.host, &o.host);
         set(&mut self.server.port, &o.port);
+        if let Some(proxies) = &o.trusted_proxies {
+            self.server.trusted_proxies = proxies
+                .iter()
+                .map(|p| p.trim())
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
         if o.database_url.is_some() {
             self.database.url.clone_from(&o.database_url);
         }
@@ -444,6 +462,7 @@ impl Config {
         if self.database.pool_size == 0 {
             bail!("database.pool_size must be at least 1");
         }
+        self.trusted_proxies()?;
         let db = &self.database;
         if !db.primary_read_weight.is_finite() || db.primary_read_weight < 0.0 {
             bail!("database.primary_read_weight must be a non-negative number");
@@ -527,6 +546,27 @@ impl Config {
             self.database.statement_timeout_ms
         ));
         pg
+    }
+
+    /// `server.trusted_proxies` as networks (an address alone is a network of one).
+    ///
+    /// # Errors
+    /// An entry that is neither an address nor a network.
+    pub fn trusted_proxies(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.server
+            .trusted_proxies
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "server.trusted_proxies: {entry:?} is not an address or a network like 10.0.0.0/8"
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// The connection settings of read replica `index` (0-based).

@@ -3,14 +3,13 @@
 use crate::app::AppState;
 use crate::auth::{AuthUser, new_token, token_hash};
 use crate::error::{ApiError, ErrorBody, on_constraint};
-use crate::extract::Json;
+use crate::extract::{ClientAddr, Json};
 use crate::routes::Routes;
 use crate::validate;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 use utoipa::ToSchema;
 
 /// Routes of this module.
@@ -138,10 +137,10 @@ async fn start_session(state: &AppState, user: User) -> Result<Session, ApiError
     responses((status = 201, body = Session), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     Json(body): Json<Register>,
 ) -> Result<(StatusCode, Json<Session>), ApiError> {
-    state.auth.check_register_rate(peer.ip())?;
+    state.auth.check_register_rate(client)?;
     let email = check_email(&body.email)?.to_owned();
     check_password(&body.password)?;
     let name = body
@@ -184,11 +183,11 @@ pub async fn register(
     responses((status = 200, body = Session), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     Json(body): Json<Login>,
 ) -> Result<Json<Session>, ApiError> {
     let email = validate::text("email", &body.email, 254)?;
-    let ip = peer.ip();
+    let ip = client;
     state.auth.check_login_rate(email, ip)?;
     let limits = &state.auth.failed_logins;
     let conn = state.db.conn().await?;

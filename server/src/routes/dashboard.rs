@@ -12,14 +12,14 @@
 use crate::app::AppState;
 use crate::auth::{Auth, DASHBOARD_COOKIE};
 use crate::error::ApiError;
+use crate::extract::ClientAddr;
 use crate::routes::Routes;
 use axum::Form;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use std::net::SocketAddr;
 
 const PAGE_HTML: &str = include_str!("../../assets/dashboard/index.html");
 const LOGIN_HTML: &str = include_str!("../../assets/dashboard/login.html");
@@ -115,12 +115,12 @@ pub struct LoginForm {
 /// Exchanges the admin token for a session cookie, then sends the browser to the dashboard.
 async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     // The same per-address budget as account sign-ups: guessing tokens costs a client as much
     // as guessing passwords.
-    if let Err(err) = state.auth.check_register_rate(peer.ip()) {
+    if let Err(err) = state.auth.check_register_rate(client) {
         return err.into_response();
     }
     let Ok(Form(form)) = form else {

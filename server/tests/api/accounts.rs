@@ -285,3 +285,42 @@ async fn a_successful_login_clears_the_accounts_failures() {
         StatusCode::OK
     );
 }
+
+/// Sign-ups from `client` (as `X-Forwarded-For` names it) until one is refused; how many passed.
+async fn sign_ups_until_refused(app: &crate::helpers::TestApp, client: &str, tag: &str) -> usize {
+    for n in 0..10 {
+        let response = app
+            .client
+            .post(app.url("/api/auth/register"))
+            .header("x-forwarded-for", client)
+            .json(&json!({"email": format!("{tag}{n}@example.com"), "password": "correct horse battery"}))
+            .send()
+            .await
+            .expect("request");
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            return n;
+        }
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    10
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit() {
+    let limited = |config: &mut server::config::Config| {
+        config.auth.login_attempts_per_ip_per_minute = 3;
+    };
+    // The load balancer (here: loopback) is trusted: two clients it forwards get three each.
+    let behind = spawn_app_with(|config| {
+        limited(config);
+        config.server.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    assert_eq!(sign_ups_until_refused(&behind, "203.0.113.1", "a").await, 3);
+    assert_eq!(sign_ups_until_refused(&behind, "203.0.113.2", "b").await, 3);
+
+    // Without trusting anyone, the header is the client's own claim: ignored, one budget.
+    let direct = spawn_app_with(limited).await;
+    assert_eq!(sign_ups_until_refused(&direct, "203.0.113.1", "c").await, 3);
+    assert_eq!(sign_ups_until_refused(&direct, "203.0.113.2", "d").await, 0);
+}
