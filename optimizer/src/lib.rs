@@ -225,6 +225,7 @@ impl Optimizer {
             tasks.push(self.models.spawn_watcher(
                 self.background.training_interval_minutes,
                 self.background.log_dir.clone(),
+                self.background.pg.clone(),
             ));
         }
         if let Some(pg) = self.background.pg.clone() {
@@ -581,6 +582,13 @@ impl Optimizer {
     /// # Errors
     /// The training thread panicked (the trainer itself runs as a child process).
     pub async fn retrain_now(&self) -> anyhow::Result<Option<model::retrain::RetrainStatus>> {
+        let _lock = match &self.background.pg {
+            Some(pg) => match model::retrain::training_lock(pg).await? {
+                Some(lock) => Some(lock),
+                None => return Ok(None),
+            },
+            None => None,
+        };
         let models = self.models.clone();
         let log_dir = self.background.log_dir.clone();
         Ok(tokio::task::spawn_blocking(move || model::retrain::run(&models, &log_dir)).await?)

@@ -38,6 +38,36 @@ pub struct RetrainStatus {
     pub last_outcome: Option<String>,
 }
 
+/// The PostgreSQL advisory lock a training run holds, so that of all the instances sharing one
+/// database (and, behind a load balancer, one log folder and one model folder) one trains at a
+/// time: `pg_try_advisory_lock(TRAINING_LOCK)`.
+pub const TRAINING_LOCK: i64 = 0x7368_6f70_5f74_726e;
+
+/// The training lock, held while this lives (on a session of its own: closing it releases the
+/// lock, however the run ends).
+pub struct TrainingLock {
+    _session: tokio_postgres::Client,
+}
+
+/// Takes the training lock if no other instance holds it: `Ok(None)` when one does.
+///
+/// # Errors
+/// The database cannot be reached.
+pub async fn training_lock(
+    pg: &tokio_postgres::Config,
+) -> Result<Option<TrainingLock>, tokio_postgres::Error> {
+    let (session, connection) = pg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let row = session
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&TRAINING_LOCK])
+        .await?;
+    Ok(row
+        .get::<_, bool>(0)
+        .then_some(TrainingLock { _session: session }))
+}
+
 /// Most recent logged requests compared on.
 const MAX_COMPARE_ROWS: usize = 5_000;
 /// Requests logged since the last run before the next scheduled one trains.

@@ -126,11 +126,13 @@ impl Models {
     }
 
     /// Starts the watcher: polls the manifest every `reload_interval_ms`, and retrains every
-    /// `training_interval` minutes when that is set.
+    /// `training_interval` minutes when that is set: with `pg`, only while holding the training
+    /// lock ([`retrain::training_lock`]), so that one instance of many trains at a time.
     pub fn spawn_watcher(
         self: &Arc<Self>,
         training_interval_minutes: u64,
         log_dir: PathBuf,
+        pg: Option<tokio_postgres::Config>,
     ) -> tokio::task::JoinHandle<()> {
         let models = self.clone();
         tokio::spawn(async move {
@@ -150,11 +152,30 @@ impl Models {
                     && !models.retraining.load(Relaxed)
                 {
                     last_training = Instant::now();
-                    let (m, logs) = (models.clone(), log_dir.clone());
+                    let (m, logs, pg) = (models.clone(), log_dir.clone(), pg.clone());
                     // In the background, bounded by training_timeout_secs; `retrain::run`
                     // refuses to start a second run beside an admin-triggered one.
-                    drop(tokio::task::spawn_blocking(move || {
-                        retrain::run_if(&m, &logs, true)
+                    drop(tokio::spawn(async move {
+                        let lock = match &pg {
+                            Some(pg) => match retrain::training_lock(pg).await {
+                                Ok(Some(lock)) => Some(lock),
+                                Ok(None) => {
+                                    tracing::info!(
+                                        "another instance is training; this one skips its turn"
+                                    );
+                                    return;
+                                }
+                                Err(err) => {
+                                    tracing::warn!(error = %err, "no training lock (database away); training skipped");
+                                    return;
+                                }
+                            },
+                            None => None,
+                        };
+                        let _ =
+                            tokio::task::spawn_blocking(move || retrain::run_if(&m, &logs, true))
+                                .await;
+                        drop(lock);
                     }));
                 }
             }

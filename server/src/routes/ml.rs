@@ -317,7 +317,7 @@ pub async fn retrain_now(
         .map(Json)
         .ok_or(ApiError::Conflict {
             code: "training_in_progress",
-            message: "a training run is already in progress".into(),
+            message: "a training run is already in progress, on this instance or another".into(),
         })
 }
 

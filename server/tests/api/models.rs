@@ -972,3 +972,46 @@ async fn a_failed_shared_run_counts_as_one_failure_not_one_per_request() {
     assert_eq!(models.stale(), Some(Stale::InferenceErrors));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn one_instance_of_many_trains_at_a_time() {
+    let app = spawn_app_with(|config| {
+        seed_request_logs(&config.telemetry.log_dir);
+        config.telemetry.enabled = false;
+        config.models.trainer = Some(trainer_binary());
+    })
+    .await;
+    // Another instance on the same database holds the training lock, as while it trains.
+    let other = app.another_session().await;
+    other
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&optimizer::model::retrain::TRAINING_LOCK],
+        )
+        .await
+        .expect("lock");
+    let empty = serde_json::json!({});
+    let refused = app
+        .post_json(Some(ADMIN), "/api/ml-metrics/retrain", &empty)
+        .await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "training_in_progress", "{body}");
+    let m = app.ml_metrics().await;
+    assert_eq!(m["model"]["onnx"]["retrain"]["runs"], 0, "no run started");
+
+    // Once it is done, this one may train.
+    other
+        .execute(
+            "SELECT pg_advisory_unlock($1)",
+            &[&optimizer::model::retrain::TRAINING_LOCK],
+        )
+        .await
+        .expect("unlock");
+    let ran = app
+        .post_json(Some(ADMIN), "/api/ml-metrics/retrain", &empty)
+        .await;
+    assert_eq!(ran.status(), StatusCode::OK);
+    let status: Value = ran.json().await.expect("json");
+    assert_eq!(status["runs"], 1, "{status}");
+}
