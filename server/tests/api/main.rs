@@ -8,6 +8,7 @@ mod bad_input;
 mod browser;
 mod cart;
 mod checkout;
+mod cluster;
 mod dashboard;
 mod faults;
 mod health;
