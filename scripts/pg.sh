@@ -11,7 +11,9 @@
 #                          goodbye to clients), for scripts/crash.sh
 #   scripts/pg.sh replica-urls          print the running replicas' URLs, comma-separated
 #                                       (the server's DATABASE_REPLICA_URLS)
-#   scripts/pg.sh replica-stop K        stop replica K (1-based), as an outage would (immediate)
+#   scripts/pg.sh replica-stop K        stop replica K (1-based): its sessions are cut at once
+#                                       (fast shutdown, so that it restarts without a long
+#                                       recovery)
 #   scripts/pg.sh replica-start K       start replica K again; it catches up by streaming
 #
 # Read replicas: SHOP_PG_REPLICAS=N (make run REPLICAS=N) makes `start` also create and start N
@@ -321,11 +323,15 @@ admin_env() {
 }
 
 wait_ready() {
-    local deadline=$((SECONDS + READY_TIMEOUT))
+    # A standby replays the WAL since its last restartpoint before it takes connections: after
+    # a crash of a busy cluster that can take minutes.
+    local timeout=$READY_TIMEOUT
+    [[ -n $STANDBY_OF ]] && timeout=300
+    local deadline=$((SECONDS + timeout))
     until "$PG_BIN/pg_isready" -q -h "$SOCK_DIR" -p "$PORT" -d postgres; do
         if ((SECONDS >= deadline)); then
             tail -n 20 "$LOG_FILE" >&2
-            die "server not ready after ${READY_TIMEOUT}s; see $LOG_FILE"
+            die "server not ready after ${timeout}s; see $LOG_FILE"
         fi
         # Give up early if the postmaster died (port in use, bad config, ...).
         if ((SECONDS > 1)) && [[ ! -f $DATA/postmaster.pid ]]; then
@@ -502,7 +508,7 @@ case ${1:-} in
     psql) shift; cmd_psql "$@" ;;
     destroy) cmd_destroy ;;
     replica-urls) cmd_replica_urls ;;
-    replica-stop) resolve_layout; on_replica "${2:-}" crash ;;
+    replica-stop) resolve_layout; on_replica "${2:-}" stop ;;
     replica-start) resolve_layout; on_replica "${2:-}" start ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 2 ;;

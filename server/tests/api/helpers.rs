@@ -105,6 +105,8 @@ fn server_config(db_url: &str, scratch: &std::path::Path, pool_size: usize) -> C
     config.auth.admin_token = Some(ADMIN.into());
     config.telemetry.log_dir = scratch.join("data/logs");
     config.telemetry.optimizer_log = scratch.join("logs/ml-optimizer.log");
+    // No model unless a test installs one; and a retrain never writes into the source tree.
+    config.models.dir = scratch.join("models");
     config
 }
 

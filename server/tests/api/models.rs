@@ -975,7 +975,7 @@ async fn a_failed_shared_run_counts_as_one_failure_not_one_per_request() {
 
 #[tokio::test]
 async fn one_instance_of_many_trains_at_a_time() {
-    let app = spawn_app_with(|config| {
+    let (app, _models) = app_with_models(|_, config| {
         seed_request_logs(&config.telemetry.log_dir);
         config.telemetry.enabled = false;
         config.models.trainer = Some(trainer_binary());
