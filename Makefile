@@ -25,7 +25,7 @@ DB_URL := $${DATABASE_URL:-$$($(PG) url)}
 SERVER := $${CARGO_TARGET_DIR:-target}/release/server
 ADMIN_TOKEN_FILE := .local/admin-token
 
-.PHONY: help setup db run cluster test test-dashboard fmt lint pg-start pg-stop pg-url clean-db seed-large bench ort
+.PHONY: help setup db run cluster scaling test test-dashboard fmt lint pg-start pg-stop pg-url clean-db seed-large bench ort
 
 help: ## List targets
 	@echo "Targets:"
@@ -69,6 +69,10 @@ run: db ## Build and run the server: migrate, seed, serve on PORT (default 3000)
 	echo "dashboard: http://localhost:$$PORT/dashboard (sign in with $$token_hint)"
 	exec "$(SERVER)" serve
 
+scaling: setup ## Reads over a primary and a replica under k6: adaptive vs round robin, a stalling replica, stale reads (target/scaling/)
+	@cargo build --release -p server
+	scripts/scaling.sh
+
 cluster: setup ## Two instances behind HAProxy on PORT (default 3000), a primary and a read replica, for trying it out
 	@cargo build --release -p server -p trainer
 	exec scripts/cluster.sh
@@ -94,6 +98,8 @@ test: ## Run all tests against the database (local cluster with one read replica
 	scripts/crash.sh --smoke
 	KILL=server scripts/crash.sh --smoke
 	KILL=backends scripts/crash.sh --smoke
+	# A short run of the replica measurements (scripts/scaling.sh) on the debug build.
+	scripts/scaling.sh --smoke
 	# The contract test: schemathesis against the OpenAPI description, every phase, fewer examples.
 	DATABASE_URL="$$url" scripts/contract.sh --smoke
 

@@ -11,9 +11,12 @@
 //!
 //! A replica is eligible only when it is known (a probe answered), not banned, not lagging past
 //! `database.max_replica_lag_ms`, and has replayed the WAL position the read needs: the caller's
-//! own last write (read-your-writes) and the last catalogue change the response cache was
-//! invalidated for (so a cache fill never stores a row older than the change that emptied it).
-//! The primary is always eligible, so a read never waits for a replica.
+//! own last write (read-your-writes). The primary is always eligible, so a read never waits for
+//! a replica. A read from a replica that has not replayed the newest catalogue change the
+//! response cache was invalidated for ([`Balancer::changed_at`]) may show the row as it was
+//! before, which is fine for one answer but not for the cache: such an answer is marked
+//! ([`mark_behind_changes`]) and the cache does not keep it, so no fill after an invalidation
+//! stores a row older than the change.
 //!
 //! Failures ban a replica for a back-off (1 s, doubling to `database.replica_ban_max_ms`); the
 //! application's probes bring it back once the ban is over. Bans, returns and lag are optimizer
@@ -21,6 +24,7 @@
 
 use crate::actions::{Action, Actions};
 use serde::Serialize;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -47,10 +51,43 @@ pub fn format_lsn(lsn: Lsn) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
+tokio::task_local! {
+    /// Whether the current request read from a replica behind the newest catalogue change.
+    static BEHIND_CHANGES: Cell<bool>;
+}
+
+/// Marks the current request's answer as read from a replica that had not replayed the newest
+/// catalogue change: the response cache must not keep it. Outside a request, nothing.
+pub fn mark_behind_changes() {
+    let _ = BEHIND_CHANGES.try_with(|behind| behind.set(true));
+}
+
+/// Runs `request` and says whether it was marked ([`mark_behind_changes`]).
+pub(crate) async fn watch_behind<F: Future>(request: F) -> (F::Output, bool) {
+    BEHIND_CHANGES
+        .scope(Cell::new(false), async move {
+            let out = request.await;
+            (out, BEHIND_CHANGES.with(Cell::get))
+        })
+        .await
+}
+
 /// The predicted time of the request, which the middleware leaves in the request's extensions
 /// when there are replicas to choose from (milliseconds).
 #[derive(Debug, Clone, Copy)]
 pub struct Predicted(pub f32);
+
+/// How a read's target is chosen among the eligible ones (`database.read_balance`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The power of two choices on cost (the default).
+    #[default]
+    Adaptive,
+    /// Each in turn, whatever their latency or load: the baseline the adaptive choice is
+    /// measured against.
+    RoundRobin,
+}
 
 /// The balancer's knobs (from `[database]`).
 #[derive(Debug, Clone)]
@@ -64,6 +101,8 @@ pub struct BalanceConfig {
     pub primary_weight: f64,
     /// Longest ban after repeated failures.
     pub max_ban: Duration,
+    /// Adaptive or round robin.
+    pub strategy: Strategy,
 }
 
 impl Default for BalanceConfig {
@@ -73,6 +112,7 @@ impl Default for BalanceConfig {
             max_lag: Duration::from_millis(1_000),
             primary_weight: 1.0,
             max_ban: Duration::from_secs(5),
+            strategy: Strategy::Adaptive,
         }
     }
 }
@@ -200,6 +240,8 @@ pub struct Balancer {
     positions: Mutex<VecDeque<(Instant, Lsn)>>,
     /// The newest catalogue change the cache was invalidated for.
     floor: AtomicU64,
+    /// Reads chosen so far, for round robin.
+    turn: AtomicU64,
     actions: Arc<Actions>,
 }
 
@@ -223,6 +265,7 @@ impl Balancer {
             epoch: now,
             positions: Mutex::new(VecDeque::new()),
             floor: AtomicU64::new(0),
+            turn: AtomicU64::new(0),
             actions,
         }
     }
@@ -232,8 +275,7 @@ impl Balancer {
         self.targets.len() > 1
     }
 
-    /// The WAL position a catalogue read must see: the newest change the cache was
-    /// invalidated for.
+    /// The newest catalogue change the cache was invalidated for.
     pub fn floor(&self) -> Lsn {
         self.floor.load(Relaxed)
     }
@@ -257,7 +299,6 @@ impl Balancer {
     /// predicted time when known. Counts the read as in flight there until the returned
     /// [`Read`] is dropped.
     pub fn choose(&self, need: Lsn, predicted_ms: Option<f32>) -> Read<'_> {
-        let need = need.max(self.floor());
         let mut eligible = [0_usize; 16];
         let mut n = 0;
         for index in 0..self.targets.len().min(eligible.len()) {
@@ -270,6 +311,10 @@ impl Balancer {
         let index = match n {
             0 => PRIMARY,
             1 => eligible[0],
+            _ if self.config.strategy == Strategy::RoundRobin => {
+                let turn = self.turn.fetch_add(1, Relaxed);
+                eligible[usize::try_from(turn % n as u64).unwrap_or(0)]
+            }
             _ => {
                 let a = rand::random_range(0..n);
                 let b = (a + rand::random_range(1..n)) % n;
@@ -465,6 +510,13 @@ impl Read<'_> {
         self.index
     }
 
+    /// Whether the target may not have replayed the newest catalogue change (a replica whose
+    /// last known replay position is before it).
+    pub fn behind_changes(&self) -> bool {
+        let target = &self.balancer.targets[self.index];
+        !target.primary && target.replay_lsn.load(Relaxed) < self.balancer.floor()
+    }
+
     /// Starts the read's clock now: once it has its connection, so that opening one (a
     /// one-off cost) does not count as the target's read time; waiting for one shows as reads
     /// in flight.
@@ -524,13 +576,18 @@ pub struct TargetView {
 mod tests {
     use super::*;
 
-    fn balancer(replicas: usize) -> Balancer {
+    fn balancer_with(replicas: usize, adjust: impl FnOnce(&mut BalanceConfig)) -> Balancer {
         let dir = std::env::temp_dir().join(format!("balance-{}", rand::random::<u64>()));
-        let config = BalanceConfig {
+        let mut config = BalanceConfig {
             replicas: (1..=replicas).map(|i| format!("replica-{i}")).collect(),
             ..BalanceConfig::default()
         };
+        adjust(&mut config);
         Balancer::new(config, Arc::new(Actions::new(dir.join("actions.log"))))
+    }
+
+    fn balancer(replicas: usize) -> Balancer {
+        balancer_with(replicas, |_| {})
     }
 
     #[test]
@@ -545,15 +602,12 @@ mod tests {
 
     #[test]
     fn a_replica_serves_only_once_probed_and_only_what_it_replayed() {
-        let b = balancer(1);
+        // Reads go to the replica whenever it may take them.
+        let b = balancer_with(1, |c| c.primary_weight = 0.0);
         assert_eq!(b.choose(0, None).target(), PRIMARY, "unprobed");
         b.primary_at(100);
         b.probed(1, 100);
-        let mut seen = [0; 2];
-        for _ in 0..200 {
-            seen[b.choose(0, None).target()] += 1;
-        }
-        assert!(seen[1] > 0, "the replica takes reads: {seen:?}");
+        assert_eq!(b.choose(0, None).target(), 1, "the replica takes reads");
         for _ in 0..50 {
             assert_eq!(
                 b.choose(101, None).target(),
@@ -561,14 +615,19 @@ mod tests {
                 "a write it has not seen"
             );
         }
+        // A change it has not seen: it may still answer, but says it is behind.
         b.changed_at(150);
-        for _ in 0..50 {
-            assert_eq!(
-                b.choose(0, None).target(),
-                PRIMARY,
-                "a change it has not seen"
-            );
-        }
+        let read = b.choose(0, None);
+        assert_eq!((read.target(), read.behind_changes()), (1, true));
+        drop(read);
+        b.primary_at(150);
+        b.probed(1, 150);
+        let read = b.choose(0, None);
+        assert_eq!((read.target(), read.behind_changes()), (1, false));
+        assert!(
+            !b.choose(u64::MAX, None).behind_changes(),
+            "the primary never is"
+        );
     }
 
     #[test]
@@ -584,6 +643,22 @@ mod tests {
         }
         let replica = (0..100).filter(|_| b.choose(0, None).target() == 1).count();
         assert_eq!(replica, 100, "every read goes to the faster replica");
+    }
+
+    #[test]
+    fn round_robin_takes_each_in_turn_whatever_its_speed() {
+        let b = balancer_with(1, |c| c.strategy = Strategy::RoundRobin);
+        b.primary_at(1);
+        b.probed(1, 1);
+        {
+            let _slow = b.start(1);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut seen = [0; 2];
+        for _ in 0..100 {
+            seen[b.choose(0, None).target()] += 1;
+        }
+        assert_eq!(seen, [50, 50]);
     }
 
     #[test]

@@ -556,8 +556,8 @@ impl Optimizer {
     }
 
     /// Drops the cached answers that show product `id`, which changed in a commit the primary's
-    /// WAL holds by `lsn` (when known): from then on, replica reads must have replayed it, so
-    /// that no cache fill stores the row as it was before.
+    /// WAL holds by `lsn` (when known): from then on, an answer read from a replica that has not
+    /// replayed it is not cached, so that no cache fill stores the row as it was before.
     pub fn invalidate_product_at(&self, id: i64, lsn: Option<balance::Lsn>) {
         if let Some(lsn) = lsn {
             self.balancer.changed_at(lsn);

@@ -1,7 +1,7 @@
 //! Cache invalidation across instances: every instance `LISTEN`s on PostgreSQL's `shop_cache`
 //! channel, to which a product write sends `NOTIFY shop_cache, '<id> <lsn>'` once committed
-//! (the primary's WAL position by then, so that replica reads can be held to it; a bare `<id>`
-//! is read too), and drops its cached answers for that product.
+//! (the primary's WAL position by then: until a replica has replayed it, no answer read from
+//! that replica is cached; a bare `<id>` is read too), and drops its cached answers for that product.
 
 use std::sync::Arc;
 use std::time::Duration;

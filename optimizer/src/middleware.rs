@@ -368,16 +368,17 @@ async fn run_for_cache(
     request: Request,
     cache: CacheOutcome,
 ) -> (Served, Option<Bytes>) {
-    let mut served = run_tracked(next, request, cache).await;
+    let (mut served, behind) =
+        crate::balance::watch_behind(run_tracked(next, request, cache)).await;
     // Only a plain 200 is kept, and never one its handler marked `no-store` (something only
-    // this caller may see).
+    // this caller may see), nor one read from a replica behind the newest catalogue change.
     let no_store = served
         .response
         .headers()
         .get(axum::http::header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("no-store"));
-    if served.response.status() != StatusCode::OK || no_store {
+    if served.response.status() != StatusCode::OK || no_store || behind {
         return (served, None);
     }
     let (parts, body) = std::mem::take(&mut served.response).into_parts();

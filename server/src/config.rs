@@ -217,6 +217,9 @@ pub struct DatabaseConfig {
     pub replica_ban_max_ms: u64,
     /// How often each replica's replay position (and so its lag and health) is probed (ms).
     pub replica_probe_ms: u64,
+    /// How a read's target is chosen: `adaptive` (the power of two choices on latency and
+    /// load) or `round-robin` (each in turn: the baseline to compare with).
+    pub read_balance: optimizer::balance::Strategy,
 }
 
 /// `[auth]`
@@ -284,6 +287,7 @@ impl Default for DatabaseConfig {
             primary_read_weight: 0.5,
             replica_ban_max_ms: 5_000,
             replica_probe_ms: 200,
+            read_balance: optimizer::balance::Strategy::Adaptive,
         }
     }
 }
@@ -510,6 +514,7 @@ impl Config {
                 max_lag: Duration::from_millis(self.database.max_replica_lag_ms),
                 primary_weight: self.database.primary_read_weight,
                 max_ban: Duration::from_millis(self.database.replica_ban_max_ms),
+                strategy: self.database.read_balance,
             },
         }
     }

@@ -158,6 +158,9 @@ impl Db {
             match self.replicas[read.target() - 1].get().await {
                 Ok(inner) => {
                     read.connected();
+                    if read.behind_changes() {
+                        optimizer::balance::mark_behind_changes();
+                    }
                     let conn = Conn {
                         inner,
                         captures: self.captures.clone(),

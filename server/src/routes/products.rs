@@ -454,7 +454,7 @@ pub async fn update(
 
 /// Drops this instance's cached copies of the product (and every list and search) at once, and
 /// tells the other instances through PostgreSQL `NOTIFY`, with the primary's WAL position after
-/// the change: until a replica has replayed it, no cache fill reads from that replica. A failed
+/// the change: until a replica has replayed it, no answer read from that replica is cached. A failed
 /// NOTIFY is logged, not fatal: other instances then serve the old entry until its TTL (at
 /// most 30 s) runs out.
 async fn announce_change(state: &AppState, id: i64) {

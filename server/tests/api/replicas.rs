@@ -155,12 +155,13 @@ async fn catalogue_reads_reach_the_replica_and_writes_stay_on_the_primary() {
 }
 
 #[tokio::test]
-async fn a_lagging_replica_leaves_rotation_and_nobody_reads_a_change_older_than_theirs() {
+async fn a_lagging_replica_leaves_rotation_and_nobody_reads_a_change_older_than_their_own() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    // Reads stay off the primary whenever the replica may take them.
+    // Reads stay off the primary whenever the replica may take them; the cache is on.
     let app = spawn_app_with(|config| {
         with_replica(config);
         config.database.primary_read_weight = 0.0;
+        config.features.caching = true;
     })
     .await;
     wait_for_state(&app, "serving", Duration::from_secs(20)).await;
@@ -185,12 +186,25 @@ async fn a_lagging_replica_leaves_rotation_and_nobody_reads_a_change_older_than_
     assert_eq!(renamed.status(), StatusCode::OK);
     let lsn = header(&renamed, "x-write-lsn").to_owned();
 
-    // At once, with the write position and without it, the change is seen: the replica has
-    // not replayed it, so neither read may go there.
+    // Without the write position a read may go to the replica and show the old name, but the
+    // cache never keeps that answer for anyone else.
+    let detail = format!("/api/products/{mouse}");
+    let mut stale = 0;
+    for _ in 0..5 {
+        let response = app.get(&detail).await;
+        let applied = header(&response, "x-optimization-applied").to_owned();
+        let body: Value = response.json().await.expect("json");
+        if body["name"] == "Wireless Mouse" {
+            stale += 1;
+            assert_ne!(applied, "cache", "a stale answer was cached");
+        }
+    }
+    assert!(stale > 0, "the paused replica answered plain reads");
+    // With it, at once, the change is seen: the replica has not replayed it.
     for _ in 0..20 {
         let with = app
             .client
-            .get(app.url(&format!("/api/products/{mouse}")))
+            .get(app.url(&detail))
             .header("x-write-lsn", &lsn)
             .send()
             .await
@@ -200,13 +214,6 @@ async fn a_lagging_replica_leaves_rotation_and_nobody_reads_a_change_older_than_
             body["name"], "Renamed Mouse",
             "a read after one's own write"
         );
-        let without: Value = app
-            .get(&format!("/api/products/{mouse}"))
-            .await
-            .json()
-            .await
-            .expect("json");
-        assert_eq!(without["name"], "Renamed Mouse", "a read after the change");
     }
 
     // The primary moves on; the paused replica falls behind past the limit and leaves rotation.
@@ -229,8 +236,10 @@ async fn a_lagging_replica_leaves_rotation_and_nobody_reads_a_change_older_than_
     .await;
     assert!(view["lagMs"].as_u64().unwrap_or(0) > 300, "{view}");
     let reads_before = view["reads"].as_u64().unwrap_or(0);
-    for _ in 0..20 {
-        assert_eq!(app.get("/api/products").await.status(), StatusCode::OK);
+    for page in 1..=20 {
+        // A page each: the cache is on, and each is a read of its own.
+        let list = app.get(&format!("/api/products?page={page}")).await;
+        assert_eq!(list.status(), StatusCode::OK);
     }
     assert_eq!(
         replica_view(&app).await["reads"].as_u64(),
@@ -244,6 +253,11 @@ async fn a_lagging_replica_leaves_rotation_and_nobody_reads_a_change_older_than_
         .await
         .expect("resume replay");
     wait_for_state(&app, "serving", Duration::from_secs(10)).await;
+    let body: Value = app.get(&detail).await.json().await.expect("json");
+    assert_eq!(
+        body["name"], "Renamed Mouse",
+        "no stale copy outlived the change"
+    );
     let actions: Vec<String> = app.ml_metrics().await["actions"]
         .as_array()
         .expect("actions")
