@@ -23,7 +23,8 @@
 # Results: target/scaling/results.json and results.md (medians over the rounds with min-max);
 # k6 summaries and server logs beside them. Exit 1 when any read failed or was stale.
 #
-# Environment: ROUNDS, RATE (150), DURATION (20s), PRODUCTS (10000), WRITERS (4), STOP_MS (150),
+# Environment: ROUNDS, RATE (150), DURATION (20s), PRODUCTS (catalogue size, 10000), WRITERS (4),
+# PAIR_PAUSE_MS (40: each writer's pause between pairs), STOP_MS (150),
 # CYCLE_MS (1000), LAG_MS (150), PORT (3900), K6_CPUS (the CPU k6 is pinned to, default the
 # last one; `none` to not pin), PROFILE (release; --smoke: debug).
 # Always the local cluster (scripts/pg.sh, with SHOP_PG_REPLICAS=1), database shop_scaling.
@@ -152,6 +153,7 @@ run_case() { # mode condition round
     "${k6_pin[@]}" timeout $((seconds + 120)) "$K6" run --quiet \
         -e BASE_URL="http://127.0.0.1:$PORT" -e ADMIN_TOKEN="$ADMIN_TOKEN" -e RATE="$RATE" \
         -e DURATION="$DURATION" -e PRODUCTS="$PRODUCTS" -e WRITERS="$writers" \
+        -e PAIR_PAUSE_MS="${PAIR_PAUSE_MS:-40}" \
         -e SUMMARY_DIR="$OUT" -e SUMMARY_NAME="$name" benches/k6/replicas.js \
         >"$OUT/$name.k6.txt" 2>&1 || status=$?
     metrics >"$OUT/$name.metrics.json"

@@ -11,8 +11,9 @@
 // counts those that showed the old name, which says the replica really was behind (were it
 // zero, the run could not have caught a broken read-your-writes).
 //
-// Environment: BASE_URL, ADMIN_TOKEN, RATE (default 150), DURATION (20s), PRODUCTS (ids
-// 1..PRODUCTS exist; default 1000), WRITERS (default 0), SUMMARY_DIR, SUMMARY_NAME (replicas).
+// Environment: BASE_URL, ADMIN_TOKEN, RATE (default 150), DURATION (20s), PRODUCTS (how many
+// product ids setup() collects from the catalogue to read; default 1000), WRITERS (default 0),
+// PAIR_PAUSE_MS (40), SUMMARY_DIR, SUMMARY_NAME (replicas).
 
 import http from 'k6/http';
 import { check, sleep } from 'k6';
@@ -31,6 +32,7 @@ const staleReads = new Counter('stale_reads');
 const pairs = new Counter('pairs');
 const failedReads = new Counter('failed_reads');
 const staleWithoutPosition = new Counter('stale_without_position');
+const failedWrites = new Counter('failed_writes');
 
 const scenarios = {
   reads: {
@@ -58,6 +60,7 @@ export const options = {
   thresholds: {
     // Every read answers: a replica's trouble must not reach a client.
     failed_reads: ['count==0'],
+    failed_writes: ['count==0'],
     stale_reads: ['count==0'],
   },
 };
@@ -66,11 +69,26 @@ function pick(n) {
   return 1 + Math.floor(Math.random() * n);
 }
 
-export function read() {
+/** The ids of up to PRODUCTS listed products, from the catalogue itself (ids have gaps). */
+export function setup() {
+  const ids = [];
+  for (let page = 1; ids.length < PRODUCTS && page <= 100; page++) {
+    const res = http.get(`${BASE_URL}/api/products?limit=100&page=${page}`, { tags: { name: 'setup' } });
+    if (res.status !== 200) break;
+    const products = res.json('products');
+    if (!products.length) break;
+    for (const p of products) ids.push(p.id);
+  }
+  if (ids.length < Math.max(1, WRITERS)) throw new Error(`only ${ids.length} products listed`);
+  return { ids: ids.slice(0, PRODUCTS) };
+}
+
+export function read(data) {
   const r = Math.random();
   let res;
   if (r < 0.4) {
-    res = http.get(`${BASE_URL}/api/products/${pick(PRODUCTS)}`, { tags: { name: 'GET /api/products/{id}' } });
+    const id = data.ids[pick(data.ids.length) - 1];
+    res = http.get(`${BASE_URL}/api/products/${id}`, { tags: { name: 'GET /api/products/{id}' } });
   } else if (r < 0.7) {
     res = http.get(`${BASE_URL}/api/products?page=${pick(20)}&limit=20`, { tags: { name: 'GET /api/products' } });
   } else {
@@ -83,15 +101,18 @@ export function read() {
   }
 }
 
-export function writeThenRead() {
-  // Each writer renames products of its own (the last WRITERS ids), so no two race on one.
-  const id = PRODUCTS - ((__VU - 1) % WRITERS);
+export function writeThenRead(data) {
+  // Each writer renames a product of its own (among the last WRITERS ids), so no two race on one.
+  const id = data.ids[data.ids.length - 1 - ((__VU - 1) % WRITERS)];
   const name = `Renamed ${__VU}-${__ITER}-${Date.now()}`;
   const write = http.patch(`${BASE_URL}/api/products/${id}`, JSON.stringify({ name }), {
     headers: jsonHeaders(ADMIN_TOKEN),
     tags: { name: 'PATCH /api/products/{id}' },
   });
-  if (write.status !== 200) return;
+  if (write.status !== 200) {
+    failedWrites.add(1);
+    return;
+  }
   const lsn = write.headers['X-Write-Lsn'];
   const headers = lsn ? { 'x-write-lsn': lsn } : {};
   const back = http.get(`${BASE_URL}/api/products/${id}`, { headers, tags: { name: 'GET /api/products/{id} after a write' } });
@@ -117,7 +138,7 @@ export const handleSummary = summaryHandler(__ENV.SUMMARY_NAME || 'replicas', (d
     read_p50_ms: v('read_duration', 'med'),
     read_p99_ms: v('read_duration', 'p(99)'),
     reads: v('read_duration', 'count'),
-    failed_reads: v('failed_reads', 'count') || 0,
+    failed_reads: (v('failed_reads', 'count') || 0) + (v('failed_writes', 'count') || 0),
     pairs: v('pairs', 'count') || 0,
     stale_reads: v('stale_reads', 'count') || 0,
     stale_without_position: v('stale_without_position', 'count') || 0,

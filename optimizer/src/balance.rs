@@ -72,6 +72,35 @@ pub(crate) async fn watch_behind<F: Future>(request: F) -> (F::Output, bool) {
         .await
 }
 
+/// The response header (and request header) with the primary's WAL position after a client's
+/// write: sent back, it keeps the client's reads on targets that have replayed the write.
+pub const WRITE_LSN_HEADER: &str = "x-write-lsn";
+/// The cookie that carries the same for browsers.
+pub const WRITE_LSN_COOKIE: &str = "write_lsn";
+/// How long the cookie lives (s). Past a few seconds a position says nothing more: a replica
+/// that is further behind leaves rotation (`database.max_replica_lag_ms`).
+pub const WRITE_LSN_COOKIE_SECS: u32 = 10;
+
+/// Whether the request carries a write position (header or cookie). Its reads must see that
+/// write, which a cached answer cannot promise: the write may have been made through another
+/// instance whose invalidation has not arrived here yet. So they bypass the cache; the cookie
+/// lasts [`WRITE_LSN_COOKIE_SECS`].
+pub fn carries_write_position(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(WRITE_LSN_HEADER)
+        || headers
+            .get_all(axum::http::header::COOKIE)
+            .iter()
+            .any(|value| {
+                value
+                    .as_bytes()
+                    .windows(WRITE_LSN_COOKIE.len() + 1)
+                    .any(|w| {
+                        w[..WRITE_LSN_COOKIE.len()] == *WRITE_LSN_COOKIE.as_bytes()
+                            && w[WRITE_LSN_COOKIE.len()] == b'='
+                    })
+            })
+}
+
 /// The predicted time of the request, which the middleware leaves in the request's extensions
 /// when there are replicas to choose from (milliseconds).
 #[derive(Debug, Clone, Copy)]
@@ -588,6 +617,23 @@ mod tests {
 
     fn balancer(replicas: usize) -> Balancer {
         balancer_with(replicas, |_| {})
+    }
+
+    #[test]
+    fn a_write_position_in_a_header_or_a_cookie_is_seen() {
+        let with = |name: &str, value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                value.parse().expect("value"),
+            );
+            carries_write_position(&headers)
+        };
+        assert!(with("x-write-lsn", "0/16B3748"));
+        assert!(with("x-write-lsn", ""));
+        assert!(with("cookie", "theme=dark; write_lsn=0/1"));
+        assert!(!with("cookie", "theme=dark; my_write_lsn_pref"));
+        assert!(!with("accept", "application/json"));
     }
 
     #[test]

@@ -440,13 +440,17 @@ pub async fn optimize<H: Host>(
         route: &route_stats.in_flight,
         all: &opt.stats.in_flight,
     };
-    // The cache key, once: whether it is fresh is a feature, and step 5 serves from it.
-    let cache_slot = policy.cache.filter(|_| settings.caching).map(|kind| {
-        let key = opt
-            .cache
-            .key(kind, request.uri().path(), request.uri().query());
-        (kind, key)
-    });
+    // The cache key, once: whether it is fresh is a feature, and step 5 serves from it. A read
+    // that must see the client's own write never comes from the cache.
+    let cache_slot = policy
+        .cache
+        .filter(|_| settings.caching && !crate::balance::carries_write_position(request.headers()))
+        .map(|kind| {
+            let key = opt
+                .cache
+                .key(kind, request.uri().path(), request.uri().query());
+            (kind, key)
+        });
     let cached = cache_slot
         .as_ref()
         .and_then(|(_, key)| key.as_deref())

@@ -271,8 +271,9 @@ async fn write_position(State(db): State<Db>, request: Request, next: Next) -> R
     {
         let lsn = optimizer::balance::format_lsn(lsn);
         let cookie = format!(
-            "{}={lsn}; Path=/; Max-Age=300; HttpOnly; SameSite=Lax",
-            crate::extract::WRITE_LSN_COOKIE
+            "{}={lsn}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+            crate::extract::WRITE_LSN_COOKIE,
+            crate::extract::WRITE_LSN_COOKIE_SECS
         );
         let headers = response.headers_mut();
         if let Ok(value) = HeaderValue::from_str(&lsn) {

@@ -27,7 +27,7 @@ use tokio_postgres::{NoTls, Row};
 /// Statement parameters, as tokio-postgres takes them.
 pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-/// The shared pool. Cloning is cheap (an `Arc` inside).
+/// The shared pools: the primary's and one per read replica. Cloning is cheap (`Arc`s inside).
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
@@ -171,6 +171,9 @@ impl Db {
                         read,
                     });
                 }
+                // Every connection to it busy: not a failure, but the wait counts as the read's
+                // time there, so that the balancer sends less its way.
+                Err(deadpool_postgres::PoolError::Timeout(_)) => {}
                 Err(err) => read.failed(&format!("no connection: {err}")),
             }
             drop(read);

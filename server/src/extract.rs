@@ -31,11 +31,23 @@ pub struct Query<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
 
-/// The response header and cookie that tell a client the WAL position of its last write, and
-/// the request header (or cookie) by which it asks its reads to see that write.
-pub const WRITE_LSN_HEADER: &str = "x-write-lsn";
-/// See [`WRITE_LSN_HEADER`].
-pub const WRITE_LSN_COOKIE: &str = "write_lsn";
+pub use optimizer::balance::{WRITE_LSN_COOKIE, WRITE_LSN_COOKIE_SECS, WRITE_LSN_HEADER};
+
+/// The `x-write-lsn` request header as the OpenAPI description states it (the reads that take
+/// it; [`ReadFrom`] reads it).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct WriteLsnHeader {
+    /// The WAL position a write's response gave in its own `x-write-lsn` header (or
+    /// `write_lsn` cookie): this read then sees that write, wherever it runs. Without it, a read
+    /// may come from a read replica a moment behind the primary.
+    #[param(
+        rename = "x-write-lsn",
+        pattern = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$",
+        example = "0/16B3748"
+    )]
+    pub write_lsn: Option<String>,
+}
 
 /// A read's freshness from the request: the `x-write-lsn` header or `write_lsn` cookie (the
 /// later of the two), and the optimizer's prediction of its cost.

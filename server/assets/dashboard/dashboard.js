@@ -330,6 +330,46 @@ function drawMetrics(m) {
   }));
 
   drawSuggestions(m);
+  drawLoad(m);
+}
+
+// Reads per second on each database target (the primary, each read replica), from the read
+// counters of successive polls: the stored history does not hold them, so the chart covers
+// the last ten minutes this page was open.
+const loadSamples = [];
+const TARGET_COLORS = ['#2563eb', '#16a34a', '#f59e0b', '#dc2626', '#7c3aed', '#0891b2'];
+
+function drawLoad(m) {
+  const targets = m.loadDistribution || [];
+  const now = Date.now();
+  loadSamples.push({ t: now, reads: Object.fromEntries(targets.map((x) => [x.target, x.reads])) });
+  while (loadSamples.length > 2 && now - loadSamples[0].t > 600000) loadSamples.shift();
+  const later = loadSamples.slice(1);
+  const series = targets.map((x, i) => ({
+    name: `${x.target} (${x.role})`,
+    color: TARGET_COLORS[i % TARGET_COLORS.length],
+    values: later.map((s, j) => {
+      const before = loadSamples[j];
+      const a = before.reads[x.target];
+      const b = s.reads[x.target];
+      if (a === undefined || b === undefined) return null;
+      return Math.max(0, (b - a) / Math.max(0.001, (s.t - before.t) / 1000));
+    }),
+  }));
+  lineChart(chart('load'), { times: later.map((s) => s.t), series });
+  const body = document.querySelector('#targets tbody');
+  body.replaceChildren(...targets.map((x) => {
+    const tr = document.createElement('tr');
+    cell(tr, x.target);
+    cell(tr, x.role);
+    cell(tr, x.state);
+    cell(tr, pct(x.share), true);
+    cell(tr, fmt(x.ewmaMs), true);
+    cell(tr, String(x.inFlight), true);
+    cell(tr, x.lagMs === null || x.lagMs === undefined ? '–' : String(x.lagMs), true);
+    cell(tr, String(x.bans), true);
+    return tr;
+  }));
 }
 
 // Index suggestions from the index advisor's last pass (`indexAdvice` in /api/ml-metrics).

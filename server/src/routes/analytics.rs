@@ -4,7 +4,7 @@ use crate::app::AppState;
 use crate::auth::Admin;
 use crate::db::ReadFrom;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Json, Query};
+use crate::extract::{Json, Query, WriteLsnHeader};
 use crate::routes::Routes;
 use crate::validate;
 use axum::extract::State;
@@ -75,7 +75,7 @@ pub struct Analytics {
 }
 
 /// Revenue, orders and top products over a period.
-#[utoipa::path(get, path = "/api/analytics", tag = "admin", params(AnalyticsParams), security(("admin" = [])),
+#[utoipa::path(get, path = "/api/analytics", tag = "admin", params(AnalyticsParams, WriteLsnHeader), security(("admin" = [])),
     responses((status = 200, body = Analytics), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn analytics(
     State(state): State<AppState>,

@@ -17,7 +17,10 @@ pub fn router() -> Routes {
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Shop API", description = "A self-tuning e-commerce API"),
+    info(title = "Shop API", description = "A self-tuning e-commerce API.\n\nWith read replicas \
+        configured, a successful write's response carries `x-write-lsn` (and a `write_lsn` \
+        cookie): send it back on catalogue, search and analytics reads to see that write at \
+        once; without it those reads may come from a replica a moment behind."),
     paths(
         products::list, products::detail, products::create, products::update,
         search::search,

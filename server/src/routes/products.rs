@@ -4,7 +4,7 @@ use crate::app::AppState;
 use crate::auth::Admin;
 use crate::db::ReadFrom;
 use crate::error::{ApiError, ErrorBody, on_constraint};
-use crate::extract::{Json, Path, Query};
+use crate::extract::{Json, Path, Query, WriteLsnHeader};
 use crate::routes::Routes;
 use crate::validate::{self, Page};
 use axum::extract::State;
@@ -121,7 +121,7 @@ pub struct ListParams {
 }
 
 /// List active products, most popular first.
-#[utoipa::path(get, path = "/api/products", tag = "catalogue", params(ListParams),
+#[utoipa::path(get, path = "/api/products", tag = "catalogue", params(ListParams, WriteLsnHeader),
     responses((status = 200, body = ProductPage), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -190,8 +190,8 @@ async fn fetch(
 /// with `Cache-Control: no-store`, so that no cache (the server's own included) keeps it for
 /// anyone else.
 #[utoipa::path(get, path = "/api/products/{id}", tag = "catalogue",
-    params(("id" = i64, Path, description = "Product id")),
-    responses((status = 200, body = Product), (status = 404, body = ErrorBody)))]
+    params(("id" = i64, Path, description = "Product id"), WriteLsnHeader),
+    responses((status = 200, body = Product), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn detail(
     State(state): State<AppState>,
     from: ReadFrom,

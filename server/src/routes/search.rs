@@ -3,7 +3,7 @@
 use crate::app::AppState;
 use crate::db::ReadFrom;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Json, Query};
+use crate::extract::{Json, Query, WriteLsnHeader};
 use crate::routes::Routes;
 use crate::routes::products::{PRODUCT_COLUMNS, Product, ProductPage};
 use crate::validate::{self, Page};
@@ -50,7 +50,7 @@ pub struct SearchResults {
 }
 
 /// Search active products by name and description.
-#[utoipa::path(get, path = "/api/search", tag = "catalogue", params(SearchParams),
+#[utoipa::path(get, path = "/api/search", tag = "catalogue", params(SearchParams, WriteLsnHeader),
     responses((status = 200, body = SearchResults), (status = 400, body = ErrorBody)))]
 pub async fn search(
     State(state): State<AppState>,

@@ -187,6 +187,7 @@ return {
     .map((e) => e.getAttribute('data-event')),
   queryRows: document.querySelectorAll('#queries tbody tr').length,
   accuracyRows: document.querySelectorAll('#accuracy tbody tr').length,
+  targetRows: document.querySelectorAll('#targets tbody tr').length,
   modelSource: text('model-source'),
   modelReason: text('model-reason'),
   modelAnswers: text('model-answers'),
@@ -218,6 +219,7 @@ fn missing(state: &Value) -> Vec<String> {
         "priority-high",
         "priority-normal",
         "priority-low",
+        "load",
     ];
     for name in expected {
         let chart = &charts.get(name).cloned().unwrap_or(Value::Null);
@@ -248,6 +250,9 @@ fn missing(state: &Value) -> Vec<String> {
     }
     if state["accuracyRows"].as_u64().unwrap_or(0) == 0 {
         missing.push("no per-route accuracy rows".into());
+    }
+    if state["targetRows"].as_u64().unwrap_or(0) == 0 {
+        missing.push("no database target rows".into());
     }
     if state["modelSource"] != "online" || state["modelReason"].as_str().unwrap_or("").is_empty() {
         missing.push("model source and reason not shown".into());
