@@ -31,7 +31,7 @@ help: ## List targets
 	@echo "Targets:"
 	grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
 
-setup: ## Install missing system packages (PostgreSQL 15, hypopg, Chromium + chromedriver); check cargo
+setup: ## Install missing system packages (PostgreSQL 15, hypopg, Chromium + chromedriver, HAProxy); check cargo
 	@scripts/setup.sh
 
 db: ## Start the local PostgreSQL cluster and REPLICAS read replicas (skipped when DATABASE_URL is set)

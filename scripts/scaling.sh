@@ -10,6 +10,8 @@
 #   adaptive/slowed, round-robin/slowed     the replica's backends serving this server stopped
 #                                           (SIGSTOP) for STOP_MS of every CYCLE_MS, then
 #                                           resumed (SIGCONT): a replica stalling now and then
+#   adaptive/primary                        the same reads with no replica configured: what the
+#                                           primary alone gives on this machine
 #   adaptive/stale                          WRITERS admins rename products and read each back at
 #                                           once with its x-write-lsn, while the replica applies
 #                                           WAL LAG_MS late (recovery_min_apply_delay): every
@@ -23,7 +25,7 @@
 # Results: target/scaling/results.json and results.md (medians over the rounds with min-max);
 # k6 summaries and server logs beside them. Exit 1 when any read failed or was stale.
 #
-# Environment: ROUNDS, RATE (150), DURATION (20s), PRODUCTS (catalogue size, 10000), WRITERS (4),
+# Environment: ROUNDS, RATE (150), DURATION (20s), PRODUCTS (catalogue size, 10000), WRITERS (5),
 # PAIR_PAUSE_MS (40: each writer's pause between pairs), STOP_MS (150),
 # CYCLE_MS (1000), LAG_MS (150), PORT (3900), K6_CPUS (the CPU k6 is pinned to, default the
 # last one; `none` to not pin), PROFILE (release; --smoke: debug).
@@ -43,7 +45,7 @@ ROUNDS=${ROUNDS:-5}
 RATE=${RATE:-150}
 DURATION=${DURATION:-20s}
 PRODUCTS=${PRODUCTS:-10000}
-WRITERS=${WRITERS:-4}
+WRITERS=${WRITERS:-5}
 STOP_MS=${STOP_MS:-150}
 CYCLE_MS=${CYCLE_MS:-1000}
 LAG_MS=${LAG_MS:-150}
@@ -133,12 +135,15 @@ run_case() { # mode condition round
         replica_sql "ALTER SYSTEM SET recovery_min_apply_delay = '${LAG_MS}ms'" >/dev/null
         replica_sql "SELECT pg_reload_conf()" >/dev/null
     fi
-    SHOP_CONFIG=$config PORT=$PORT HOST=127.0.0.1 DATABASE_REPLICA_URLS=$REPLICA_URL \
+    local replicas=$REPLICA_URL
+    [[ $condition == primary ]] && replicas=
+    SHOP_CONFIG=$config PORT=$PORT HOST=127.0.0.1 DATABASE_REPLICA_URLS=$replicas \
         LOG_DIR=$OUT/logs TRAINING_INTERVAL=0 "$SERVER" serve >"$OUT/$name.log" 2>&1 &
     server_pid=$!
     local ready=0
     for _ in $(seq 1 120); do
-        if metrics 2>/dev/null | python3 -c "import json,sys; d=json.load(sys.stdin); sys.exit(0 if d['loadDistribution'][1]['state'] == 'serving' else 1)" 2>/dev/null; then
+        # Ready once the replica takes reads (with none configured: once it answers).
+        if metrics 2>/dev/null | python3 -c "import json,sys; t=json.load(sys.stdin)['loadDistribution']; sys.exit(0 if len(t) == 1 or t[1]['state'] == 'serving' else 1)" 2>/dev/null; then
             ready=1
             break
         fi
@@ -163,7 +168,7 @@ run_case() { # mode condition round
     log "$name done (k6 exit $status)"
 }
 
-cases=(adaptive:healthy round-robin:healthy adaptive:slowed round-robin:slowed adaptive:stale)
+cases=(adaptive:healthy round-robin:healthy adaptive:slowed round-robin:slowed adaptive:primary adaptive:stale)
 for ((round = 1; round <= ROUNDS; round++)); do
     for c in "${cases[@]}"; do
         run_case "${c%%:*}" "${c#*:}" "$round"
