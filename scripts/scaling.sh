@@ -10,6 +10,10 @@
 #   adaptive/slowed, round-robin/slowed     the replica's backends serving this server stopped
 #                                           (SIGSTOP) for STOP_MS of every CYCLE_MS, then
 #                                           resumed (SIGCONT): a replica stalling now and then
+#   adaptive/stopped                        the replica stopped a quarter into the run (a fast
+#                                           shutdown) and started again at half time: every read
+#                                           must answer, and the time from its return to the
+#                                           balancer's `replica-returned` is recorded
 #   adaptive/primary                        the same reads with no replica configured: what the
 #                                           primary alone gives on this machine
 #   adaptive/stale                          WRITERS admins rename products and read each back at
@@ -109,10 +113,22 @@ slow_replica() {
     done
 }
 
+# Stops the replica a quarter into the run and starts it at half time; writes the Unix ms at
+# which it was back (accepting connections) to $1.
+stop_and_start() {
+    sleep "$(python3 -c "print($seconds / 4)")"
+    scripts/pg.sh replica-stop 1 >/dev/null 2>&1
+    sleep "$(python3 -c "print($seconds / 4)")"
+    scripts/pg.sh replica-start 1 >/dev/null 2>&1
+    date +%s%3N >"$1"
+}
+
 server_pid=
 slower_pid=
 cleanup() {
-    [[ -n $slower_pid ]] && kill "$slower_pid" 2>/dev/null || true
+    [[ -n $slower_pid ]] && kill "$slower_pid" 2>/dev/null && wait "$slower_pid" 2>/dev/null || true
+    # A stopped replica comes back for the next case.
+    SHOP_PG_REPLICAS=1 scripts/pg.sh start >/dev/null 2>&1 || true
     # Resume anything left stopped, and apply WAL without delay again.
     mapfile -t left < <(replica_sql "SELECT pid FROM pg_stat_activity WHERE datname = '$DB'" 2>/dev/null || true)
     ((${#left[@]})) && kill -CONT "${left[@]}" 2>/dev/null || true
@@ -154,6 +170,10 @@ run_case() { # mode condition round
         slow_replica &
         slower_pid=$!
     fi
+    if [[ $condition == stopped ]]; then
+        stop_and_start "$OUT/$name.returned" &
+        slower_pid=$!
+    fi
     local status=0
     "${k6_pin[@]}" timeout $((seconds + 120)) "$K6" run --quiet \
         -e BASE_URL="http://127.0.0.1:$PORT" -e ADMIN_TOKEN="$ADMIN_TOKEN" -e RATE="$RATE" \
@@ -161,6 +181,17 @@ run_case() { # mode condition round
         -e PAIR_PAUSE_MS="${PAIR_PAUSE_MS:-40}" \
         -e SUMMARY_DIR="$OUT" -e SUMMARY_NAME="$name" benches/k6/replicas.js \
         >"$OUT/$name.k6.txt" 2>&1 || status=$?
+    if [[ $condition == stopped ]]; then
+        # The replica's return may come after the last read: wait for it (at most 20 s).
+        wait "$slower_pid" 2>/dev/null || true
+        slower_pid=
+        local back_ms
+        back_ms=$(cat "$OUT/$name.returned" 2>/dev/null || echo 0)
+        for _ in $(seq 1 80); do
+            metrics | python3 -c "import json,sys; a=json.load(sys.stdin)['actions']; sys.exit(0 if any(x['action'] == 'replica-returned' and x['tsMs'] >= $back_ms - 1000 for x in a) else 1)" && break
+            sleep 0.25
+        done
+    fi
     metrics >"$OUT/$name.metrics.json"
     cleanup
     slower_pid=
@@ -168,7 +199,7 @@ run_case() { # mode condition round
     log "$name done (k6 exit $status)"
 }
 
-cases=(adaptive:healthy round-robin:healthy adaptive:slowed round-robin:slowed adaptive:primary adaptive:stale)
+cases=(adaptive:healthy round-robin:healthy adaptive:slowed round-robin:slowed adaptive:stopped adaptive:primary adaptive:stale)
 for ((round = 1; round <= ROUNDS; round++)); do
     for c in "${cases[@]}"; do
         run_case "${c%%:*}" "${c#*:}" "$round"
@@ -188,6 +219,11 @@ for summary in sorted(out.glob('*-*-[0-9]*.json')):
     targets = m['loadDistribution']
     total = sum(t['reads'] for t in targets) or 1
     d['replica_share'] = sum(t['reads'] for t in targets if t['role'] == 'replica') / total
+    back = summary.with_name(summary.stem + '.returned')
+    if back.exists():
+        back_ms = int(back.read_text())
+        returned = [a['tsMs'] for a in m['actions'] if a['action'] == 'replica-returned' and a['tsMs'] >= back_ms - 1000]
+        d['return_s'] = (min(returned) - back_ms) / 1000 if returned else None
     cases.setdefault(f'{mode}/{condition}', []).append(d)
 def spread(values):
     values = [v for v in values if v is not None]
@@ -205,6 +241,9 @@ for case, runs in cases.items():
         'stale_reads': sum(r['stale_reads'] for r in runs),
         'stale_without_position': sum(r.get('stale_without_position', 0) for r in runs),
     }
+    if any('return_s' in r for r in runs):
+        result[case]['back_in_rotation_s'] = spread([r.get('return_s') for r in runs])
+        result[case]['never_back'] = sum(1 for r in runs if r.get('return_s') is None)
 for mode in ('adaptive', 'round-robin'):
     h, s = result.get(f'{mode}/healthy'), result.get(f'{mode}/slowed')
     if h and s:
@@ -215,8 +254,12 @@ lines = ['| case | rounds | read p50 ms | read p99 ms | p99 / healthy | replica 
 for case, r in result.items():
     ratio = r.get('p99_vs_healthy')
     lines.append(f"| {case} | {r['rounds']} | {fmt(r['read_p50_ms'])} | {fmt(r['read_p99_ms'])} | {'-' if ratio is None else f'{ratio:.2f}x'} | {fmt(r['replica_share'], '{:.0%}')} | {r['reads']} | {r['failed_reads']} | {r['pairs']} | {r['stale_reads']} | {r['stale_without_position']} |")
+for case, r in result.items():
+    if 'back_in_rotation_s' in r:
+        lines.append('')
+        lines.append(f"{case}: back in rotation {fmt(r['back_in_rotation_s'], '{:.2f}')} s after the replica accepted connections again; runs where it never came back: {r['never_back']}")
 (out / 'results.md').write_text('\n'.join(lines) + '\n')
 print('\n'.join(lines))
-bad = sum(r['failed_reads'] + r['stale_reads'] for r in result.values())
+bad = sum(r['failed_reads'] + r['stale_reads'] + r.get('never_back', 0) for r in result.values())
 sys.exit(1 if bad else 0)
 EOF
