@@ -82,20 +82,25 @@ impl ReadFrom {
 
 /// What to do with a read that failed on a replica.
 enum OnReplicaError {
-    /// The replica is away: ban it, run the read on the primary.
+    /// The replica is away (or its connection broke): ban it, run the read on the primary.
     Ban,
-    /// The replica cancelled it (a conflict with WAL replay): run it on the primary.
+    /// The replica refused it for a reason of its own (a conflict with WAL replay, anything a
+    /// standby may say that a primary would not): run it on the primary.
     Retry,
-    /// The read itself failed; the primary would fail it too.
+    /// The read itself is wrong (invalid data or SQL) or ran out of time: the primary would
+    /// fail it too.
     Fail,
 }
 
+/// Reads are idempotent, so on a replica anything but the read's own fault goes again to the
+/// primary: a replica shutting down can fail a statement in more ways than the primary's
+/// outage path classifies, and none of them should reach the client.
 fn on_replica_error(err: &tokio_postgres::Error) -> OnReplicaError {
     match err.as_db_error().map(|db| db.code().code()) {
-        Some("40001" | "40P01") => OnReplicaError::Retry,
         Some("57014") => OnReplicaError::Fail,
-        _ if crate::error::database_away(err) => OnReplicaError::Ban,
-        _ => OnReplicaError::Fail,
+        Some(code) if code.starts_with("22") || code.starts_with("42") => OnReplicaError::Fail,
+        _ if crate::error::database_away(err) || err.as_db_error().is_none() => OnReplicaError::Ban,
+        _ => OnReplicaError::Retry,
     }
 }
 
