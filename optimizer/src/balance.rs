@@ -8,6 +8,8 @@
 //! the reads in flight on it plus one, plus the read's own predicted time for each read already
 //! waiting there: an expensive read goes where the spare capacity is, a cheap one where reads
 //! come back fastest. The primary's cost is divided by `database.primary_read_weight`.
+//! `database.read_balance = "round-robin"` takes the eligible targets in turn instead: the
+//! baseline the adaptive choice is measured against (`make scaling`).
 //!
 //! A replica is eligible only when it is known (a probe answered), not banned, not lagging past
 //! `database.max_replica_lag_ms`, and has replayed the WAL position the read needs: the caller's
