@@ -325,11 +325,10 @@ impl Auth {
     ) -> Result<String, ApiError> {
         self.is_admin_token(presented.trim())?;
         let (session, hash) = new_token();
-        let ttl = i64::try_from(DASHBOARD_SESSION_TTL.as_secs()).unwrap_or(i64::MAX);
         conn.execute(
             "INSERT INTO dashboard_sessions (hash, expires_at) \
              VALUES ($1, now() + make_interval(secs => $2))",
-            &[&hash, &(ttl as f64)],
+            &[&hash, &DASHBOARD_SESSION_TTL.as_secs_f64()],
         )
         .await?;
         conn.execute(

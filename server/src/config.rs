@@ -366,15 +366,19 @@ impl Config {
             }
         }
         set(&mut self.server.host, &o.host);
-        set(&mut self.server.port, &o.port);
-        if let Some(proxies) = &o.trusted_proxies {
-            self.server.trusted_proxies = proxies
-                .iter()
-                .map(|p| p.trim())
-                .filter(|p| !p.is_empty())
-                .map(str::to_owned)
-                .collect();
+        /// A comma-separated list from the environment: its entries trimmed, empty ones dropped.
+        fn set_list(slot: &mut Vec<String>, value: &Option<Vec<String>>) {
+            if let Some(entries) = value {
+                *slot = entries
+                    .iter()
+                    .map(|e| e.trim())
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
         }
+        set(&mut self.server.port, &o.port);
+        set_list(&mut self.server.trusted_proxies, &o.trusted_proxies);
         if o.database_url.is_some() {
             self.database.url.clone_from(&o.database_url);
         }
@@ -384,14 +388,7 @@ impl Config {
         set(&mut self.database.password, &o.db_password);
         set(&mut self.database.name, &o.db_name);
         set(&mut self.database.pool_size, &o.db_pool_size);
-        if let Some(urls) = &o.database_replica_urls {
-            self.database.replicas = urls
-                .iter()
-                .map(|u| u.trim())
-                .filter(|u| !u.is_empty())
-                .map(str::to_owned)
-                .collect();
-        }
+        set_list(&mut self.database.replicas, &o.database_replica_urls);
         if o.admin_token.is_some() {
             self.auth.admin_token.clone_from(&o.admin_token);
         }

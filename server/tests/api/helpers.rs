@@ -190,31 +190,36 @@ impl TestApp {
     }
 }
 
+/// Runs `sql` on a new connection to `url` and waits for it, from a separate thread with its own
+/// runtime: for `Drop`, which cannot await, in a test whose runtime may be single-threaded.
+/// Best effort: a failure is ignored.
+pub fn execute_from_drop(url: String, sql: String) {
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            if let Ok((client, connection)) =
+                tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+            {
+                tokio::spawn(connection);
+                let _ = client.batch_execute(&sql).await;
+            }
+        });
+    })
+    .join();
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
-        // Drop the database from a separate thread with its own runtime: Drop cannot await, and
-        // the test's runtime may be single-threaded.
         let _ = std::fs::remove_dir_all(&self.scratch);
-        let (base, name) = (self.base_url.clone(), self.db_name.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&base, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
+        execute_from_drop(
+            self.base_url.clone(),
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name),
+        );
     }
 }
 

@@ -4,7 +4,9 @@
 //! The tests here pause the replica's replay or stop it, so they take turns: one at a time,
 //! while the rest of the suite (which never uses the replica) runs beside them.
 
-use crate::helpers::{ADMIN, TestApp, checkout_body, eventually, header, spawn_app_with};
+use crate::helpers::{
+    ADMIN, TestApp, checkout_body, eventually, execute_from_drop, header, spawn_app_with,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use server::Config;
@@ -68,24 +70,7 @@ struct Resume(String);
 
 impl Drop for Resume {
     fn drop(&mut self) {
-        let url = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client.batch_execute("SELECT pg_wal_replay_resume()").await;
-                }
-            });
-        })
-        .join();
+        execute_from_drop(self.0.clone(), "SELECT pg_wal_replay_resume()".into());
     }
 }
 
